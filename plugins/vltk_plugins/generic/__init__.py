@@ -1,0 +1,1 @@
+"""Paper-agnostic components: open_clip/timm backbones, simple decoders, frozen/full/lora adapters."""

@@ -1,0 +1,104 @@
+"""Run configuration: recipes, component flags, dotted overrides, per-component validation, resolution."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from vltk.config import apply_override, build_config, parse_override, resolve, to_yaml
+from vltk.errors import UserError
+from vltk.plugins import get_plugin_manager
+
+
+@pytest.fixture
+def manager():
+    return get_plugin_manager()
+
+
+def test_default_recipe_resolves_with_all_defaults(manager) -> None:
+    config = resolve(build_config(recipe_dirs=manager.recipe_dirs()), manager.get_registry())
+    assert config.recipe == "default"
+    assert config.backbone.name == "eva02" and config.backbone.options()["variant"] == "tiny"
+    assert config.decoder.name == "fpn" and "head_channels" in config.decoder.options()
+    assert config.dataset.name == "synthetic"
+    round_trip = yaml.safe_load(to_yaml(config))
+    assert round_trip["adapter"]["name"] == config.adapter.name
+
+
+def test_plugin_recipe_and_flags_and_overrides(manager) -> None:
+    config = build_config(
+        "rein/synthetic",
+        components={"decoder": "fpn", "adapter": "rein"},
+        overrides=["adapter.lora_dim=8", "train.lr=1e-4", "dataset.domains=[synthetic,fog]"],
+        recipe_dirs=manager.recipe_dirs(),
+    )
+    config = resolve(config, manager.get_registry())
+    assert config.adapter.options()["lora_dim"] == 8
+    assert config.adapter.options()["token_length"] == 32  # kept: same adapter name as the recipe
+    assert config.train.lr == pytest.approx(1e-4)  # '1e-4' is a string to PyYAML; we coerce it
+    assert config.dataset.options()["domains"] == ["synthetic", "fog"]
+
+
+def test_switching_component_drops_the_old_options(manager) -> None:
+    config = build_config("rein/synthetic", components={"adapter": "frozen"}, recipe_dirs=manager.recipe_dirs())
+    assert resolve(config, manager.get_registry()).adapter.options() == {}
+
+
+def test_bad_option_key_is_named(manager) -> None:
+    config = build_config(
+        components={"adapter": "rein"}, overrides=["adapter.lora_dm=8"], recipe_dirs=manager.recipe_dirs()
+    )
+    with pytest.raises(UserError, match=r"adapter\.lora_dm: unknown option; did you mean 'lora_dim'"):
+        resolve(config, manager.get_registry())
+
+
+def test_bad_top_level_and_train_keys_are_named(manager) -> None:
+    with pytest.raises(UserError, match=r"train\.itres"):
+        build_config(overrides=["train.itres=3"], recipe_dirs=manager.recipe_dirs())
+    with pytest.raises(UserError, match=r"train\.iters.*greater than or equal to 1"):
+        build_config(overrides=["train.iters=0"], recipe_dirs=manager.recipe_dirs())
+    with pytest.raises(UserError, match="seeed"):
+        build_config(overrides=["seeed=3"], recipe_dirs=manager.recipe_dirs())
+
+
+def test_unknown_recipe_and_component_names_suggest(manager) -> None:
+    with pytest.raises(UserError, match="did you mean 'rein/synthetic'"):
+        build_config("rein/synthetc", recipe_dirs=manager.recipe_dirs())
+    config = build_config(components={"backbone": "eva2"}, recipe_dirs=manager.recipe_dirs())
+    with pytest.raises(UserError, match="did you mean 'eva02'"):
+        resolve(config, manager.get_registry())
+
+
+def test_recipe_file_errors(tmp_path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        build_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbone: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        build_config(str(bad))
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(UserError, match="mapping"):
+        build_config(str(scalar))
+
+
+def test_override_parsing() -> None:
+    assert parse_override("train.lr=1e-4") == (["train", "lr"], 1e-4)
+    assert parse_override("dataset.domains=[a, b]") == (["dataset", "domains"], ["a", "b"])
+    assert parse_override("backbone.pretrained=null") == (["backbone", "pretrained"], None)
+    assert parse_override("backbone.pretrained=weights.pt") == (["backbone", "pretrained"], "weights.pt")
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_override("train.lr")
+    data = {"augmenters": [{"name": "x"}]}
+    apply_override(data, ["augmenters", "0", "p"], 0.5)
+    assert data["augmenters"][0]["p"] == 0.5
+    with pytest.raises(UserError, match="no item 3"):
+        apply_override(data, ["augmenters", "3", "p"], 0.5)
+
+
+def test_configs_are_frozen(manager) -> None:
+    config = build_config(recipe_dirs=manager.recipe_dirs())
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        config.seed = 4  # type: ignore[misc]

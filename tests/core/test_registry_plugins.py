@@ -1,0 +1,109 @@
+"""Plugin manager and registry: entry-point loading, blocking, duplicate names, misspelled hooks, lookups."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from pydantic import Field
+
+from vltk import hookimpl
+from vltk.errors import UserError
+from vltk.options import Options
+from vltk.plugins import PluginLoadError, VltkPluginManager
+from vltk.registry import normalise_kind
+
+
+class _Opts(Options):
+    rank: int = Field(4, description="a knob")
+
+
+def _plugin(name: str, adapter: str = "demo") -> types.SimpleNamespace:
+    @hookimpl
+    def vltk_register_adapters(register):
+        register(adapter, lambda options, **context: ("built", options, context), options=_Opts, summary=name)
+
+    return types.SimpleNamespace(vltk_register_adapters=vltk_register_adapters)
+
+
+def test_builtin_entry_points_are_loaded() -> None:
+    registry = VltkPluginManager(autoload=True, blocked=set()).get_registry()
+    assert {"frozen", "full", "rein"} <= set(registry.names("adapters"))
+    assert {"eva02", "clip-vit"} <= set(registry.names("backbone"))
+    assert "fpn" in registry.names("decoder")
+    assert "synthetic" in registry.names("dataset")
+    assert registry.get("adapter", "rein").plugin == "rein"
+
+
+def test_block_list_skips_a_plugin() -> None:
+    registry = VltkPluginManager(autoload=True, blocked={"rein"}).get_registry()
+    assert "rein" not in registry.names("adapter")
+    assert "frozen" in registry.names("adapter")
+
+
+def test_env_variables_control_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLTK_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert VltkPluginManager().get_registry().names("adapter") == []
+    monkeypatch.delenv("VLTK_DISABLE_PLUGIN_AUTOLOAD")
+    monkeypatch.setenv("VLTK_BLOCK_PLUGINS", "rein, generic")
+    assert VltkPluginManager().get_registry().names("adapter") == []
+
+
+def test_duplicate_names_name_both_plugins() -> None:
+    manager = VltkPluginManager(autoload=False)
+    manager.add_plugin(_plugin("one"), "first-plugin")
+    manager.add_plugin(_plugin("two"), "second-plugin")
+    with pytest.raises(ValueError, match="first-plugin.*second-plugin"):
+        manager.get_registry()
+
+
+def test_misspelled_hook_fails_loading_with_a_clear_message() -> None:
+    @hookimpl
+    def vltk_register_adaptors(register):  # typo: adaptors
+        pass
+
+    manager = VltkPluginManager(autoload=False)
+    with pytest.raises(PluginLoadError, match="vltk_register_adaptors.*vltk_register_adapters"):
+        manager.add_plugin(types.SimpleNamespace(vltk_register_adaptors=vltk_register_adaptors), "typo-plugin")
+
+
+def test_lookup_suggests_the_closest_name_and_builds_with_validated_options() -> None:
+    manager = VltkPluginManager(autoload=False)
+    manager.add_plugin(_plugin("one", adapter="rein"), "p")
+    registry = manager.get_registry()
+    with pytest.raises(UserError, match="did you mean 'rein'"):
+        registry.get("adapter", "reins")
+    built, options, context = registry.get("adapter", "rein").build({"rank": "8"}, embed_dim=3)
+    assert built == "built" and options.rank == 8 and context == {"embed_dim": 3}
+    with pytest.raises(UserError, match=r"adapter\.rnak: unknown option; did you mean 'rank'"):
+        registry.get("adapter", "rein").validate({"rnak": 8})
+
+
+def test_kind_names_accept_plurals_and_reject_typos() -> None:
+    assert normalise_kind("adapters") == "adapter"
+    with pytest.raises(UserError, match="did you mean 'decoder'"):
+        normalise_kind("decoderz")
+
+
+def test_registering_a_non_options_class_is_rejected() -> None:
+    @hookimpl
+    def vltk_register_decoders(register):
+        register("bad", lambda o, **c: None, options=dict)
+
+    manager = VltkPluginManager(autoload=False)
+    manager.add_plugin(types.SimpleNamespace(vltk_register_decoders=vltk_register_decoders), "bad-plugin")
+    with pytest.raises(TypeError, match="bad-plugin"):
+        manager.get_registry()
+
+
+def test_python_api_create_validates_options() -> None:
+    import vltk
+
+    adapters = vltk.list_components("adapter")
+    assert "rein" in adapters
+    rein = vltk.create(
+        "adapter", "rein", embed_dim=64, num_layers=2, patch_size=16, lora_dim=4, token_length=10, query_dims=32
+    )
+    assert rein.queries().shape == (10, 32)
+    with pytest.raises(UserError, match="lora_dim"):
+        vltk.create("adapter", "rein", embed_dim=64, num_layers=2, patch_size=16, lora_dim="many")

@@ -1,0 +1,45 @@
+"""vltk: vision-language and vision foundation models transferred to dense prediction under domain shift.
+
+The public Python API. ``import vltk`` stays light (no torch): components are built on demand.
+
+    import vltk
+    vltk.list_components("adapter")                    # ['frozen', 'full', 'rein', ...]
+    rein = vltk.create("adapter", "rein", embed_dim=1024, num_layers=24, patch_size=16, lora_dim=16)
+    model = vltk.build_model("path/to/recipe.yaml")    # or a RunConfig, or a dict
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vltk.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "build_model", "create", "hookimpl", "list_components"]
+
+
+def list_components(kind: str) -> list[str]:
+    """Names registered for a component kind (``backbone``, ``adapter``, ``decoder``, ...)."""
+    from vltk.plugins import get_registry
+
+    return get_registry().names(kind)
+
+
+def create(kind: str, name: str, **kwargs: Any) -> Any:
+    """Build one component: keyword arguments that are options of the component are validated by its options
+    model; the rest is context (``embed_dim``, ``num_layers``, ``num_classes``...) passed to its factory."""
+    from vltk.plugins import get_registry
+
+    spec = get_registry().get(kind, name)
+    option_names = set(spec.options.model_fields)
+    options = {key: value for key, value in kwargs.items() if key in option_names}
+    context = {key: value for key, value in kwargs.items() if key not in option_names}
+    return spec.build(options, **context)
+
+
+def build_model(config: Any, **kwargs: Any) -> Any:
+    """Build a :class:`vltk.models.DensePredictor` from a run config (RunConfig, dict, or YAML path/recipe)."""
+    from vltk.pipeline import build_model as _build_model
+
+    return _build_model(config, **kwargs)

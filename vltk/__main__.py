@@ -1,0 +1,5 @@
+"""``python -m vltk`` = the ``vltk`` command."""
+
+from vltk.cli import main
+
+main()

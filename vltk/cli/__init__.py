@@ -1,0 +1,97 @@
+"""The ``vltk`` command line: a click group whose subcommands are imported only when they run.
+
+``vltk --help`` must not pay for torch, so this module imports only click and the (light) plugin manager;
+each subcommand lives in its own module and imports the heavy parts inside its function. Plugins add commands
+through the ``vltk_register_commands`` hook. A :class:`vltk.errors.UserError` anywhere becomes one
+``Error: ...`` line and exit code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from vltk import __version__
+from vltk.errors import UserError
+
+LAZY_COMMANDS: dict[str, str] = {
+    "train": "vltk.cli.run:train_command",
+    "eval": "vltk.cli.run:eval_command",
+    "list": "vltk.cli.info:list_command",
+    "show": "vltk.cli.info:show_command",
+    "plugins": "vltk.cli.info:plugins_command",
+}
+
+
+class UserErrorExit(click.ClickException):
+    """Printed as ``Error: <message>`` by click; exit code 2 like click's own usage errors."""
+
+    exit_code = 2
+
+
+class LazyGroup(click.Group):
+    """A click group that imports built-in subcommands on demand and asks plugins for theirs once."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if LazyGroup._plugins_added:
+            return
+        LazyGroup._plugins_added = True
+        from vltk.plugins import get_plugin_manager
+
+        try:
+            get_plugin_manager().register_commands(self)
+        except UserError as error:
+            raise UserErrorExit(str(error)) from None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return sorted(set(LAZY_COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module_name, attribute = LAZY_COMMANDS[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module_name), attribute), cmd_name)
+        if cmd_name not in self.commands:
+            self._add_plugin_commands()
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if args and self.get_command(ctx, name) is None and not name.startswith("-"):
+            from vltk.errors import did_you_mean
+
+            hint = did_you_mean(name, self.list_commands(ctx))
+            raise click.UsageError(f"no such command '{name}'.{hint}", ctx)
+        return super().resolve_command(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            raise UserErrorExit(str(error)) from None
+
+
+EPILOG = """\b
+Examples:
+  vltk train                                   # default recipe: tiny EVA02 + FPN on synthetic scenes, CPU
+  vltk train --recipe rein/synthetic           # the Rein adapter on the same data
+  vltk train --backbone eva02 --adapter rein --decoder fpn train.iters=50
+  vltk list adapters                           # what is installed
+  vltk show adapter rein                       # options, defaults, paper
+  vltk eval --checkpoint runs/default/best.pt
+"""
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.version_option(__version__, prog_name="vltk")
+def cli() -> None:
+    """vltk: transfer vision(-language) foundation models to dense prediction under domain shift."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,150 @@
+"""``vltk list``, ``vltk show`` and ``vltk plugins``: what is installed, what it accepts, who provides it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from vltk.registry import KINDS, normalise_kind
+
+LIST_EPILOG = """\b
+Examples:
+  vltk list               # every kind
+  vltk list adapters      # one kind (singular or plural)
+  vltk list recipes       # shipped recipes
+  vltk list --json
+"""
+
+
+def _registry() -> Any:
+    from vltk.plugins import get_registry
+
+    return get_registry()
+
+
+@click.command("list", epilog=LIST_EPILOG)
+@click.argument("kind", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def list_command(kind: str | None, as_json: bool) -> None:
+    """List registered components (backbones, adapters, prompters, decoders, augmenters, datasets) or recipes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if kind in ("recipe", "recipes"):
+        from vltk.config import available_recipes
+        from vltk.plugins import get_plugin_manager
+
+        recipes = available_recipes(get_plugin_manager().recipe_dirs())
+        if as_json:
+            click.echo(json.dumps({name: str(path) for name, path in recipes.items()}, indent=2))
+            return
+        table = Table(title="recipes")
+        table.add_column("name")
+        table.add_column("file")
+        for name, path in recipes.items():
+            table.add_row(name, str(path))
+        Console().print(table)
+        return
+    registry = _registry()
+    kinds = [normalise_kind(kind)] if kind else list(KINDS)
+    if as_json:
+        payload = {
+            k: [{"name": s.name, "plugin": s.plugin, "summary": s.summary, "paper": s.paper} for s in registry.specs(k)]
+            for k in kinds
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    table = Table(title="vltk components")
+    for column in ("kind", "name", "plugin", "summary"):
+        table.add_column(column)
+    for k in kinds:
+        specs = registry.specs(k)
+        if not specs:
+            table.add_row(k, "-", "", "(none installed)")
+        for spec in specs:
+            table.add_row(k, spec.name, spec.plugin, spec.summary)
+    Console(width=max(120, Console().width)).print(table)
+
+
+SHOW_EPILOG = """\b
+Examples:
+  vltk show adapter rein
+  vltk show backbone eva02
+"""
+
+
+@click.command("show", epilog=SHOW_EPILOG)
+@click.argument("kind")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def show_command(kind: str, name: str, as_json: bool) -> None:
+    """Show one component: its options (type, default, description), paper and providing plugin."""
+    from rich.console import Console
+    from rich.table import Table
+
+    spec = _registry().get(kind, name)
+    options = []
+    for field_name, field in spec.options.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        options.append(
+            {
+                "name": field_name,
+                "type": _type_name(field.annotation),
+                "default": default,
+                "description": field.description or "",
+            }
+        )
+    if as_json:
+        payload = {
+            "kind": spec.kind,
+            "name": spec.name,
+            "plugin": spec.plugin,
+            "summary": spec.summary,
+            "paper": spec.paper,
+            "options": options,
+        }
+        click.echo(json.dumps(payload, indent=2, default=str))
+        return
+    console = Console(width=max(120, Console().width))
+    console.print(f"[bold]{spec.kind} {spec.name}[/bold]  (plugin: {spec.plugin})")
+    if spec.summary:
+        console.print(spec.summary)
+    if spec.paper:
+        console.print(f"paper: {spec.paper}")
+    if not options:
+        console.print("no options")
+        return
+    table = Table(title="options (set with --<kind> NAME and <kind>.<option>=VALUE)")
+    for column in ("option", "type", "default", "description"):
+        table.add_column(column)
+    for option in options:
+        table.add_row(option["name"], option["type"], repr(option["default"]), option["description"])
+    console.print(table)
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
+    return text or str(annotation).replace("typing.", "")
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def plugins_command(as_json: bool) -> None:
+    """List loaded plugins: entry-point name, module, distribution, version and implemented hooks."""
+    from vltk.plugins import get_plugin_manager
+
+    infos = get_plugin_manager().plugins()
+    if as_json:
+        click.echo(json.dumps([info.__dict__ | {"hooks": list(info.hooks)} for info in infos], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="vltk plugins")
+    for column in ("name", "module", "distribution", "version", "hooks"):
+        table.add_column(column)
+    for info in infos:
+        table.add_row(info.name, info.module, info.distribution or "-", info.version or "-", ", ".join(info.hooks))
+    Console(width=max(120, Console().width)).print(table)

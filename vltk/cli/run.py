@@ -1,0 +1,145 @@
+"""``vltk train`` and ``vltk eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vltk.errors import UserError
+
+TRAIN_EPILOG = """\b
+Examples:
+  vltk train                                          # default recipe (tiny EVA02 + FPN, synthetic, CPU)
+  vltk train --recipe rein/synthetic                  # Rein adapter, same data
+  vltk train --adapter rein adapter.lora_dim=8 train.iters=100
+  vltk train --dry-run                                # print the resolved config and stop
+  vltk train --output runs/exp1 --resume              # continue from runs/exp1/last.pt
+Overrides are KEY=VALUE with dotted keys: train.lr=1e-4, dataset.domains=[synthetic,fog], seed=3.
+"""
+
+
+def _resolved_config(recipe: str | None, components: dict[str, Any], overrides: tuple[str, ...]) -> Any:
+    from vltk.config import build_config, resolve
+    from vltk.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    config = build_config(recipe, components=components, overrides=list(overrides), recipe_dirs=manager.recipe_dirs())
+    return resolve(config, manager.get_registry())
+
+
+@click.command("train", epilog=TRAIN_EPILOG)
+@click.argument("overrides", nargs=-1)
+@click.option("--recipe", help="recipe name (`vltk list recipes`) or YAML file [default: default]")
+@click.option("--backbone", help="backbone name (`vltk list backbones`)")
+@click.option("--adapter", help="adapter name")
+@click.option("--prompter", help="prompter name")
+@click.option("--decoder", help="decoder name")
+@click.option("--augmenter", "augmenters", multiple=True, help="augmenter name (repeatable)")
+@click.option("--dataset", help="dataset name")
+@click.option("--output", type=click.Path(file_okay=False), help="run folder [default: runs/<recipe>]")
+@click.option("--resume", is_flag=True, help="continue from <output>/last.pt when it exists")
+@click.option("--dry-run", is_flag=True, help="print the resolved configuration and exit")
+@click.option("--quiet", is_flag=True, help="no progress output (the final table is still printed)")
+def train_command(
+    overrides: tuple[str, ...],
+    recipe: str | None,
+    backbone: str | None,
+    adapter: str | None,
+    prompter: str | None,
+    decoder: str | None,
+    augmenters: tuple[str, ...],
+    dataset: str | None,
+    output: str | None,
+    resume: bool,
+    dry_run: bool,
+    quiet: bool,
+) -> None:
+    """Train a model. With no arguments, runs the default recipe on the embedded synthetic dataset."""
+    components = {
+        "backbone": backbone,
+        "adapter": adapter,
+        "prompter": prompter,
+        "decoder": decoder,
+        "dataset": dataset,
+        "augmenters": list(augmenters),
+    }
+    config = _resolved_config(recipe, components, overrides)
+    out = Path(output or config.output or Path("runs") / (config.recipe or "run").replace("/", "-"))
+    config = config.model_copy(update={"output": str(out)})
+    if dry_run:
+        from vltk.config import to_yaml
+
+        click.echo(to_yaml(config), nl=False)
+        return
+    if (out / "last.pt").is_file() and not resume:
+        click.echo(f"note: {out} already holds last.pt; starting over (pass --resume to continue it)", err=True)
+    from vltk.engine.trainer import Trainer
+
+    trainer = Trainer(config, out, resume=resume, quiet=quiet)
+    trainer.fit()
+    click.echo(f"run folder: {out}  (best.pt, last.pt, metrics.json, curves.png, overlays/)")
+
+
+EVAL_EPILOG = """\b
+Examples:
+  vltk eval --checkpoint runs/default/best.pt
+  vltk eval --checkpoint runs/rein-synthetic/best.pt dataset.num_val=64
+  vltk eval --checkpoint rein_head.pt --backbone-weights eva02_converted.pt
+"""
+
+
+@click.command("eval", epilog=EVAL_EPILOG)
+@click.argument("overrides", nargs=-1)
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="a vltk checkpoint (.pt)")
+@click.option(
+    "--backbone-weights",
+    type=click.Path(dir_okay=False),
+    help="backbone file for checkpoints saved without their frozen backbone",
+)
+@click.option(
+    "--output", type=click.Path(file_okay=False), help="where to write eval.json [default: beside the checkpoint]"
+)
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def eval_command(
+    overrides: tuple[str, ...], checkpoint: str, backbone_weights: str | None, output: str | None, as_json: bool
+) -> None:
+    """Evaluate a checkpoint on every domain of its dataset: per-domain mIoU, target average and gap."""
+    from rich.console import Console
+
+    from vltk.config import build_config, resolve
+    from vltk.engine.checkpoint import load_checkpoint
+    from vltk.engine.report import domain_table
+    from vltk.engine.trainer import evaluate, load_model_state, pick_device
+    from vltk.pipeline import build_data_source, build_model
+    from vltk.plugins import get_plugin_manager
+
+    state = load_checkpoint(checkpoint)
+    extra = list(overrides)
+    if backbone_weights:
+        extra.append(f"backbone.pretrained={backbone_weights}")
+    elif not state.get("backbone_included", True):
+        pretrained = state["config"].get("backbone", {}).get("pretrained")
+        if not pretrained or not Path(pretrained).is_file():
+            raise UserError(
+                f"checkpoint '{checkpoint}' holds no backbone weights (the backbone was frozen) and its "
+                f"pretrained file {pretrained!r} is not available; pass --backbone-weights FILE"
+            )
+    config = resolve(build_config(base=state["config"], overrides=extra), get_plugin_manager().get_registry())
+    source = build_data_source(config)
+    if list(source.classes) != list(state.get("class_names", source.classes)):
+        raise UserError("the dataset's classes differ from the checkpoint's; evaluate on the dataset it was trained on")
+    device = pick_device(config.device)
+    model = build_model(config, class_names=list(source.classes), ignore_index=source.ignore_index)
+    load_model_state(model, state)
+    results = evaluate(model.to(device), source, config, device)
+    results["checkpoint"] = str(checkpoint)
+    out = Path(output) if output else Path(checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(results, indent=2, default=lambda v: None))
+    if as_json:
+        click.echo(json.dumps(results, indent=2, default=lambda v: None))
+    else:
+        Console().print(domain_table(results, source.train_domains, title=f"eval {checkpoint}"))

@@ -1,0 +1,273 @@
+"""Run configuration: pydantic models, YAML recipes, dotted ``key=value`` overrides, per-component validation.
+
+A run is described by one YAML mapping (a *recipe*) plus command-line changes. The top level is validated by
+:class:`RunConfig` (``extra="forbid"``); each component section holds ``name`` plus that component's options,
+which only the component's own options model can validate — so :func:`resolve` looks the name up in the
+registry, validates the options, and writes the defaults back. The result is what goes to
+``config.resolved.yaml`` and what ``--dry-run`` prints: every knob that affected the run, spelled out.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vltk.errors import UserError, did_you_mean
+from vltk.registry import Registry, format_validation_error
+
+CORE_RECIPES = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "default"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComponentConfig(BaseModel):
+    """``name`` of a registered component plus its options (validated later by the component's own model)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(description="registered component name, see `vltk list`")
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(_Strict):
+    """Optimisation settings (AdamW + linear warm-up + poly decay, iteration based, as mmseg)."""
+
+    iters: int = Field(300, ge=1, description="number of optimisation steps")
+    batch_size: int = Field(4, ge=1, description="images per step")
+    lr: float = Field(1e-4, gt=0, description="base learning rate")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (0 for norms, tokens, embeddings)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    warmup_iters: int = Field(0, ge=0, description="linear warm-up steps (lr from warmup_ratio*lr to lr)")
+    warmup_ratio: float = Field(1e-6, ge=0, le=1, description="lr factor at the first warm-up step")
+    poly_power: float = Field(0.9, ge=0, description="poly schedule exponent: lr*(1-t/T)^power")
+    min_lr: float = Field(0.0, ge=0, description="floor of the poly schedule")
+    decoder_lr_mult: float = Field(1.0, gt=0, description="lr multiplier for the decoder (and prompter)")
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm (None: off)")
+    log_interval: int = Field(10, ge=1, description="steps between log lines when no progress bar is shown")
+    eval_interval: int = Field(0, ge=0, description="steps between evaluations (0: only at the end)")
+    checkpoint_interval: int = Field(100, ge=1, description="steps between last.pt checkpoints")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+
+class EvalConfig(_Strict):
+    """Evaluation settings."""
+
+    batch_size: int = Field(8, ge=1, description="images per evaluation step")
+    max_images: int | None = Field(None, ge=1, description="evaluate at most this many images per domain")
+    overlays: int = Field(2, ge=0, description="prediction overlay PNGs written per domain")
+
+
+class RunConfig(_Strict):
+    """One training or evaluation run. Component sections are ``{name: ..., <options>}``."""
+
+    task: Literal["segmentation"] = Field("segmentation", description="what the model predicts")
+    backbone: ComponentConfig
+    adapter: ComponentConfig = ComponentConfig(name="frozen")
+    prompter: ComponentConfig | None = None
+    decoder: ComponentConfig
+    augmenters: list[ComponentConfig] = Field(default_factory=list)
+    dataset: ComponentConfig = ComponentConfig(name="synthetic")
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    seed: int = Field(0, description="seed for weights, data order and augmentation")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    output: str | None = Field(None, description="run folder (default runs/<recipe>)")
+    recipe: str | None = Field(None, description="name of the recipe this run started from")
+
+    @field_validator("augmenters", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------------- recipes
+
+
+def available_recipes(recipe_dirs: list[tuple[str, str]]) -> dict[str, Path]:
+    """Recipe name -> file: ``default`` & co. from the core, ``<plugin>/<stem>`` from plugins."""
+    found: dict[str, Path] = {}
+    for path in sorted(CORE_RECIPES.glob("*.yaml")):
+        found[path.stem] = path
+    for plugin, folder in recipe_dirs:
+        for path in sorted(Path(folder).glob("*.yaml")):
+            found[f"{plugin}/{path.stem}"] = path
+    return found
+
+
+def load_recipe(recipe: str | None, recipe_dirs: list[tuple[str, str]]) -> tuple[dict[str, Any], str]:
+    """Load a recipe by name or path; return ``(mapping, recipe name)``. Unknown names suggest the closest."""
+    recipe = recipe or DEFAULT_RECIPE
+    path = Path(recipe)
+    if recipe.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise UserError(f"recipe file '{recipe}' does not exist")
+        name = path.stem
+    else:
+        known = available_recipes(recipe_dirs)
+        if recipe not in known:
+            raise UserError(
+                f"unknown recipe '{recipe}';{did_you_mean(recipe, known)} available: {', '.join(sorted(known))}"
+            )
+        path, name = known[recipe], recipe
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"recipe '{path}' is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"recipe '{path}' must be a YAML mapping at the top level")
+    return data, name
+
+
+# ------------------------------------------------------------------------------------------------- overrides
+
+
+def parse_override(token: str) -> tuple[list[str], Any]:
+    """``train.lr=1e-4`` -> (["train", "lr"], 1e-4). Values are YAML (lists, numbers, null, strings)."""
+    if "=" not in token:
+        raise UserError(f"cannot read override '{token}': write KEY=VALUE, e.g. train.iters=100")
+    key, raw = token.split("=", 1)
+    parts = [part for part in key.strip().split(".") if part]
+    if not parts:
+        raise UserError(f"override '{token}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, _coerce_number(value)
+
+
+def _coerce_number(value: Any) -> Any:
+    """PyYAML reads ``1e-4`` as a string (YAML 1.1 wants ``1.0e-4``); users mean a number."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(ch in value.lower() for ch in "e.") and value.strip() else value
+        except ValueError:
+            return value
+    return value
+
+
+def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set ``data[a][b][...] = value`` creating mappings on the way; list items are addressed by index."""
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        key: Any = int(part) if isinstance(node, list) and part.isdigit() else part
+        if isinstance(node, list):
+            if not isinstance(key, int) or key >= len(node):
+                raise UserError(f"override key '{'.'.join(parts)}': no item {part} in '{'.'.join(parts[:depth])}'")
+        elif key not in node or node[key] is None:
+            node[key] = {}
+        elif not isinstance(node[key], (dict, list)):
+            node[key] = {"name": node[key]} if depth == 0 else {}
+        node = node[key]
+    last: Any = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise UserError(f"override key '{'.'.join(parts)}': no item {last}")
+        last = int(last)
+    elif not isinstance(node, dict):
+        raise UserError(f"override key '{'.'.join(parts)}' goes inside a value that is not a mapping")
+    node[last] = value
+
+
+def set_component(data: dict[str, Any], section: str, name: str) -> None:
+    """``--adapter rein``: switch the section's component; keep its options only when the name is unchanged."""
+    current = data.get(section)
+    if isinstance(current, dict) and current.get("name") == name:
+        return
+    data[section] = {"name": name}
+
+
+def _normalise_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """Allow the short form ``backbone: eva02`` for ``backbone: {name: eva02}``."""
+    data = copy.deepcopy(data)
+    for section in ("backbone", "adapter", "prompter", "decoder", "dataset"):
+        if isinstance(data.get(section), str):
+            data[section] = {"name": data[section]}
+    if isinstance(data.get("augmenters"), list):
+        data["augmenters"] = [{"name": item} if isinstance(item, str) else item for item in data["augmenters"]]
+    return data
+
+
+def build_config(
+    recipe: str | None = None,
+    *,
+    components: dict[str, Any] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    recipe_dirs: list[tuple[str, str]] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Recipe (or ``base``) + component flags + ``key=value`` overrides -> validated :class:`RunConfig`.
+
+    ``components`` maps section names to component names (``{"adapter": "rein", "augmenters": [...]}``).
+    Component options are not checked here: :func:`resolve` does that against the registry.
+    """
+    if base is None:
+        data, name = load_recipe(recipe, recipe_dirs or [])
+        data.setdefault("recipe", name)
+    else:
+        data = copy.deepcopy(base)
+    data = _normalise_sections(data)
+    for section, value in (components or {}).items():
+        if value is None or value == () or value == []:
+            continue
+        if section == "augmenters":
+            data["augmenters"] = [{"name": item} for item in value]
+        else:
+            set_component(data, section, value)
+    for token in overrides:
+        parts, value = parse_override(token)
+        apply_override(data, parts, value)
+    data = _normalise_sections(data)
+    return validate_run_config(data)
+
+
+def validate_run_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise UserError(format_validation_error(error, "config").replace("config.", "", 1)) from None
+
+
+def resolve(config: RunConfig, registry: Registry) -> RunConfig:
+    """Look every component up (did-you-mean on typos), validate its options, fill in their defaults."""
+    data = config.to_dict()
+    for section in ("backbone", "adapter", "prompter", "decoder", "dataset"):
+        component: ComponentConfig | None = getattr(config, section)
+        if component is None:
+            continue
+        data[section] = _resolve_component(registry, section, component, section)
+    data["augmenters"] = [
+        _resolve_component(registry, "augmenter", item, f"augmenters.{index}")
+        for index, item in enumerate(config.augmenters)
+    ]
+    return validate_run_config(data)
+
+
+def _resolve_component(registry: Registry, kind: str, component: ComponentConfig, where: str) -> dict[str, Any]:
+    spec = registry.get(kind, component.name)
+    options = spec.validate(component.options(), where=where)
+    return {"name": component.name, **options.model_dump(mode="json")}
+
+
+def component_options(registry: Registry, kind: str, component: ComponentConfig) -> Any:
+    """The validated options object of one component section."""
+    return registry.get(kind, component.name).validate(component.options(), where=kind)
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,101 @@
+"""What a run leaves for a person to look at: the per-domain table, the loss/mIoU plot, prediction overlays."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def domain_table(results: dict[str, Any], train_domains: Sequence[str], title: str = "mIoU per domain") -> Any:
+    """A rich table: one row per domain (source first), then the target average and the gap."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("domain")
+    table.add_column("role")
+    table.add_column("mIoU", justify="right")
+    table.add_column("pixel acc", justify="right")
+    domains = results["domains"]
+    ordered = [d for d in domains if d in train_domains] + [d for d in domains if d not in train_domains]
+    for domain in ordered:
+        entry = domains[domain]
+        role = "source" if domain in train_domains else "target"
+        table.add_row(domain, role, _pct(entry["miou"]), _pct(entry["accuracy"]))
+    summary = results["summary"]
+    table.add_section()
+    table.add_row("target average", "", _pct(summary["target_avg"]), "")
+    table.add_row("domain gap (source - target)", "", _pct(summary["gap"]), "")
+    return table
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def plot_history(history: dict[str, Any], path: str | Path, train_domains: Sequence[str]) -> Path:
+    """Training loss (left) and per-domain mIoU over iterations (right) as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, miou_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [entry["iter"] for entry in history["train"]]
+    losses = [entry["loss"] for entry in history["train"]]
+    loss_axis.plot(steps, losses, color="tab:blue", linewidth=1)
+    loss_axis.set_xlabel("iteration")
+    loss_axis.set_ylabel("training loss")
+    loss_axis.set_title("loss")
+    loss_axis.grid(alpha=0.3)
+    evals = history["eval"]
+    if evals:
+        eval_steps = [entry["iter"] for entry in evals]
+        for domain in evals[-1]["domains"]:
+            values = [100 * entry["domains"][domain]["miou"] for entry in evals]
+            style = "-" if domain in train_domains else "--"
+            miou_axis.plot(eval_steps, values, style, marker="o", label=domain)
+        miou_axis.plot(
+            eval_steps, [100 * e["summary"]["target_avg"] for e in evals], "k-", linewidth=2, label="target avg"
+        )
+        miou_axis.legend(fontsize=8)
+    miou_axis.set_xlabel("iteration")
+    miou_axis.set_ylabel("mIoU (%)")
+    miou_axis.set_title("mIoU per domain (solid: source)")
+    miou_axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def colorize(label: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+    """Label map ``[H, W]`` -> RGB ``[H, W, 3]`` uint8 (ignored pixels black)."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    lut[ignore_index] = 0
+    return lut[np.clip(label, 0, 255).astype(np.uint8)]
+
+
+def write_overlay(
+    path: str | Path,
+    image: np.ndarray,
+    label: np.ndarray,
+    prediction: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    ignore_index: int = 255,
+) -> Path:
+    """One PNG: image | ground truth blended on the image | prediction blended on the image."""
+    from PIL import Image
+
+    truth = colorize(label, palette, ignore_index)
+    predicted = colorize(prediction, palette, ignore_index)
+    blend_truth = (0.4 * image + 0.6 * truth).astype(np.uint8)
+    blend_pred = (0.4 * image + 0.6 * predicted).astype(np.uint8)
+    gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
+    Image.fromarray(np.concatenate([image, gap, blend_truth, gap, blend_pred], axis=1)).save(path)
+    return Path(path)

@@ -1,0 +1,410 @@
+"""Iteration-based training and per-domain evaluation (AdamW, warm-up + poly, atomic checkpoints, resume).
+
+The loop is plain PyTorch so that a researcher can read it top to bottom. What it writes to the run folder:
+``config.resolved.yaml`` (before anything else), ``last.pt`` every ``checkpoint_interval`` steps and at the
+end, ``best.pt`` when the target-domain mIoU improves, ``metrics.json`` (history + final results),
+``curves.png`` (loss and per-domain mIoU) and ``overlays/<domain>_<i>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from vltk.config import RunConfig, to_yaml
+from vltk.engine.checkpoint import load_checkpoint, model_state_for_checkpoint, save_atomic
+from vltk.engine.metrics import ConfusionMatrix, summarise_domains
+from vltk.engine.report import domain_table, plot_history, write_overlay
+from vltk.errors import UserError
+
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+NO_DECAY_NAME_PARTS = (
+    "pos_embed",
+    "positional_embedding",
+    "cls_token",
+    "class_embedding",
+    "query_embed",
+    "level_embed",
+    "rope",
+    "mask_token",
+    "reg_token",
+)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda was requested but no CUDA device is available; use device=cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """uint8 images -> float [0, 1]; labels stacked as int64."""
+    images = torch.stack([item["image"] for item in items]).float().div_(255.0)
+    labels = torch.stack([item["label"] for item in items]).long()
+    return {"image": images, "label": labels, "domain": [item["domain"] for item in items]}
+
+
+def build_param_groups(model: nn.Module, config: RunConfig) -> list[dict[str, Any]]:
+    """AdamW groups from the trainable parameters only.
+
+    No weight decay on normalisation layers, embeddings/tokens (by name), the adapter's own no-decay names
+    (Rein's tokens and scale) and 1-d biases of norms; lr multipliers come from the adapter for backbone
+    parameters (layer-wise decay of ``full``) and from ``train.decoder_lr_mult`` for decoder and prompter.
+    """
+    train = config.train
+    norm_params = {
+        id(parameter)
+        for module in model.modules()
+        if isinstance(module, NORM_TYPES) or type(module).__name__.lower().endswith("norm")
+        for parameter in module.parameters(recurse=False)
+    }
+    adapter_no_decay = {f"adapter.{name}" for name in model.adapter.no_weight_decay_names()}
+    backbone_mults = {f"backbone.{k}": v for k, v in model.adapter.backbone_lr_multipliers(model.backbone).items()}
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        no_decay = (
+            id(parameter) in norm_params
+            or name in adapter_no_decay
+            or any(part in name for part in NO_DECAY_NAME_PARTS)
+        )
+        if name.startswith(("decoder.", "prompter.")):
+            lr_mult = train.decoder_lr_mult
+        else:
+            lr_mult = backbone_mults.get(name, 1.0)
+        key = (lr_mult, 0.0 if no_decay else train.weight_decay)
+        groups.setdefault(key, []).append(parameter)
+    if not groups:
+        raise UserError("nothing to train: the adapter froze every parameter and the decoder has none")
+    return [
+        {"params": params, "lr": train.lr * lr_mult, "lr_mult": lr_mult, "weight_decay": decay}
+        for (lr_mult, decay), params in sorted(groups.items())
+    ]
+
+
+def lr_factor(step: int, config: RunConfig) -> float:
+    """Linear warm-up from ``warmup_ratio`` then poly decay to ``min_lr`` (as a factor of the base lr)."""
+    train = config.train
+    progress = min(step, train.iters) / train.iters
+    min_factor = train.min_lr / train.lr
+    factor = (1.0 - min_factor) * (1.0 - progress) ** train.poly_power + min_factor
+    if train.warmup_iters and step < train.warmup_iters:
+        factor *= train.warmup_ratio + (1.0 - train.warmup_ratio) * step / train.warmup_iters
+    return factor
+
+
+def infinite_batches(
+    dataset: Dataset, batch_size: int, seed: int, num_workers: int, start_epoch: int = 0
+) -> Iterator[dict[str, Any]]:
+    """Endless shuffled batches; epoch ``e`` is shuffled with seed ``(seed, e)`` so resuming replays the order."""
+    epoch = start_epoch
+    while True:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=len(dataset) >= batch_size,
+            collate_fn=collate,
+            num_workers=num_workers,
+            generator=generator,
+        )
+        yield from loader
+        epoch += 1
+
+
+class Trainer:
+    """Owns a run folder: builds data and model, trains, evaluates, writes everything a run leaves behind."""
+
+    def __init__(self, config: RunConfig, output: Path, *, resume: bool = False, quiet: bool = False) -> None:
+        from rich.console import Console
+
+        from vltk.pipeline import build_data_source, build_model
+
+        self.config = config
+        self.output = Path(output)
+        self.quiet = quiet
+        self.console = Console(stderr=True)
+        self.stdout = Console()
+        self.output.mkdir(parents=True, exist_ok=True)
+        (self.output / "config.resolved.yaml").write_text(to_yaml(config))
+        seed_everything(config.seed)
+        self.device = pick_device(config.device)
+        self.source = build_data_source(config)
+        self.model = build_model(
+            config, class_names=list(self.source.classes), ignore_index=self.source.ignore_index
+        ).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            build_param_groups(self.model, config), lr=config.train.lr, betas=config.train.betas, eps=config.train.eps
+        )
+        self.step = 0
+        self.history: dict[str, Any] = {"train": [], "eval": []}
+        self.best: float | None = None
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def _keeps_backbone(self) -> bool:
+        """Drop the frozen backbone from checkpoints only when its weights come from a file we can reload."""
+        pretrained = self.config.backbone.options().get("pretrained")
+        return not (self.model.adapter.freezes_backbone and pretrained)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": model_state_for_checkpoint(self.model, include_backbone=self._keeps_backbone()),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "history": self.history,
+            "best": self.best,
+            "class_names": list(self.source.classes),
+            "backbone_included": self._keeps_backbone(),
+            "rng": {"torch": torch.get_rng_state(), "numpy_seed": int(self.config.seed)},
+        }
+
+    def _resume(self) -> None:
+        path = self.output / "last.pt"
+        if not path.is_file():
+            self.console.print(f"[yellow]no {path} to resume from: starting a new run[/yellow]")
+            return
+        state = load_checkpoint(path)
+        load_model_state(self.model, state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.history = state["history"]
+        self.best = state["best"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.console.print(f"resumed from {path} at iteration {self.step}")
+
+    # ------------------------------------------------------------------------------------------------ train
+
+    def _train_dataset(self) -> Dataset:
+        parts = [self.source.split("train", domain) for domain in self.source.train_domains]
+        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.iters`` (from the resumed step), evaluating and checkpointing on the way."""
+        config = self.config
+        train = config.train
+        dataset = self._train_dataset()
+        steps_per_epoch = max(1, len(dataset) // train.batch_size)
+        batches = infinite_batches(
+            dataset, train.batch_size, config.seed, train.num_workers, start_epoch=self.step // steps_per_epoch
+        )
+        for _ in range(self.step % steps_per_epoch):
+            next(batches)
+        trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.model.train()
+        progress = _Progress(
+            self.console, total=train.iters, start=self.step, enabled=not self.quiet, log_interval=train.log_interval
+        )
+        with progress:
+            while self.step < train.iters:
+                batch = next(batches)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = train.lr * group["lr_mult"] * lr_factor(self.step, config)
+                losses = self.model.loss(batch["image"].to(self.device), batch["label"].to(self.device))
+                loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"loss is {loss.item()} at iteration {self.step}; lower train.lr")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
+                self.optimizer.step()
+                self.step += 1
+                record = {
+                    "iter": self.step,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    **{k: float(v.detach()) for k, v in losses.items()},
+                }
+                self.history["train"].append(record)
+                progress.advance(self.step, record["loss"])
+                if train.eval_interval and self.step % train.eval_interval == 0 and self.step < train.iters:
+                    self._evaluate_and_record(progress)
+                    self.model.train()
+                if self.step % train.checkpoint_interval == 0 and self.step < train.iters:
+                    save_atomic(self._state(), self.output / "last.pt")
+        results = self._evaluate_and_record(None, overlays=True)
+        save_atomic(self._state(), self.output / "last.pt")
+        self._write_reports(results)
+        return results
+
+    def _evaluate_and_record(self, progress: _Progress | None, overlays: bool = False) -> dict[str, Any]:
+        if progress is not None:
+            progress.note("evaluating...")
+        results = evaluate(
+            self.model,
+            self.source,
+            self.config,
+            self.device,
+            overlay_dir=self.output / "overlays" if overlays else None,
+        )
+        results["iter"] = self.step
+        if not self.history["eval"] or self.history["eval"][-1]["iter"] != self.step:
+            self.history["eval"].append(results)
+        score = results["summary"]["target_avg"]
+        if math.isnan(score):
+            score = results["summary"]["source"]
+        if self.best is None or score > self.best:
+            self.best = score
+            save_atomic(self._state(), self.output / "best.pt")
+        if progress is not None:
+            progress.note(f"iter {self.step}: target mIoU {100 * results['summary']['target_avg']:.1f}")
+        return results
+
+    def _write_reports(self, results: dict[str, Any]) -> None:
+        metrics = {
+            "final": results,
+            "best_target_miou": self.best,
+            "history": self.history,
+            "train_domains": list(self.source.train_domains),
+            "recipe": self.config.recipe,
+        }
+        (self.output / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+        plot_history(self.history, self.output / "curves.png", self.source.train_domains)
+        self.stdout.print(domain_table(results, self.source.train_domains))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:
+    """Load a checkpoint's weights; a backbone-less checkpoint keeps the backbone the model was built with."""
+    weights = state["model"]
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if not state.get("backbone_included", True):
+        missing = [key for key in missing if not key.startswith("backbone.")]
+    if missing or unexpected:
+        raise UserError(
+            "checkpoint does not match the model built from its config: "
+            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, source: Any, config: RunConfig, device: torch.device, overlay_dir: Path | None = None
+) -> dict[str, Any]:
+    """mIoU (and pixel accuracy, per-class IoU) for every domain of the data source, plus the DG summary."""
+    model.eval()
+    domains: dict[str, Any] = {}
+    for domain in source.domains:
+        dataset = source.split("val", domain)
+        if config.eval.max_images is not None and len(dataset) > config.eval.max_images:
+            dataset = Subset(dataset, range(config.eval.max_images))
+        loader = DataLoader(dataset, batch_size=config.eval.batch_size, collate_fn=collate)
+        matrix = ConfusionMatrix(len(source.classes), source.ignore_index)
+        written = 0
+        for batch in loader:
+            prediction = model.predict(batch["image"].to(device)).argmax(1).cpu()
+            matrix.update(prediction, batch["label"])
+            if overlay_dir is not None and written < config.eval.overlays:
+                overlay_dir.mkdir(parents=True, exist_ok=True)
+                for i in range(min(config.eval.overlays - written, prediction.shape[0])):
+                    image = (batch["image"][i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+                    write_overlay(
+                        overlay_dir / f"{domain}_{written}.png",
+                        image,
+                        batch["label"][i].numpy(),
+                        prediction[i].numpy(),
+                        source.palette,
+                        source.ignore_index,
+                    )
+                    written += 1
+        iou = matrix.iou()
+        domains[domain] = {
+            "miou": matrix.miou(),
+            "accuracy": matrix.accuracy(),
+            "iou": dict(zip(source.classes, iou, strict=True)),
+            "images": len(dataset),
+        }
+    summary = summarise_domains({d: v["miou"] for d, v in domains.items()}, source.train_domains)
+    return {"domains": domains, "summary": summary}
+
+
+class _Progress:
+    """rich progress bar on stderr when it is a terminal; plain periodic log lines otherwise (CI, pipes)."""
+
+    def __init__(self, console: Any, total: int, start: int, enabled: bool, log_interval: int) -> None:
+        self.console = console
+        self.total = total
+        self.start_step = start
+        self.enabled = enabled
+        self.interactive = enabled and console.is_terminal
+        self.log_interval = log_interval
+        self.started = time.perf_counter()
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.interactive:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[speed]} it/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.total, completed=self.start_step, loss="-", speed="-")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def advance(self, step: int, loss: float) -> None:
+        elapsed = time.perf_counter() - self.started
+        speed = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.3f}", speed=f"{speed:.2f}")
+        elif self.enabled and (step % self.log_interval == 0 or step == self.total):
+            eta = (self.total - step) / speed if speed > 0 else float("inf")
+            print(
+                f"iter {step}/{self.total}  loss {loss:.4f}  {speed:.2f} it/s  ETA {eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(message)

@@ -1,0 +1,144 @@
+"""The only place vltk's hook specifications live.
+
+Every component vltk knows about — including the built-in ones — arrives through these hooks from a module
+named in the ``vltk`` entry-point group. A plugin implements any subset of them::
+
+    # vltk_myplugin/hooks.py  (entry point:  [project.entry-points.vltk] myplugin = "vltk_myplugin.hooks")
+    from vltk import hookimpl
+
+    @hookimpl
+    def vltk_register_adapters(register):
+        from vltk_myplugin.options import MyOptions      # light: no torch here
+
+        def build(options, **context):                   # heavy imports happen only when the adapter is built
+            from vltk_myplugin.adapter import MyAdapter
+            return MyAdapter(options, **context)
+
+        register("my-adapter", build, options=MyOptions, summary="What it does", paper="Where it comes from")
+
+Registration hooks take a ``register`` callback rather than returning objects so that one hook can add many
+components, names are checked for duplicates at registration time (the error names both plugins), and
+nothing is built until a run asks for it. Keep hook modules light: ``vltk list`` and ``vltk --help`` import
+every one of them.
+
+``register(name, factory, *, options=None, summary="", paper="")``:
+    ``name`` — the user-facing name (``--adapter NAME``); ``factory(options, **context)`` — builds the component
+    from its validated options and the context the pipeline passes (``embed_dim``, ``num_layers``,
+    ``patch_size``, ``has_cls_token``, ``text_dim``, ``in_channels``, ``num_classes``, ``class_names``,
+    ``ignore_index``, ``query_dims``...; accept ``**context`` and ignore what you don't need);
+    ``options`` — a :class:`vltk.options.Options` subclass (pydantic, ``extra="forbid"``) whose fields are the
+    component's knobs; ``summary`` / ``paper`` — shown by ``vltk list`` and ``vltk show``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("vltk")
+hookimpl = pluggy.HookimplMarker("vltk")
+
+Register = Callable[..., None]
+
+
+@hookspec
+def vltk_register_backbones(register: Register) -> None:
+    """Register backbones (``--backbone``).
+
+    A backbone factory returns a :class:`vltk.interfaces.Backbone`: a wrapped open_clip/timm model that calls
+    block hooks after every block and returns a 4-level pyramid. Example::
+
+        @hookimpl
+        def vltk_register_backbones(register):
+            register("my-vit", build_my_vit, options=MyViTOptions, summary="ViT-S from my lab", paper="arXiv:...")
+    """
+
+
+@hookspec
+def vltk_register_adapters(register: Register) -> None:
+    """Register adapters (``--adapter``): what of the backbone trains, and per-block refinement.
+
+    A factory returns a :class:`vltk.interfaces.Adapter`; it receives the backbone facts as context
+    (``embed_dim``, ``num_layers``, ``patch_size``, ``has_cls_token``). Example::
+
+        @hookimpl
+        def vltk_register_adapters(register):
+            register("bias-only", build_bias_only, options=BiasOnlyOptions, summary="BitFit")
+    """
+
+
+@hookspec
+def vltk_register_prompters(register: Register) -> None:
+    """Register prompters (``--prompter``): class names -> text embeddings ``[K, D]`` or ``[B, K, D]``.
+
+    Example::
+
+        @hookimpl
+        def vltk_register_prompters(register):
+            register("my-templates", build_templates, options=TemplateOptions, summary="ensembled templates")
+    """
+
+
+@hookspec
+def vltk_register_decoders(register: Register) -> None:
+    """Register decoders (``--decoder``): pyramid (+ queries, + text) -> predictions, with their own loss.
+
+    A factory returns a :class:`vltk.interfaces.Decoder` and receives ``in_channels``, ``num_classes``,
+    ``ignore_index`` and, when available, ``query_dims`` and ``text_dim``. Example::
+
+        @hookimpl
+        def vltk_register_decoders(register):
+            register("linear", build_linear_head, options=LinearOptions, summary="1x1 conv on stride 16")
+    """
+
+
+@hookspec
+def vltk_register_augmenters(register: Register) -> None:
+    """Register augmenters (``--augmenter``, repeatable): image-stage or feature-stage training augmentation.
+
+    Example::
+
+        @hookimpl
+        def vltk_register_augmenters(register):
+            register("colour-jitter", build_jitter, options=JitterOptions, summary="photometric jitter")
+    """
+
+
+@hookspec
+def vltk_register_datasets(register: Register) -> None:
+    """Register datasets (``--dataset``). A factory returns a :class:`vltk.data.base.DenseDataSource`.
+
+    Example::
+
+        @hookimpl
+        def vltk_register_datasets(register):
+            register("my-city", build_my_city, options=MyCityOptions, summary="my street scenes, 12 classes")
+    """
+
+
+@hookspec
+def vltk_register_commands(cli: Any) -> None:
+    """Add subcommands to the ``vltk`` click group. Keep imports inside the command functions.
+
+    Example::
+
+        @hookimpl
+        def vltk_register_commands(cli):
+            @cli.command("hello")
+            def hello():
+                print("hi")
+    """
+
+
+@hookspec
+def vltk_recipe_dirs() -> list[str]:
+    """Return folders holding recipe YAML files; ``--recipe PLUGIN/NAME`` finds ``<folder>/NAME.yaml``.
+
+    The recipe's full name is ``<plugin name>/<file stem>`` (e.g. ``rein/synthetic``). Example::
+
+        @hookimpl
+        def vltk_recipe_dirs():
+            return [str(pathlib.Path(__file__).parent / "recipes")]
+    """

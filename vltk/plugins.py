@@ -1,0 +1,164 @@
+"""Plugin manager: loads the ``vltk`` entry-point group once and fills the component registry.
+
+Built-in components are entry points of our own distribution, so they go through exactly the path a
+third-party ``vltk-<name>`` package does. Two environment variables control loading:
+
+- ``VLTK_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points at all (tests register plugins by hand);
+- ``VLTK_BLOCK_PLUGINS=a,b``: skip the entry points named ``a`` and ``b``.
+
+``check_pending()`` runs after loading, so a hook implementation with a misspelled name (``vltk_register_adaptor``)
+fails loudly instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from vltk import hookspecs
+from vltk.errors import UserError
+from vltk.registry import KINDS, Registry
+
+ENTRY_POINT_GROUP = "vltk"
+
+
+class PluginLoadError(UserError):
+    """A plugin could not be imported or declares hooks vltk does not know. Names the plugin and how to fix it."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One loaded plugin as ``vltk plugins`` reports it."""
+
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+
+
+class VltkPluginManager:
+    """A pluggy manager plus the registry it fills. Use :func:`get_plugin_manager` for the process-wide one."""
+
+    def __init__(self, *, autoload: bool | None = None, blocked: set[str] | None = None) -> None:
+        self.pm = pluggy.PluginManager("vltk")
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registry()
+        self._distributions: dict[str, tuple[str | None, str | None]] = {}
+        self._registered = False
+        if autoload is None:
+            autoload = os.environ.get("VLTK_DISABLE_PLUGIN_AUTOLOAD", "").strip().lower() not in {"1", "true", "yes"}
+        if blocked is None:
+            blocked = {name.strip() for name in os.environ.get("VLTK_BLOCK_PLUGINS", "").split(",") if name.strip()}
+        for name in blocked:
+            self.pm.set_blocked(name)
+        if autoload:
+            self._load_entry_points()
+
+    def _load_entry_points(self) -> None:
+        for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if self.pm.is_blocked(entry_point.name) or self.pm.has_plugin(entry_point.name):
+                continue
+            try:
+                module = entry_point.load()
+            except Exception as error:  # any import failure in third-party code must name the plugin
+                raise PluginLoadError(
+                    f"plugin '{entry_point.name}' ({entry_point.value}) failed to import: "
+                    f"{type(error).__name__}: {error}. Fix or uninstall it, or skip it with "
+                    f"VLTK_BLOCK_PLUGINS={entry_point.name}"
+                ) from error
+            dist = entry_point.dist
+            self.add_plugin(
+                module,
+                entry_point.name,
+                distribution=dist.metadata["Name"] if dist else None,
+                version=dist.version if dist else None,
+            )
+
+    def add_plugin(
+        self, plugin: Any, name: str, *, distribution: str | None = None, version: str | None = None
+    ) -> None:
+        """Register a plugin object or module by hand (tests, notebooks) and validate its hook names."""
+        if self._registered:
+            raise RuntimeError("plugins must be added before the registry is first used")
+        if self.pm.is_blocked(name):
+            return
+        self.pm.register(plugin, name=name)
+        self._distributions[name] = (distribution, version)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as error:
+            self.pm.unregister(name=name)
+            known = [spec for spec in dir(hookspecs) if spec.startswith("vltk_")]
+            raise PluginLoadError(
+                f"plugin '{name}' is invalid: {error}. Hook implementations must be named one of: {', '.join(known)}"
+            ) from None
+
+    def _fill_registry(self) -> None:
+        if self._registered:
+            return
+        self._registered = True
+        for kind in KINDS:
+            hook = getattr(self.pm.hook, f"vltk_register_{kind}s")
+            for impl in hook.get_hookimpls():
+                impl.function(register=self.registry.register_callback(kind, impl.plugin_name))
+
+    def get_registry(self) -> Registry:
+        """The registry, filled on first use (hook modules stay light, so this is cheap)."""
+        self._fill_registry()
+        return self.registry
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every loaded plugin with its distribution, version and implemented hooks."""
+        infos = []
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []))
+            distribution, version = self._distributions.get(name, (None, None))
+            infos.append(
+                PluginInfo(
+                    name=name,
+                    module=getattr(plugin, "__name__", type(plugin).__name__),
+                    distribution=distribution,
+                    version=version,
+                    hooks=hooks,
+                )
+            )
+        return sorted(infos, key=lambda info: info.name)
+
+    def recipe_dirs(self) -> list[tuple[str, str]]:
+        """``(plugin name, folder)`` pairs from every ``vltk_recipe_dirs`` implementation."""
+        pairs = []
+        for impl in self.pm.hook.vltk_recipe_dirs.get_hookimpls():
+            for folder in impl.function() or []:
+                pairs.append((impl.plugin_name, str(folder)))
+        return pairs
+
+    def register_commands(self, cli: Any) -> None:
+        self.pm.hook.vltk_register_commands(cli=cli)
+
+
+_MANAGER: VltkPluginManager | None = None
+
+
+def get_plugin_manager() -> VltkPluginManager:
+    """The process-wide plugin manager; entry points are loaded on the first call only."""
+    global _MANAGER
+    if _MANAGER is None:
+        _MANAGER = VltkPluginManager()
+    return _MANAGER
+
+
+def reset_plugin_manager(manager: VltkPluginManager | None = None) -> None:
+    """Replace (or drop) the process-wide manager: for tests and for plugin authors' fixtures."""
+    global _MANAGER
+    _MANAGER = manager
+
+
+def get_registry() -> Registry:
+    return get_plugin_manager().get_registry()

@@ -51,9 +51,7 @@ class Eva02Options(Options):
     )
     pretrained: str | None = Field(default=None, description=_PRETRAINED_HELP)
     out_indices: list[int] | None = Field(default=None, description=_OUT_INDICES_HELP)
-    patch_size: int | None = Field(
-        default=None, ge=4, le=32, description=_PATCH_HELP.format(own="16; 14 for large")
-    )
+    patch_size: int | None = Field(default=None, ge=4, le=32, description=_PATCH_HELP.format(own="16; 14 for large"))
     drop_path_rate: float = Field(
         default=0.0,
         ge=0.0,

@@ -1,4 +1,4 @@
-"""Rein as one :class:`~vltk.interfaces.Adapter` for every ViT backbone (paper notes: /work/shared/papers/rein.md).
+"""Rein as one :class:`~vltk.interfaces.Adapter` for every ViT backbone (paper notes: shared/papers/rein.md).
 
 After every block, the patch features attend to a small set of learnable tokens of that layer; the attended
 token values, passed through two MLPs shared by all layers, are added back to the features behind a gate that
@@ -20,21 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from vltk.interfaces import Adapter
+from vltk_kernels import rein_attention
 from vltk_plugins.rein.options import ReinOptions
 
-
-def rein_token_update(feats: Tensor, tokens: Tensor, values: Tensor, scale: float) -> Tensor:
-    """Attend features to tokens and gather token values, skipping token 0: ``softmax(f Tᵀ·s)[..., 1:] @ V``.
-
-    ``feats`` ``[B, N, C]``, ``tokens`` ``[M, C]``, ``values`` ``[M-1, C]`` (the projected tokens 1..M-1),
-    returns ``[B, N, C]``. The softmax runs over all M tokens, so token 0 soaks up probability mass without
-    contributing a value: a patch that matches no real token gets an (almost) zero update.
-
-    This is the reference for the fused kernel ``rein_attention(feats, tokens, values, scale)``, which has the
-    same signature and can replace it.
-    """
-    attn = torch.softmax(torch.matmul(feats, tokens.transpose(0, 1)) * scale, dim=-1)
-    return torch.matmul(attn[..., 1:], values)
+#: Rein's token attention, ``softmax(f Tᵀ·s)[..., 1:] @ V``: feats ``[B, N, C]``, tokens ``[M, C]``, values
+#: ``[M-1, C]`` (the projected tokens 1..M-1) -> ``[B, N, C]``. The softmax runs over all M tokens, so token 0
+#: soaks up probability mass without contributing a value: a patch that matches no real token gets an (almost)
+#: zero update. It is the ``vltk_kernels`` op, so a fused kernel replaces it without touching the adapter.
+rein_token_update = rein_attention
 
 
 class Rein(Adapter):

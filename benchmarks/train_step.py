@@ -1,0 +1,122 @@
+"""Time one training step (forward + backward + AdamW step) of the tiny EVA02 + FPN model per adapter.
+
+All adapters run in one process on the same inputs, so the ratios against the ``frozen`` baseline are
+meaningful even on a noisy machine. Writes JSON (device, versions, git commit, per-adapter timings, ratios).
+
+    python benchmarks/train_step.py                       # tiny EVA02, 128x128, batch 4, CPU
+    python benchmarks/train_step.py --size 256 --repeats 20 --json benchmarks/results/train_step_256.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vltk.config import build_config
+from vltk.engine.trainer import build_param_groups
+from vltk.interfaces import count_trainable
+from vltk.pipeline import build_model
+from vltk.plugins import get_plugin_manager
+
+ADAPTERS = ("frozen", "rein", "full")
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def time_adapter(adapter: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    overrides = [f"backbone.variant={args.variant}", "adapter.link_token_to_query=false"] if adapter == "rein" else [
+        f"backbone.variant={args.variant}"
+    ]
+    config = build_config(components={"adapter": adapter}, overrides=overrides,
+                          recipe_dirs=get_plugin_manager().recipe_dirs())
+    torch.manual_seed(0)
+    model = build_model(config).to(device).train()
+    optimizer = torch.optim.AdamW(build_param_groups(model, config), lr=1e-4)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(args.batch, 3, args.size, args.size, generator=generator).to(device)
+    labels = torch.randint(0, len(model.class_names), (args.batch, args.size, args.size), generator=generator)
+    labels = labels.to(device)
+
+    def step() -> None:
+        loss = model.loss(images, labels)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    result = {
+        "adapter": adapter,
+        "trainable_params": count_trainable(model),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "median_ms": 1000 * statistics.median(times),
+        "p20_ms": 1000 * times[int(0.2 * (len(times) - 1))],
+        "p80_ms": 1000 * times[int(0.8 * (len(times) - 1))],
+    }
+    if device.type == "cuda":
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="tiny", help="eva02 variant")
+    parser.add_argument("--size", type=int, default=128, help="square input size")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default="benchmarks/results/train_step.json", help="output file")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    results = [time_adapter(adapter, args, device) for adapter in ADAPTERS]
+    baseline = results[0]["median_ms"]
+    for result in results:
+        result["ratio_vs_frozen"] = result["median_ms"] / baseline
+    payload = {
+        "benchmark": "train_step",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or 'x86_64'}, "
+        f"{torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": git_commit(),
+        "settings": {"backbone": f"eva02-{args.variant}", "decoder": "fpn", "size": args.size, "batch": args.batch,
+                     "repeats": args.repeats},
+        "results": results,
+    }
+    print(f"train step, eva02-{args.variant} + fpn, {args.batch}x3x{args.size}x{args.size}, {payload['device']}")
+    print(f"{'adapter':8s} {'trainable':>12s} {'median ms':>10s} {'p20':>8s} {'p80':>8s} {'vs frozen':>9s}")
+    for r in results:
+        print(f"{r['adapter']:8s} {r['trainable_params']:>12,d} {r['median_ms']:>10.1f} {r['p20_ms']:>8.1f} "
+              f"{r['p80_ms']:>8.1f} {r['ratio_vs_frozen']:>8.2f}x")
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

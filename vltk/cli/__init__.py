@@ -92,6 +92,13 @@ def cli() -> None:
     """vltk: transfer vision(-language) foundation models to dense prediction under domain shift."""
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Warnings (e.g. "random backbone weights") print as one line, no source."""
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     cli()

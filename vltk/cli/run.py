@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +110,7 @@ def eval_command(
 
     from vltk.config import build_config, resolve
     from vltk.engine.checkpoint import load_checkpoint
-    from vltk.engine.report import domain_table
+    from vltk.engine.report import domain_table, to_json
     from vltk.engine.trainer import evaluate, load_model_state, pick_device
     from vltk.pipeline import build_data_source, build_model
     from vltk.plugins import get_plugin_manager
@@ -138,8 +137,8 @@ def eval_command(
     results["checkpoint"] = str(checkpoint)
     out = Path(output) if output else Path(checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(results, indent=2, default=lambda v: None))
+    (out / "eval.json").write_text(to_json(results))
     if as_json:
-        click.echo(json.dumps(results, indent=2, default=lambda v: None))
+        click.echo(to_json(results))
     else:
         Console().print(domain_table(results, source.train_domains, title=f"eval {checkpoint}"))

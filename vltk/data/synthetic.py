@@ -232,21 +232,25 @@ class _Canvas:
         return (slice(r0, r1), slice(c0, c1)), zc[None, :], yw
 
 
-def _segments(rng: np.random.Generator, kinds: dict[int, float], heights: dict[int, tuple[float, float]],
-              z_end: float, length: tuple[float, float]) -> np.ndarray:
+def _segments(
+    rng: np.random.Generator,
+    kinds: dict[int, float],
+    heights: dict[int, tuple[float, float]],
+    z_end: float,
+    length: tuple[float, float],
+) -> np.ndarray:
     """Consecutive stretches of one facade line: rows ``(z_start, class, height, key)`` up to ``z_end``."""
-    classes = list(kinds)
+    z_end = min(z_end, 400.0)  # farther stretches are below a pixel
+    classes = np.array(list(kinds), np.float64)
     cumulative = np.cumsum(list(kinds.values()))
     cumulative /= cumulative[-1]
-    rows = []
-    z = 0.0
-    while z < z_end:
-        cls = classes[min(int(np.searchsorted(cumulative, rng.random())), len(classes) - 1)]
-        lo, hi = heights.get(cls, (0.0, 0.0))
-        rows.append((z, cls, lo + (hi - lo) * rng.random(), 1000.0 * rng.random()))
-        z += rng.uniform(*length)
-    rows.append((z_end, NONE, 0.0, 0.0))
-    return np.array(rows, dtype=np.float64)
+    lo, hi = np.array([heights.get(int(c), (0.0, 0.0)) for c in classes]).T
+    n = int(z_end / length[0]) + 2
+    starts = np.concatenate([[0.0], np.cumsum(rng.uniform(length[0], length[1], n - 1))])
+    pick = np.minimum(np.searchsorted(cumulative, rng.random(n)), len(classes) - 1)
+    height = lo[pick] + (hi[pick] - lo[pick]) * rng.random(n)
+    rows = np.stack([starts, classes[pick], height, 1000.0 * rng.random(n)], axis=1)[starts < z_end]
+    return np.concatenate([rows, [[z_end, NONE, 0.0, 0.0]]])
 
 
 _SCENES = {
@@ -279,8 +283,13 @@ _LIT = np.random.default_rng(4242).random(1024) < 0.33
 
 
 def _windows(
-    along: np.ndarray, up: np.ndarray, spacing: np.ndarray | float, floor: np.ndarray | float,
-    key: np.ndarray | float, footprint: np.ndarray | float, building: np.ndarray | bool,
+    along: np.ndarray,
+    up: np.ndarray,
+    spacing: np.ndarray | float,
+    floor: np.ndarray | float,
+    key: np.ndarray | float,
+    footprint: np.ndarray | float,
+    building: np.ndarray | bool,
 ) -> np.ndarray | None:
     """Window details on facades: ``along`` per column ``[1, w]``, ``up`` per pixel ``[h, w]`` (metres).
 
@@ -365,7 +374,6 @@ def _layout(seed: int, index: int, size: tuple[int, int]) -> _Layout:
     if lanes % 2 == 0:
         mark |= a < 0.08  # solid centre line
     mark |= np.abs(a - half + 0.25) < 0.07  # edge lines
-    nz = len(zr)
 
     def rows_between(z_lo: float, z_hi: float) -> slice:  # rows of the ground block with z in [z_lo, z_hi]
         neg = -zg[r0:]
@@ -443,14 +451,14 @@ def _layout(seed: int, index: int, size: tuple[int, int]) -> _Layout:
         where, xw, yw = box
         mask = ((xw >= x0) & (xw <= x1))[None, :] & ((yw >= 0) & (yw <= h))[:, None]
         det = None
-        if c == BUILDING:
+        if c == BUILDING and where[1].stop - where[1].start >= 3:
             det = _windows(xw[None, :], yw[:, None], 3.4, 3.1, float(inst * 7.3 % 1000), z0 / f, True)
         cv.paint(where, mask, z0, c, inst, D_NONE if det is None else det, xw[None, :], yw[:, None])
 
     # --- end of the street: a skyline across the whole view ---
-    if z_end < 900:
-        x_end = -z_end * 2.0
-        while x_end < z_end * 2.0:
+    if z_end < 900:  # only the visible span (in world units, so the random stream is size-independent)
+        x_end = -z_end * xv / f - 5.0
+        while x_end < z_end * (W - xv) / f + 5.0:
             width = rng.uniform(10.0, 35.0)
             c = BUILDING if rng.random() < (0.8 if scene == "city" else 0.35) else VEGETATION
             h = rng.uniform(8.0, 45.0) if c == BUILDING else rng.uniform(6.0, 14.0)
@@ -470,8 +478,14 @@ def _layout(seed: int, index: int, size: tuple[int, int]) -> _Layout:
 
 
 def _facade_line(
-    cv: _Canvas, segs: np.ndarray, instances: np.ndarray, x_plane: float, sign: float, cols: tuple[int, int],
-    z_end: float, cross: tuple[float, float] | None,
+    cv: _Canvas,
+    segs: np.ndarray,
+    instances: np.ndarray,
+    x_plane: float,
+    sign: float,
+    cols: tuple[int, int],
+    z_end: float,
+    cross: tuple[float, float] | None,
 ) -> None:
     """Paint one facade line (the plane ``X = x_plane``) over the columns on its side of the vanishing point.
 
@@ -523,8 +537,12 @@ def _facade_line(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Objects: each is drawn as billboards (and side faces for vehicles) through the canvas' z-buffer.
+# Objects: each is drawn as billboards (and side faces for vehicles) through the canvas' z-buffer. Every random
+# parameter is drawn before any visibility test, so the random stream (hence the scene) does not depend on the
+# image size; objects only a few pixels tall are drawn as plain boxes (level of detail).
 # --------------------------------------------------------------------------------------------------------------
+
+_LOD_PIXELS = 7.0  # below this projected height, shapes are boxes: details would be sub-pixel anyway
 
 
 def _vehicle(cv: _Canvas, x: float, z: float, kind: int, facing_away: bool, length: float | None = None) -> None:
@@ -532,73 +550,77 @@ def _vehicle(cv: _Canvas, x: float, z: float, kind: int, facing_away: bool, leng
     rng = cv.rng
     inst = cv.new_instance(kind)
     if kind == CAR:
-        w, h, L = rng.uniform(1.7, 1.95), rng.choice([1.45, 1.55, 1.75, 2.0]), rng.uniform(4.0, 5.0)
+        w, h, L = rng.uniform(1.7, 1.95), (1.45, 1.55, 1.75, 2.0)[int(rng.integers(4))], rng.uniform(4.0, 5.0)
     elif kind == TRUCK:
         w, h, L = 2.5, rng.uniform(3.0, 3.8), rng.uniform(7.0, 10.0)
     else:
         w, h, L = 2.55, rng.uniform(3.0, 3.3), rng.uniform(11.0, 13.0)
     L = length or L
+    hw = w / 2
+    lights = D_TAIL if facing_away else D_HEAD
+    if cv.f * h / z < _LOD_PIXELS:
+        cv.rect(z, x - hw, x + hw, 0.2, h * 0.9, kind, inst)
+        return
     # side face first: it is farther than the near face, the z-buffer keeps the near face in front
-    x_side = x - w / 2 if x > w / 2 else (x + w / 2 if x < -w / 2 else None)
-    if x_side is not None:
-        face = cv.side_face(x_side, z, z + L, h)
-        if face is not None:
-            where, zc, yw = face
-            s = zc - z
-            inside = (s >= 0) & (s <= L)
-            if kind == CAR:
-                sl = s if facing_away else L - s  # s measured from the rear
-                body = (yw > 0.28) & (yw < 0.95) & (sl > 0.05) & (sl < L - 0.05)
-                cab = (yw >= 0.95) & (yw < h) & (sl > 0.22 * L + (yw - 0.95) * 0.5) & (sl < 0.75 * L - (yw - 0.95) * 1.1)
-                glass = cab & (yw > 1.02) & (yw < h - 0.07)
-                wheel = ((sl - 0.85) ** 2 + (yw - 0.33) ** 2 < 0.1) | ((sl - (L - 0.95)) ** 2 + (yw - 0.33) ** 2 < 0.1)
-                mask = inside & (body | cab | wheel)
-                det = np.where(wheel, D_TYRE, np.where(glass, D_GLASS, D_NONE))
-            else:
-                sl = s if facing_away else L - s
-                cabin_len = 2.3 if kind == TRUCK else 0.0
-                body = (yw > 0.4) & (yw < h) & (sl > 0.05) & (sl < L - 0.05)
-                if kind == TRUCK:
-                    body &= (sl < L - cabin_len) | (yw < h - 0.5)
-                wheel = ((sl - 1.3) ** 2 + (yw - 0.5) ** 2 < 0.25) | ((sl - (L - 1.5)) ** 2 + (yw - 0.5) ** 2 < 0.25)
-                band = (yw > h * 0.48) & (yw < h * 0.82) & ((sl - np.floor(sl / 1.6) * 1.6) > 0.2) & (sl > 0.5)
-                if kind == TRUCK:
-                    band &= sl > L - cabin_len + 0.4
-                mask = inside & (body | wheel)
-                det = np.where(wheel, D_TYRE, np.where(band, D_GLASS, D_NONE))
-            cv.paint(where, mask, zc, kind, inst, det.astype(np.uint8), zc, yw, normal=N_LEFT if x_side < 0 else N_RIGHT)
-    box = cv.billboard(z, x - w / 2, x + w / 2, 0.0, h)
+    x_side = x - hw if x > hw else (x + hw if x < -hw else None)
+    face = cv.side_face(x_side, z, z + L, h) if x_side is not None else None
+    if face is not None:
+        where, zc, yw = face
+        s = zc - z
+        sl = s if facing_away else L - s  # measured from the rear
+        inside = (s >= 0) & (s <= L)
+        if kind == CAR:
+            rise = yw - 0.95
+            body = (yw > 0.28) & (yw < 0.95) & (sl > 0.05) & (sl < L - 0.05)
+            cab = (rise >= 0) & (yw < h) & (sl > 0.22 * L + rise * 0.5) & (sl < 0.75 * L - rise * 1.1)
+            glass = cab & (yw > 1.02) & (yw < h - 0.07)
+            wheel_y = (yw - 0.33) ** 2
+            wheel = ((sl - 0.85) ** 2 + wheel_y < 0.1) | ((sl - (L - 0.95)) ** 2 + wheel_y < 0.1)
+            mask = inside & (body | cab | wheel)
+        else:
+            cabin_len = 2.3 if kind == TRUCK else 0.0
+            body = (yw > 0.4) & (yw < h) & (sl > 0.05) & (sl < L - 0.05)
+            if kind == TRUCK:
+                body &= (sl < L - cabin_len) | (yw < h - 0.5)
+            wheel_y = (yw - 0.5) ** 2
+            wheel = ((sl - 1.3) ** 2 + wheel_y < 0.25) | ((sl - (L - 1.5)) ** 2 + wheel_y < 0.25)
+            glass = (yw > h * 0.48) & (yw < h * 0.82) & ((sl - np.floor(sl / 1.6) * 1.6) > 0.2) & (sl > 0.5)
+            if kind == TRUCK:
+                glass &= sl > L - cabin_len + 0.4
+            mask = inside & (body | wheel)
+        det = np.where(wheel, D_TYRE, np.where(glass, D_GLASS, D_NONE))
+        cv.paint(where, mask, zc, kind, inst, det, zc, yw, normal=N_LEFT if x_side < 0 else N_RIGHT)
+    box = cv.billboard(z, x - hw, x + hw, 0.0, h)
     if box is None:
         return
     where, xw, yw = box
     X = np.abs(xw - x)[None, :]
     Y = yw[:, None]
-    hw = w / 2
     if kind == CAR:
-        body = (X < hw) & (Y > 0.22) & (Y < 0.95 - 0.25 * np.clip((X - hw + 0.2) / 0.2, 0, 1))
+        body = (X < hw) & (Y > 0.22) & (Y < 0.95 - 0.25 * np.clip((X - hw + 0.2) * 5.0, 0, 1))
         cab_half = hw - 0.15 - (Y - 0.95) * 0.45
         cab = (Y >= 0.9) & (Y < h) & (X < cab_half)
         wheel = (Y < 0.32) & (X > hw - 0.36) & (X < hw - 0.06)
         glass = cab & (Y > 1.02) & (Y < h - 0.08) & (X < cab_half - 0.07)
-        lights = (Y > 0.68) & (Y < 0.84) & (X > hw - 0.42) & (X < hw - 0.08)
+        lamp = (Y > 0.68) & (Y < 0.84) & (X > hw - 0.42) & (X < hw - 0.08)
         bumper = (Y > 0.24) & (Y < 0.4)
         mask = body | cab | wheel
-        det = np.select([wheel, glass, lights, bumper], [D_TYRE, D_GLASS, D_TAIL if facing_away else D_HEAD, D_DARK])
+        det = np.select([wheel, glass, lamp, bumper], [D_TYRE, D_GLASS, lights, D_DARK])
     else:
         body = (X < hw) & (Y > 0.35) & (Y < h)
         wheel = (Y < 0.45) & (X > hw - 0.5) & (X < hw - 0.05)
         if facing_away:
-            glass = (Y > h * 0.62) & (Y < h * 0.9) & (X < hw - 0.2) if kind == BUS else np.zeros_like(body)
+            glass = ((Y > h * 0.62) & (Y < h * 0.9) & (X < hw - 0.2)) if kind == BUS else np.zeros_like(body)
         else:
             glass = (Y > h * 0.5) & (Y < h * 0.88) & (X < hw - 0.12)
-        lights = (Y > 0.55) & (Y < 0.8) & (X > hw - 0.35) & (X < hw - 0.05)
+        lamp = (Y > 0.55) & (Y < 0.8) & (X > hw - 0.35) & (X < hw - 0.05)
         mask = body | wheel
-        det = np.select([wheel, glass, lights], [D_TYRE, D_GLASS, D_TAIL if facing_away else D_HEAD])
-    cv.paint(where, mask, z, kind, inst, det.astype(np.uint8), xw[None, :] - x, Y)
+        det = np.select([wheel, glass, lamp], [D_TYRE, D_GLASS, lights])
+    cv.paint(where, mask, z, kind, inst, det, xw[None, :] - x, Y)
     # contact shadow on the road
     shadow = cv.billboard(z, x - hw - 0.2, x + hw + 0.2, -0.35, 0.0)
     if shadow is not None:
-        swhere, _, _ = shadow
+        swhere = shadow[0]
         code = cv.code[swhere]
         dark = (cv.label[swhere] == ROAD) & (cv.depth[swhere] > z)
         np.copyto(code, (code & ~np.int32(0x78)) | (D_DARK << 3), where=dark)
@@ -609,23 +631,27 @@ def _person(cv: _Canvas, x: float, z: float, cls: int = PERSON, base: float = 0.
     rng = cv.rng
     inst = cv.new_instance(cls)
     h = rng.uniform(1.55, 1.9)
+    stride = rng.uniform(0.0, 0.12) * h
+    if cv.f * h / z < _LOD_PIXELS:
+        cv.rect(z, x - 0.2, x + 0.2, base, base + h, cls, inst)
+        return
     box = cv.billboard(z, x - 0.4, x + 0.4, base, base + h)
     if box is None:
         return
     where, xw, yw = box
     X = (xw - x)[None, :]
-    Y = (yw - base)[:, None] / h  # 0 at the feet, 1 at the top of the head
-    stride = rng.uniform(0.0, 0.12) * h
-    head = X**2 + ((Y - 0.93) * h) ** 2 < (0.11 * h / 1.75) ** 2
-    torso = (np.abs(X) < 0.19 * h / 1.75 + 0.03 * (Y - 0.5)) & (Y > 0.5) & (Y < 0.86)
-    arms = (np.abs(X) < 0.26 * h / 1.75) & (Y > 0.45) & (Y < 0.84) & ~torso
-    arms &= np.abs(np.abs(X) - 0.225 * h / 1.75) < 0.04
+    Y = (yw - base)[:, None] * (1.0 / h)  # 0 at the feet, 1 at the top of the head
+    ax = np.abs(X)
+    u = h / 1.75
+    head = X**2 + ((Y - 0.93) * h) ** 2 < (0.11 * u) ** 2
+    torso = (ax < 0.19 * u + 0.03 * (Y - 0.5)) & (Y > 0.5) & (Y < 0.86)
+    arms = (np.abs(ax - 0.225 * u) < 0.04) & (Y > 0.45) & (Y < 0.84)
     if riding:
-        legs = (np.abs(np.abs(X) - 0.12) < 0.08) & (Y > 0.25) & (Y <= 0.52)
+        legs = (np.abs(ax - 0.12) < 0.08) & (Y > 0.25) & (Y <= 0.52)
     else:
-        legs = (np.abs(np.abs(X) - 0.09 - stride * np.clip(0.5 - Y, 0, 1)) < 0.075) & (Y <= 0.52)
+        legs = (np.abs(ax - 0.09 - stride * np.clip(0.5 - Y, 0, 1)) < 0.075) & (Y <= 0.52)
     mask = head | torso | arms | legs
-    det = np.select([head & (Y < 0.95), head, legs], [D_SKIN, D_DARK, D_PANTS], D_NONE).astype(np.uint8)
+    det = np.select([head & (Y < 0.95), head, legs], [D_SKIN, D_DARK, D_PANTS], D_NONE)
     cv.paint(where, mask, z, cls, inst, det, X, Y * h)
 
 
@@ -638,13 +664,14 @@ def _two_wheeler(cv: _Canvas, x: float, z: float, motor: bool) -> None:
         where, xw, yw = box
         X = np.abs(xw - x)[None, :]
         Y = yw[:, None]
+        bar = np.abs(Y - 1.0)
         if motor:
-            mask = ((X < 0.09) & (Y < 0.65)) | ((X < 0.3) & (Y > 0.4) & (Y < 0.85)) | ((X < 0.42) & (np.abs(Y - 1.0) < 0.04))
+            mask = ((X < 0.09) & (Y < 0.65)) | ((X < 0.3) & (Y > 0.4) & (Y < 0.85)) | ((X < 0.42) & (bar < 0.04))
             det = np.where((Y > 0.6) & (Y < 0.7) & (X < 0.08), D_TAIL, np.where(Y < 0.6, D_TYRE, D_NONE))
         else:
-            mask = ((X < 0.035) & (Y < 0.68)) | ((X < 0.06) & (Y > 0.6) & (Y < 0.95)) | ((X < 0.3) & (np.abs(Y - 1.0) < 0.03))
+            mask = ((X < 0.035) & (Y < 0.68)) | ((X < 0.06) & (Y > 0.6) & (Y < 0.95)) | ((X < 0.3) & (bar < 0.03))
             det = np.where(Y < 0.68, D_TYRE, D_NONE)
-        cv.paint(where, mask, z + 0.05, cls, inst, det.astype(np.uint8), xw[None, :] - x, Y)
+        cv.paint(where, mask, z + 0.05, cls, inst, det, xw[None, :] - x, Y)
     _person(cv, x, z, RIDER, base=0.45 if motor else 0.35, riding=True)
 
 
@@ -655,9 +682,9 @@ def _pole(cv: _Canvas, x: float, z: float, height: float, radius: float = 0.09) 
 def _street_lamp(cv: _Canvas, x: float, z: float, toward: float, lamps: list[tuple[float, float, float]]) -> None:
     """Pole with an arm over the road and a lamp head: a light source at night."""
     h = cv.rng.uniform(6.5, 9.0)
+    arm = cv.rng.uniform(1.2, 2.2)
     _pole(cv, x, z, h, 0.11)
     inst = cv.new_instance(POLE)
-    arm = cv.rng.uniform(1.2, 2.2)
     x0, x1 = sorted((x, x + toward * arm))
     cv.rect(z, x0, x1, h - 0.12, h, POLE, inst)
     hx = x + toward * arm
@@ -671,17 +698,20 @@ def _traffic_light(cv: _Canvas, x: float, z: float, overhead: float | None = Non
     """A pole with a three-lamp box (one lamp lit); optionally an arm reaching over the road with a second box."""
     rng = cv.rng
     h = rng.uniform(3.0, 4.2)
-    _pole(cv, x, z, h + 0.2, 0.09)
     state = int(rng.integers(3))
+    arm_h = rng.uniform(5.2, 6.2)
+    _pole(cv, x, z, h + 0.2, 0.09)
     boxes = [(x, h - 0.5)]
     if overhead is not None:
-        arm_h = rng.uniform(5.2, 6.2)
         _pole(cv, x, z + 0.01, arm_h, 0.12)
         x0, x1 = sorted((x, overhead))
         cv.rect(z + 0.01, x0, x1, arm_h - 0.15, arm_h, POLE, cv.new_instance(POLE))
         boxes.append((overhead, arm_h - 1.2))
     for bx, by in boxes:
         inst = cv.new_instance(LIGHT)
+        if cv.f / z < _LOD_PIXELS:  # the box is under ~7 pixels tall: no lamps
+            cv.rect(z - 0.03, bx - 0.18, bx + 0.18, by - 0.5, by + 0.5, LIGHT, inst)
+            continue
         box = cv.billboard(z - 0.03, bx - 0.18, bx + 0.18, by - 0.5, by + 0.5)
         if box is None:
             continue
@@ -690,8 +720,7 @@ def _traffic_light(cv: _Canvas, x: float, z: float, overhead: float | None = Non
         Y = (yw - by)[:, None]
         det = np.full((len(yw), len(xw)), D_NONE, np.uint8)
         for lamp, code in enumerate((D_TL_RED, D_TL_AMBER, D_TL_GREEN)):
-            cy = 0.3 - 0.3 * lamp
-            disc = X**2 + (Y - cy) ** 2 < 0.11**2
+            disc = X**2 + (Y - 0.3 + 0.3 * lamp) ** 2 < 0.11**2
             det[disc] = code if lamp == state else D_TL_OFF
         mask = (np.abs(X) <= 0.18) & (np.abs(Y) <= 0.5)
         cv.paint(where, mask, z - 0.03, LIGHT, inst, det, X, Y)
@@ -701,17 +730,20 @@ def _sign(cv: _Canvas, x: float, z: float) -> None:
     """A traffic sign on its own post: round, triangular or square plate with a light inner symbol."""
     rng = cv.rng
     h = rng.uniform(2.0, 2.6)
-    _pole(cv, x, z, h, 0.05)
     r = rng.uniform(0.3, 0.42)
+    shape = int(rng.integers(3))
+    _pole(cv, x, z, h, 0.05)
     cy = h + r * 0.9
     inst = cv.new_instance(SIGN)
+    if cv.f * 2 * r / z < _LOD_PIXELS * 0.5:
+        cv.rect(z - 0.02, x - r * 0.8, x + r * 0.8, cy - r * 0.8, cy + r * 0.8, SIGN, inst)
+        return
     box = cv.billboard(z - 0.02, x - r, x + r, cy - r, cy + r)
     if box is None:
         return
     where, xw, yw = box
-    X = (xw - x)[None, :] / r
-    Y = (yw - cy)[:, None] / r
-    shape = int(rng.integers(3))
+    X = (xw - x)[None, :] * (1.0 / r)
+    Y = (yw - cy)[:, None] * (1.0 / r)
     if shape == 0:
         rr = X**2 + Y**2
         mask, inner = rr < 1.0, rr < 0.55
@@ -721,7 +753,7 @@ def _sign(cv: _Canvas, x: float, z: float) -> None:
     else:
         mask = (np.abs(X) < 0.85) & (np.abs(Y) < 0.85)
         inner = (np.abs(X) < 0.35) & (np.abs(Y) < 0.5)
-    cv.paint(where, mask, z - 0.02, SIGN, inst, np.where(inner, D_SIGN_INNER, D_NONE).astype(np.uint8), X, Y)
+    cv.paint(where, mask, z - 0.02, SIGN, inst, np.where(inner, D_SIGN_INNER, D_NONE), X, Y)
 
 
 def _tree(cv: _Canvas, x: float, z: float) -> None:
@@ -731,23 +763,36 @@ def _tree(cv: _Canvas, x: float, z: float) -> None:
     trunk_h = rng.uniform(1.8, 3.2)
     rx = rng.uniform(1.4, 3.2)
     ry = rx * rng.uniform(0.9, 1.5)
+    phase = rng.uniform(0, 6.3, 2)
     cv.rect(z + 0.05, x - 0.14, x + 0.14, 0.0, trunk_h + ry * 0.5, VEGETATION, inst, D_DARK)
     cy = trunk_h + ry * 0.8
     box = cv.billboard(z, x - rx * 1.2, x + rx * 1.2, cy - ry * 1.2, cy + ry * 1.2)
     if box is None:
         return
     where, xw, yw = box
-    X = (xw - x)[None, :] / rx
-    Y = (yw - cy)[:, None] / ry
-    phase = rng.uniform(0, 6.3, 2)
+    X = (xw - x)[None, :] * (1.0 / rx)
+    Y = (yw - cy)[:, None] * (1.0 / ry)
     bumps = 0.12 * np.sin(X * 7.0 + phase[0]) * np.cos(Y * 6.0 + phase[1]) + 0.08 * np.sin((X + Y) * 13.0)
     mask = X**2 + Y**2 < 1.0 + bumps
     cv.paint(where, mask, z, VEGETATION, inst, D_NONE, xw[None, :] - x, yw[:, None])
 
 
-def _place_objects(cv: _Canvas, rng: np.random.Generator, scene: str, xc: float, half: float, lane_w: float,
-                   lanes: int, edge: list[float], walk: list[float], grass: list[float], parking: list[bool], cross: tuple[float, float] | None, z_end: float,
-                   lamps: list[tuple[float, float, float]]) -> None:
+def _place_objects(
+    cv: _Canvas,
+    rng: np.random.Generator,
+    scene: str,
+    xc: float,
+    half: float,
+    lane_w: float,
+    lanes: int,
+    edge: list[float],
+    walk: list[float],
+    grass: list[float],
+    parking: list[bool],
+    cross: tuple[float, float] | None,
+    z_end: float,
+    lamps: list[tuple[float, float, float]],
+) -> None:
     """Traffic, parked cars, pedestrians, street furniture and trees, all in world coordinates."""
     z_max = min(z_end - 2.0, 110.0)
 
@@ -920,6 +965,10 @@ _EMISSION[D_TL_RED] = (1.8, 0.2, 0.1)
 _EMISSION[D_TL_AMBER] = (1.8, 1.1, 0.2)
 _EMISSION[D_TL_GREEN] = (0.2, 1.7, 0.8)
 _EMITS = _EMISSION.max(axis=1) > 0
+# How much of each light source blooms into a halo (lit windows barely do, lamps and headlights a lot).
+_GLOW = _EMISSION.copy()
+_GLOW[D_GLASS_LIT] *= 0.06
+_GLOW[D_TAIL] *= 0.7
 
 # Texture per class for the real domains: finest noise frequency (cycles per metre), fine and patch amplitude.
 _TEX_FREQ = np.ones(256, np.float32)
@@ -955,8 +1004,7 @@ def _texture_tile() -> np.ndarray:
     """
     rng = np.random.default_rng(0x5EED)
     out = np.zeros((_TILE, _TILE), np.float64)
-    amp = 1.0
-    for cells in (4, 8, 16, 32, _TILE // _TEXELS_PER_CELL):
+    for amp, cells in zip((0.55, 0.7, 0.85, 1.0, 1.0), (4, 8, 16, 32, _TILE // _TEXELS_PER_CELL), strict=True):
         lattice = rng.random((cells, cells))
         pos = np.arange(_TILE) * (cells / _TILE)
         i0 = pos.astype(np.int64)
@@ -965,20 +1013,61 @@ def _texture_tile() -> np.ndarray:
         i1 = (i0 + 1) % cells
         rows = lattice[i0] * (1 - t)[:, None] + lattice[i1] * t[:, None]
         out += amp * (rows[:, i0] * (1 - t)[None, :] + rows[:, i1] * t[None, :])
-        amp *= 0.6
     out = (out - out.mean()) / out.std() * 0.5
     return out.astype(np.float32).ravel()
 
 
+@functools.lru_cache(maxsize=1)
+def _texture_tile_padded() -> np.ndarray:
+    """The tile with its first row and column repeated at the end, so bilinear lookups never wrap."""
+    tile = _texture_tile().reshape(_TILE, _TILE)
+    return np.pad(tile, ((0, 1), (0, 1)), mode="wrap").ravel()
+
+
+_OFFSET = 256.0 * 512  # keeps texel coordinates positive, so int truncation is floor
+
+
 def _sample(u: np.ndarray, v: np.ndarray, scale: np.ndarray | float, du: float, dv: float) -> np.ndarray:
-    """Nearest lookup of the noise tile at texel coordinates ``(u * scale + du, v * scale + dv)``."""
-    iu = (u * scale + du).astype(np.int32)
-    iv = (v * scale + dv).astype(np.int32)
+    """Nearest lookup of the noise tile at texel coordinates ``(u * scale + du, v * scale + dv)``: for
+    minification and fine grain, where a texel is at most a few pixels."""
+    iu = (u * scale + (du + _OFFSET)).astype(np.int32)
+    iv = (v * scale + (dv + _OFFSET)).astype(np.int32)
     iu &= _TILE - 1
     iv &= _TILE - 1
     iv <<= 8
     iv |= iu
     return _texture_tile().take(iv)
+
+
+def _sample_smooth(u: np.ndarray, v: np.ndarray, scale: np.ndarray | float, du: float, dv: float) -> np.ndarray:
+    """Bilinear lookup of the noise tile: for magnified, low-frequency patterns that would look blocky.
+
+    Evaluated on every other pixel and repeated (low-frequency patterns lose nothing, it costs a quarter).
+    """
+    H, W = u.shape
+    if H % 2 == 0 and W % 2 == 0 and H >= 64:
+        half = _bilinear(u[::2, ::2], v[::2, ::2], scale[::2, ::2] if isinstance(scale, np.ndarray) else scale, du, dv)
+        return np.broadcast_to(half[:, None, :, None], (H // 2, 2, W // 2, 2)).reshape(H, W)
+    return _bilinear(u, v, scale, du, dv)
+
+
+def _bilinear(u: np.ndarray, v: np.ndarray, scale: np.ndarray | float, du: float, dv: float) -> np.ndarray:
+    fu = u * scale + (du + _OFFSET)
+    fv = v * scale + (dv + _OFFSET)
+    iu = fu.astype(np.int32)
+    iv = fv.astype(np.int32)
+    fu -= iu
+    fv -= iv
+    iu &= _TILE - 1
+    iv &= _TILE - 1
+    idx = iv * (_TILE + 1) + iu
+    tile = _texture_tile_padded()
+    top = tile.take(idx)
+    top += (tile.take(idx + 1) - top) * fu
+    idx += _TILE + 1
+    bottom = tile.take(idx)
+    bottom += (tile.take(idx + 1) - bottom) * fu
+    return top + (bottom - top) * fv
 
 
 @functools.lru_cache(maxsize=8)
@@ -991,7 +1080,7 @@ def _grain_tile(height: int, width: int) -> np.ndarray:
 def _vignette(height: int, width: int) -> np.ndarray:
     yy = (np.arange(height, dtype=np.float32) / height - 0.5)[:, None]
     xx = (np.arange(width, dtype=np.float32) / width - 0.5)[None, :]
-    return 1.0 - 2.0 * (xx * xx + yy * yy)
+    return 1.0 - 0.7 * (xx * xx + yy * yy)
 
 
 def _downsample4(img: np.ndarray) -> np.ndarray:
@@ -1034,7 +1123,7 @@ def _glow(emission: np.ndarray) -> np.ndarray:
     H, W = emission.shape[1:]
     if H % 4 or W % 4:
         return np.zeros_like(emission)
-    return _upsample4(_blur_small(_downsample4(emission) * 6.0, 3))
+    return _upsample4(_blur_small(_downsample4(emission) * 3.0, 3))
 
 
 def _albedo(lay: _Layout, palette: dict[int, np.ndarray], jitter: float) -> np.ndarray:
@@ -1062,15 +1151,21 @@ def _light(lay: _Layout, rng: np.random.Generator, strength: float) -> np.ndarra
     return factors.take(lay.code & 7)
 
 
-def _paint_sky(lay: _Layout, img: np.ndarray, top: np.ndarray, horizon: np.ndarray, clouds: float = 0.0,
-               rng: np.random.Generator | None = None) -> None:
+def _paint_sky(
+    lay: _Layout,
+    img: np.ndarray,
+    top: np.ndarray,
+    horizon: np.ndarray,
+    clouds: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> None:
     """In place: sky pixels get a vertical gradient (and optional clouds); only rows above the horizon."""
     rows = min(int(math.ceil(lay.yh)) + 1, img.shape[1])
     sky = lay.label[:rows] == SKY
     t = np.clip((np.arange(rows, dtype=np.float32) + 0.5) / max(lay.yh, 1.0), 0.0, 1.0)
     grad = top[:, None, None] * (1 - t)[None, :, None] + horizon[:, None, None] * t[None, :, None]
     if clouds > 0 and rng is not None:
-        puff = _sample(lay.tu[:rows] * 3.0, lay.tv[:rows] * 9.0, 1.0, rng.uniform(0, 256), rng.uniform(0, 256))
+        puff = _sample_smooth(lay.tu[:rows], lay.tv[:rows] * 3.0, 4.0, rng.uniform(0, 256), rng.uniform(0, 256))
         cover = np.clip((puff + 0.05) * 2.0, 0.0, 1.0) * clouds * (1 - t[:, None] * 0.5)
         grad = grad * (1 - cover) + np.float32(0.9) * cover
     np.copyto(img[:, :rows], grad, where=sky)
@@ -1081,7 +1176,7 @@ def _texture_factor(lay: _Layout, rng: np.random.Generator, gain: float = 1.0) -
     freq = _TEX_FREQ.take(lay.label)
     scale = freq * _TEXELS_PER_CELL
     fine = _sample(lay.tu, lay.tv, scale, rng.uniform(0, 256), rng.uniform(0, 256))
-    patch = _sample(lay.tu, lay.tv, scale * 0.12, rng.uniform(0, 256), rng.uniform(0, 256))
+    patch = _sample_smooth(lay.tu, lay.tv, scale * 0.2, rng.uniform(0, 256), rng.uniform(0, 256))
     fade = np.clip(1.3 - lay.depth * freq * (0.6 / lay.f), 0.3, 1.0)
     return 1.0 + gain * (fine * _TEX_FINE.take(lay.label) * fade + patch * _TEX_PATCH.take(lay.label))
 
@@ -1158,7 +1253,7 @@ def _render_night(lay: _Layout, rng: np.random.Generator) -> np.ndarray:
     if emissive.any():
         emission = np.take(np.ascontiguousarray(_EMISSION.T), detail, axis=1)
         np.copyto(img, emission, where=emissive)
-        img += _glow(emission) * 0.9
+        img += _glow(np.take(np.ascontiguousarray(_GLOW.T), detail, axis=1))
     img *= 1.3
     return _finish(img, rng, 0.035, gamma=1.15)
 
@@ -1214,7 +1309,7 @@ def _render_snow(lay: _Layout, rng: np.random.Generator) -> np.ndarray:
     label = lay.label
     normal = lay.code & 7
     ground = (normal == N_GROUND) | (normal == N_GROUND_SHADE)
-    lumps = _sample(lay.tu, lay.tv, 3.0, rng.uniform(0, 256), rng.uniform(0, 256))
+    lumps = _sample_smooth(lay.tu, lay.tv, 3.0, rng.uniform(0, 256), rng.uniform(0, 256))
     # snow lies on the ground except in the tyre tracks of each lane, and on vegetation and top edges
     xc, half, lane_w = lay.road
     lane_pos = (lay.tu - xc + half) * (1.0 / lane_w)

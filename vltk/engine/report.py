@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def to_json(payload: Any) -> str:
+    """Strict JSON (NaN -> null, e.g. the IoU of a class absent from a domain) that any tool can read."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {str(key): clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item) for item in value]
+        return value
+
+    return json.dumps(clean(payload), indent=2, allow_nan=False, default=str)
 
 
 def domain_table(results: dict[str, Any], train_domains: Sequence[str], title: str = "mIoU per domain") -> Any:

@@ -8,7 +8,6 @@ end, ``best.pt`` when the target-domain mIoU improves, ``metrics.json`` (history
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -25,7 +24,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from vltk.config import RunConfig, to_yaml
 from vltk.engine.checkpoint import load_checkpoint, model_state_for_checkpoint, save_atomic
 from vltk.engine.metrics import ConfusionMatrix, summarise_domains
-from vltk.engine.report import domain_table, plot_history, write_overlay
+from vltk.engine.report import domain_table, plot_history, to_json, write_overlay
 from vltk.errors import UserError
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -282,15 +281,9 @@ class Trainer:
             "train_domains": list(self.source.train_domains),
             "recipe": self.config.recipe,
         }
-        (self.output / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+        (self.output / "metrics.json").write_text(to_json(metrics))
         plot_history(self.history, self.output / "curves.png", self.source.train_domains)
         self.stdout.print(domain_table(results, self.source.train_domains))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return str(value)
 
 
 def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:

@@ -104,7 +104,7 @@ def test_subprocess_train_writes_checkpoint_metrics_plot_then_eval_and_resume(tm
     command = [sys.executable, "-m", "vltk", "train", "--output", str(out), *TINY]
     done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("last.pt", "best.pt", "metrics.json", "curves.png", "config.resolved.yaml"):
+    for name in ("last.pt", "best.pt", "metrics.json", "curves.png", "config.resolved.yaml", "environment.json"):
         assert (out / name).is_file(), name
     assert list((out / "overlays").glob("fog_*.png"))
     metrics = json.loads((out / "metrics.json").read_text())

@@ -41,6 +41,25 @@ NO_DECAY_NAME_PARTS = (
 )
 
 
+def environment() -> dict[str, Any]:
+    """Versions and loaded plugins, saved beside the config so a run can be reproduced later."""
+    import platform
+
+    from vltk import __version__
+    from vltk.plugins import get_plugin_manager
+
+    return {
+        "vltk": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "plugins": {
+            info.name: {"distribution": info.distribution, "version": info.version}
+            for info in get_plugin_manager().plugins()
+        },
+    }
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -147,6 +166,7 @@ class Trainer:
         self.stdout = Console()
         self.output.mkdir(parents=True, exist_ok=True)
         (self.output / "config.resolved.yaml").write_text(to_yaml(config))
+        (self.output / "environment.json").write_text(to_json(environment()))
         seed_everything(config.seed)
         self.device = pick_device(config.device)
         self.source = build_data_source(config)

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from vltk.data.synthetic import (
         CITYSCAPES_CLASSES,
         CITYSCAPES_PALETTE,
-        VAL_INDEX_OFFSET,
         SyntheticScenes,
         SyntheticSplit,
         build_synthetic,
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
         render_domains,
         render_scene,
     )
-    from vltk.data.synthetic_options import SYNTHETIC_DOMAINS, SyntheticOptions
+    from vltk.data.synthetic_options import SYNTHETIC_DOMAINS, VAL_INDEX_OFFSET, SyntheticOptions
 
 _LAZY: dict[str, str] = {
     "SPLITS": "vltk.data.base",
@@ -34,7 +33,7 @@ _LAZY: dict[str, str] = {
     "DenseSample": "vltk.data.base",
     "CITYSCAPES_CLASSES": "vltk.data.synthetic",
     "CITYSCAPES_PALETTE": "vltk.data.synthetic",
-    "VAL_INDEX_OFFSET": "vltk.data.synthetic",
+    "VAL_INDEX_OFFSET": "vltk.data.synthetic_options",
     "SyntheticScenes": "vltk.data.synthetic",
     "SyntheticSplit": "vltk.data.synthetic",
     "build_synthetic": "vltk.data.synthetic",

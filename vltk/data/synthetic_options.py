@@ -17,6 +17,9 @@ SYNTHETIC_DOMAINS: tuple[str, ...] = ("synthetic", "textured", "fog", "night", "
 #: Image sizes must divide by the coarsest backbone/decoder stride so feature maps tile the image exactly.
 SIZE_MULTIPLE = 32
 
+#: Validation scenes use layout indices from here on, so they never repeat a training layout.
+VAL_INDEX_OFFSET = 1_000_000
+
 
 def _check_domain_names(names: list[str], key: str) -> list[str]:
     """Reject unknown names with the closest valid one and the full list, and drop duplicates (order kept)."""
@@ -52,9 +55,19 @@ class SyntheticOptions(Options):
         min_length=1,
         description="Source domain(s) trained on; must be a subset of `domains`. The others are the targets.",
     )
-    num_train: int = Field(512, gt=0, description="Number of training scenes (indices 0..num_train-1 of `seed`).")
+    num_train: int = Field(
+        512,
+        gt=0,
+        le=VAL_INDEX_OFFSET,
+        description="Number of training scenes (layout indices 0..num_train-1 of `seed`).",
+    )
     num_val: int = Field(
-        32, gt=0, description="Number of validation scenes per domain, drawn from an index range disjoint from train."
+        32,
+        gt=0,
+        description=(
+            f"Number of validation scenes per domain (layout indices from {VAL_INDEX_OFFSET:_} on, disjoint from "
+            "train); every domain uses the same validation layouts."
+        ),
     )
     seed: int = Field(0, ge=0, description="Seed of the scene generator: same seed and index give the same scene.")
 
@@ -95,4 +108,4 @@ class SyntheticOptions(Options):
         return (self.size, self.size) if isinstance(self.size, int) else (int(self.size[0]), int(self.size[1]))
 
 
-__all__ = ["SIZE_MULTIPLE", "SYNTHETIC_DOMAINS", "SyntheticOptions"]
+__all__ = ["SIZE_MULTIPLE", "SYNTHETIC_DOMAINS", "VAL_INDEX_OFFSET", "SyntheticOptions"]

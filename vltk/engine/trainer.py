@@ -136,7 +136,11 @@ def infinite_batches(
 ) -> Iterator[dict[str, Any]]:
     """Endless shuffled batches; epoch ``e`` is shuffled with seed ``(seed, e)`` so resuming replays the order."""
     epoch = start_epoch
+    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
     while True:
+        for part in parts:  # per-epoch augmentation (e.g. the synthetic set's flips) follows the epoch
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         loader = DataLoader(
             dataset,

@@ -36,12 +36,21 @@ def git_commit() -> str | None:
         return None
 
 
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def time_adapter(adapter: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    overrides = [f"backbone.variant={args.variant}", "adapter.link_token_to_query=false"] if adapter == "rein" else [
-        f"backbone.variant={args.variant}"
-    ]
-    config = build_config(components={"adapter": adapter}, overrides=overrides,
-                          recipe_dirs=get_plugin_manager().recipe_dirs())
+    overrides = (
+        [f"backbone.variant={args.variant}", "adapter.link_token_to_query=false"]
+        if adapter == "rein"
+        else [f"backbone.variant={args.variant}"]
+    )
+    config = build_config(
+        components={"adapter": adapter}, overrides=overrides, recipe_dirs=get_plugin_manager().recipe_dirs()
+    )
     torch.manual_seed(0)
     model = build_model(config).to(device).train()
     optimizer = torch.optim.AdamW(build_param_groups(model, config), lr=1e-4)
@@ -98,20 +107,26 @@ def main() -> None:
         result["ratio_vs_frozen"] = result["median_ms"] / baseline
     payload = {
         "benchmark": "train_step",
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or 'x86_64'}, "
-        f"{torch.get_num_threads()} threads)",
+        "device": describe_device(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "commit": git_commit(),
-        "settings": {"backbone": f"eva02-{args.variant}", "decoder": "fpn", "size": args.size, "batch": args.batch,
-                     "repeats": args.repeats},
+        "settings": {
+            "backbone": f"eva02-{args.variant}",
+            "decoder": "fpn",
+            "size": args.size,
+            "batch": args.batch,
+            "repeats": args.repeats,
+        },
         "results": results,
     }
     print(f"train step, eva02-{args.variant} + fpn, {args.batch}x3x{args.size}x{args.size}, {payload['device']}")
     print(f"{'adapter':8s} {'trainable':>12s} {'median ms':>10s} {'p20':>8s} {'p80':>8s} {'vs frozen':>9s}")
     for r in results:
-        print(f"{r['adapter']:8s} {r['trainable_params']:>12,d} {r['median_ms']:>10.1f} {r['p20_ms']:>8.1f} "
-              f"{r['p80_ms']:>8.1f} {r['ratio_vs_frozen']:>8.2f}x")
+        print(
+            f"{r['adapter']:8s} {r['trainable_params']:>12,d} {r['median_ms']:>10.1f} {r['p20_ms']:>8.1f} "
+            f"{r['p80_ms']:>8.1f} {r['ratio_vs_frozen']:>8.2f}x"
+        )
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2))

@@ -20,8 +20,9 @@ SMALL = ["dataset.size=64", "dataset.num_train=8", "dataset.num_val=2"]
 
 
 def _config(*overrides: str, **components: str):
-    return build_config(components=components, overrides=[*SMALL, *overrides],
-                        recipe_dirs=get_plugin_manager().recipe_dirs())
+    return build_config(
+        components=components, overrides=[*SMALL, *overrides], recipe_dirs=get_plugin_manager().recipe_dirs()
+    )
 
 
 def test_confusion_matrix_iou_by_hand() -> None:

@@ -102,3 +102,21 @@ def test_configs_are_frozen(manager) -> None:
 
     with pytest.raises(ValidationError):
         config.seed = 4  # type: ignore[misc]
+
+
+def test_resolved_options_validate_again_for_every_component(manager) -> None:
+    """config.resolved.yaml and checkpoints carry every option with its default; re-reading must accept them."""
+    registry = manager.get_registry()
+    from vltk.registry import KINDS
+
+    for kind in KINDS:
+        for spec in registry.specs(kind):
+            dumped = spec.validate({}).model_dump(mode="json")
+            assert spec.validate(dumped).model_dump(mode="json") == dumped, f"{kind} {spec.name}"
+
+
+@pytest.mark.parametrize("recipe", ["default", "rein/synthetic"])
+def test_resolution_is_idempotent(manager, recipe: str) -> None:
+    registry = manager.get_registry()
+    once = resolve(build_config(recipe, recipe_dirs=manager.recipe_dirs()), registry)
+    assert resolve(build_config(base=once.to_dict()), registry) == once

@@ -140,3 +140,17 @@ def test_backbone_less_checkpoint_without_weights_is_a_clear_error(tmp_path: Pat
     assert "holds no backbone weights" in result.output and "--backbone-weights" in result.output
     with pytest.raises(UserError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("adapter", ["frozen", "rein", "full"])
+def test_every_adapter_runs_on_the_clip_vit_backbone(adapter: str) -> None:
+    overrides = ["backbone.variant=tiny"]
+    if adapter == "rein":
+        overrides += ["adapter.token_length=8", "adapter.link_token_to_query=false"]  # FPN takes no queries
+    model = build_model(_config(*overrides, backbone="clip-vit", adapter=adapter)).train()
+    images, labels = torch.rand(2, 3, 64, 96), torch.randint(0, 19, (2, 64, 96))
+    model.loss(images, labels)["loss"].backward()
+    adapter_grads = [p.grad for p in model.adapter.parameters()]
+    assert all(g is not None for g in adapter_grads)
+    backbone_grads = [p.grad is not None for p in model.backbone.parameters()]
+    assert any(backbone_grads) if adapter == "full" else not any(backbone_grads)

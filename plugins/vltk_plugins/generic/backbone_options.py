@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from vltk.options import Options
 
@@ -92,12 +92,6 @@ class ClipViTOptions(Options):
     @classmethod
     def _four_indices(cls, value: list[int] | None) -> list[int] | None:
         return _check_out_indices(value)
-
-    @model_validator(mode="after")
-    def _model_or_variant(self) -> ClipViTOptions:
-        if self.variant is not None and "model" in self.model_fields_set:
-            raise ValueError(f"give either model ({self.model!r}) or variant ({self.variant!r}), not both")
-        return self
 
 
 __all__ = ["ClipViTOptions", "Eva02Options"]

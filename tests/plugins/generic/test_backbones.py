@@ -303,9 +303,10 @@ def test_clip_vit_unknown_or_unsupported_model() -> None:
         build_clip_vit(ClipViTOptions(model="EVA02-B-16"))
 
 
-def test_clip_vit_options_model_or_variant() -> None:
-    with pytest.raises(ValueError, match="either model"):
-        ClipViTOptions(model="ViT-L-14", variant="tiny")
+def test_clip_vit_variant_wins_over_model_and_out_indices_are_checked() -> None:
+    # resolved configs carry the default model next to variant=tiny; that must stay valid and build the tiny one
+    options = ClipViTOptions.model_validate(ClipViTOptions(variant="tiny").model_dump())
+    assert build_clip_vit(options).embed_dim == 64
     with pytest.raises(ValueError, match="exactly 4"):
         Eva02Options(out_indices=[1, 2, 3])
 

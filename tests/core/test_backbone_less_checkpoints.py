@@ -1,0 +1,76 @@
+"""Rein-style checkpoints: a frozen backbone loaded from a file is left out and re-injected at evaluation."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import vltk
+from vltk.testing import invoke
+
+TINY = [
+    "dataset.size=64", "dataset.num_train=4", "dataset.num_val=2", "dataset.domains=[synthetic,night]",
+    "train.iters=2", "train.batch_size=2", "train.checkpoint_interval=1", "eval.batch_size=2", "eval.overlays=0",
+    "adapter.token_length=8", "adapter.link_token_to_query=false",
+]
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local open_clip-format checkpoint of the tiny EVA02 (what a user would pass as backbone.pretrained)."""
+    torch.manual_seed(123)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = vltk.create("backbone", "eva02", variant="tiny")
+    path = tmp_path_factory.mktemp("weights") / "eva02_tiny.pt"
+    torch.save(backbone.state_dict(), path)
+    return path
+
+
+def test_frozen_pretrained_backbone_is_left_out_and_reloaded(backbone_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke(["train", "--recipe", "rein/synthetic", "--output", str(out), "--quiet", *TINY,
+                     f"backbone.pretrained={backbone_file}"])
+    assert result.exit_code == 0, result.output
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["backbone_included"] is False
+    assert not any(key.startswith("backbone.") for key in state["model"])
+    assert any(key.startswith("adapter.learnable_tokens_a") for key in state["model"])
+    trained = json.loads((out / "metrics.json").read_text())["final"]["domains"]["night"]["miou"]
+
+    evaluated = invoke(["eval", "--checkpoint", str(out / "last.pt"), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["domains"]["night"]["miou"] == pytest.approx(trained)
+
+    moved = tmp_path / "elsewhere.pt"
+    backbone_file.rename(moved)
+    try:
+        missing = invoke(["eval", "--checkpoint", str(out / "last.pt")])
+        assert missing.exit_code == 2 and "--backbone-weights" in missing.output
+        rescued = invoke(["eval", "--checkpoint", str(out / "last.pt"), "--backbone-weights", str(moved), "--json"])
+        assert rescued.exit_code == 0, rescued.output
+        assert json.loads(rescued.output)["domains"]["night"]["miou"] == pytest.approx(trained)
+    finally:
+        moved.rename(backbone_file)
+
+
+def test_random_or_finetuned_backbones_are_kept(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke(["train", "--recipe", "rein/synthetic", "--output", str(out), "--quiet", *TINY])
+    assert result.exit_code == 0, result.output
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["backbone_included"] is True
+    assert any(key.startswith("backbone.") for key in state["model"])
+
+
+def test_wrong_shape_backbone_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    torch.save({"visual.trunk.cls_token": torch.zeros(1, 1, 7)}, bad)
+    result = invoke(["train", "--output", str(tmp_path / "run"), *TINY[:2], "train.iters=1",
+                     f"backbone.pretrained={bad}"])
+    assert result.exit_code == 2, result.output
+    assert "cls_token" in result.output and "Traceback" not in result.output

@@ -13,9 +13,17 @@ import vltk
 from vltk.testing import invoke
 
 TINY = [
-    "dataset.size=64", "dataset.num_train=4", "dataset.num_val=2", "dataset.domains=[synthetic,night]",
-    "train.iters=2", "train.batch_size=2", "train.checkpoint_interval=1", "eval.batch_size=2", "eval.overlays=0",
-    "adapter.token_length=8", "adapter.link_token_to_query=false",
+    "dataset.size=64",
+    "dataset.num_train=4",
+    "dataset.num_val=2",
+    "dataset.domains=[synthetic,night]",
+    "train.iters=2",
+    "train.batch_size=2",
+    "train.checkpoint_interval=1",
+    "eval.batch_size=2",
+    "eval.overlays=0",
+    "adapter.token_length=8",
+    "adapter.link_token_to_query=false",
 ]
 
 
@@ -33,8 +41,18 @@ def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_frozen_pretrained_backbone_is_left_out_and_reloaded(backbone_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = invoke(["train", "--recipe", "rein/synthetic", "--output", str(out), "--quiet", *TINY,
-                     f"backbone.pretrained={backbone_file}"])
+    result = invoke(
+        [
+            "train",
+            "--recipe",
+            "rein/synthetic",
+            "--output",
+            str(out),
+            "--quiet",
+            *TINY,
+            f"backbone.pretrained={backbone_file}",
+        ]
+    )
     assert result.exit_code == 0, result.output
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["backbone_included"] is False
@@ -70,7 +88,8 @@ def test_random_or_finetuned_backbones_are_kept(tmp_path: Path) -> None:
 def test_wrong_shape_backbone_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     torch.save({"visual.trunk.cls_token": torch.zeros(1, 1, 7)}, bad)
-    result = invoke(["train", "--output", str(tmp_path / "run"), *TINY[:2], "train.iters=1",
-                     f"backbone.pretrained={bad}"])
+    result = invoke(
+        ["train", "--output", str(tmp_path / "run"), *TINY[:2], "train.iters=1", f"backbone.pretrained={bad}"]
+    )
     assert result.exit_code == 2, result.output
     assert "cls_token" in result.output and "Traceback" not in result.output

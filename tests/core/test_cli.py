@@ -148,3 +148,41 @@ def test_cli_import_does_not_import_torch() -> None:
     code = "import sys, vltk.cli, vltk.config, vltk.plugins; vltk.plugins.get_registry(); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_last_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "vltk",
+        "train",
+        "--output",
+        str(out),
+        *TINY,
+        "train.iters=100000",
+        "train.checkpoint_interval=100000",
+        "train.log_interval=1",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.monotonic() + 300
+    assert process.stderr is not None
+    for line in process.stderr:  # wait until training has made progress
+        if line.startswith("iter 3/") or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "--resume" in stderr and "Traceback" not in stderr
+    state = torch_load(out / "last.pt")
+    assert state["step"] >= 3
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, weights_only=True)

@@ -154,3 +154,15 @@ def test_every_adapter_runs_on_the_clip_vit_backbone(adapter: str) -> None:
     assert all(g is not None for g in adapter_grads)
     backbone_grads = [p.grad is not None for p in model.backbone.parameters()]
     assert any(backbone_grads) if adapter == "full" else not any(backbone_grads)
+
+
+def test_diverging_loss_is_a_user_error(tmp_path: Path) -> None:
+    from vltk.config import resolve
+    from vltk.engine.trainer import Trainer
+
+    manager = get_plugin_manager()
+    config = resolve(_config("train.iters=3", "dataset.domains=[synthetic]"), manager.get_registry())
+    trainer = Trainer(config, tmp_path / "run", quiet=True)
+    trainer.model.loss = lambda images, labels: {"loss": torch.tensor(float("nan"), requires_grad=True)}
+    with pytest.raises(UserError, match="diverged; lower train.lr"):
+        trainer.fit()

@@ -78,7 +78,15 @@ def train_command(
     from vltk.engine.trainer import Trainer
 
     trainer = Trainer(config, out, resume=resume, quiet=quiet)
-    trainer.fit()
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted at iteration {trainer.step}: {out / 'last.pt'} saved; continue with "
+            f"`vltk train --output {out} --resume`",
+            err=True,
+        )
+        raise SystemExit(130) from None
     click.echo(f"run folder: {out}  (best.pt, last.pt, metrics.json, curves.png, overlays/)")
 
 

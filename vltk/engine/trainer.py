@@ -242,37 +242,49 @@ class Trainer:
         progress = _Progress(
             self.console, total=train.iters, start=self.step, enabled=not self.quiet, log_interval=train.log_interval
         )
-        with progress:
-            while self.step < train.iters:
-                batch = next(batches)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = train.lr * group["lr_mult"] * lr_factor(self.step, config)
-                losses = self.model.loss(batch["image"].to(self.device), batch["label"].to(self.device))
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"loss is {loss.item()} at iteration {self.step}; lower train.lr")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if train.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
-                self.optimizer.step()
-                self.step += 1
-                record = {
-                    "iter": self.step,
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    **{k: float(v.detach()) for k, v in losses.items()},
-                }
-                self.history["train"].append(record)
-                progress.advance(self.step, record["loss"])
-                if train.eval_interval and self.step % train.eval_interval == 0 and self.step < train.iters:
-                    self._evaluate_and_record(progress)
-                    self.model.train()
-                if self.step % train.checkpoint_interval == 0 and self.step < train.iters:
-                    save_atomic(self._state(), self.output / "last.pt")
+        try:
+            with progress:
+                while self.step < train.iters:
+                    record = self._train_step(next(batches), trainable)
+                    self.history["train"].append(record)
+                    progress.advance(self.step, record["loss"])
+                    if train.eval_interval and self.step % train.eval_interval == 0 and self.step < train.iters:
+                        self._evaluate_and_record(progress)
+                        self.model.train()
+                    if self.step % train.checkpoint_interval == 0 and self.step < train.iters:
+                        save_atomic(self._state(), self.output / "last.pt")
+        except KeyboardInterrupt:
+            # Ctrl-C: keep what was learned so far; `vltk train --resume` continues from here.
+            save_atomic(self._state(), self.output / "last.pt")
+            raise
         results = self._evaluate_and_record(None, overlays=True)
         save_atomic(self._state(), self.output / "last.pt")
         self._write_reports(results)
         return results
+
+    def _train_step(self, batch: dict[str, Any], trainable: list[nn.Parameter]) -> dict[str, float]:
+        """One optimisation step at the current schedule position; returns the logged loss terms."""
+        train = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = train.lr * group["lr_mult"] * lr_factor(self.step, self.config)
+        losses = self.model.loss(batch["image"].to(self.device), batch["label"].to(self.device))
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"loss became {loss.item()} at iteration {self.step + 1}: training diverged; lower train.lr or "
+                "set train.grad_clip (last.pt holds the last good checkpoint)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return {
+            "iter": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{name: float(value.detach()) for name, value in losses.items()},
+        }
 
     def _evaluate_and_record(self, progress: _Progress | None, overlays: bool = False) -> dict[str, Any]:
         if progress is not None:

@@ -9,9 +9,10 @@ GTAV/Cityscapes/ACDC files and the procedural ``synthetic`` source are interchan
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -69,4 +70,12 @@ class DenseDataSource(ABC):
             )
 
 
-__all__ = ["SPLITS", "DenseDataSource", "DenseSample"]
+def colorize(label: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+    """Label map ``[H, W]`` -> RGB ``[H, W, 3]`` uint8 (ignored pixels black)."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    lut[ignore_index] = 0
+    return lut[np.clip(label, 0, 255).astype(np.uint8)]
+
+
+__all__ = ["SPLITS", "DenseDataSource", "DenseSample", "colorize"]

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vltk.data.base import DenseDataSource, DenseSample
+from vltk.data.base import colorize as colorize_with
 from vltk.data.synthetic_options import SYNTHETIC_DOMAINS, VAL_INDEX_OFFSET, SyntheticOptions
 from vltk.errors import UserError, did_you_mean
 
@@ -1393,9 +1394,7 @@ def render_domains(
 
 def colorize(label: np.ndarray, palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE) -> np.ndarray:
     """Label map -> uint8 RGB with the Cityscapes colours (ignored pixels black), for looking at layouts."""
-    table = np.zeros((256, 3), np.uint8)
-    table[: len(palette)] = palette
-    return table[np.asarray(label, dtype=np.int64)]
+    return colorize_with(label, palette)
 
 
 # --------------------------------------------------------------------------------------------------------------

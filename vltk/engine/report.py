@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from vltk.data.base import colorize
+
 
 def to_json(payload: Any) -> str:
     """Strict JSON (NaN -> null, e.g. the IoU of a class absent from a domain) that any tool can read."""
@@ -87,14 +89,6 @@ def plot_history(history: dict[str, Any], path: str | Path, train_domains: Seque
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
-
-
-def colorize(label: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
-    """Label map ``[H, W]`` -> RGB ``[H, W, 3]`` uint8 (ignored pixels black)."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    lut[ignore_index] = 0
-    return lut[np.clip(label, 0, 255).astype(np.uint8)]
 
 
 def write_overlay(

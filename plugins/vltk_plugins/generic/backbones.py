@@ -30,6 +30,7 @@ import copy
 import logging
 import math
 import warnings
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -219,19 +220,21 @@ class OpenClipBackbone(Backbone):
         self.register_load_state_dict_pre_hook(_text_load_hook)
 
     # ----------------------------------------------------------------------------------------------- subclass API
+    @abstractmethod
     def _blocks(self) -> Sequence[nn.Module]:
-        raise NotImplementedError
+        """The transformer blocks, in order (timm ``trunk.blocks`` / open_clip ``transformer.resblocks``)."""
 
+    @abstractmethod
     def _embed_tokens(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Any]:
         """Patchify + cls + position information: ``[B, 1 + N, C]`` and the per-block context (EVA's RoPE)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _run_block(self, block: nn.Module, x: Tensor, context: Any) -> Tensor:
-        raise NotImplementedError
+        """Run one block on batch-first tokens with the context from :meth:`_embed_tokens`."""
 
+    @abstractmethod
     def _head(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Final tokens -> (global ``[B, D]``, per-patch ``[B, N, D]``) in the text space."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------ forward
     def _grid(self, x: Tensor) -> tuple[int, int]:

@@ -7,6 +7,9 @@ ignored; ``frozen=True`` keeps a validated configuration from drifting after it 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -18,3 +21,22 @@ class Options(BaseModel):
 
 class NoOptions(Options):
     """For components without knobs."""
+
+
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+def coerce_options(options: Any, model: type[OptionsT], component: str) -> OptionsT:
+    """Accept an options object, a plain mapping (validated) or None (defaults) in a factory.
+
+    The registry always passes a validated object; Python callers and tests often pass a dict or nothing.
+    """
+    if options is None:
+        return model()
+    if isinstance(options, Mapping):
+        return model.model_validate(dict(options))
+    if not isinstance(options, model):
+        raise TypeError(
+            f"{component}: options must be {model.__name__}, a mapping or None, got {type(options).__name__}"
+        )
+    return options

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from torch import Tensor, nn
 
 from vltk.interfaces import Adapter
+from vltk.options import coerce_options
 from vltk_plugins.generic.adapter_options import FrozenOptions, FullOptions
-
-_O = TypeVar("_O", FrozenOptions, FullOptions)
 
 #: ``blocks.{i}.`` (timm, DINOv2, EVA), ``resblocks.{i}.`` (open_clip / OpenAI CLIP), ``layers.{i}.`` (mmseg BEiT)
 #: and ``layer.{i}.`` (Hugging Face) anywhere in a dotted parameter name; the number is the block index.
@@ -40,16 +39,6 @@ EMBEDDING_NAMES = frozenset(
         "position_embeddings",
     }
 )
-
-
-def _coerce_options(options: Any, model: type[_O], name: str) -> _O:
-    if options is None:
-        return model()
-    if isinstance(options, Mapping):
-        return model.model_validate(dict(options))
-    if not isinstance(options, model):
-        raise TypeError(f"{name}: options must be {model.__name__}, a mapping or None, got {type(options).__name__}")
-    return options
 
 
 class FrozenAdapter(Adapter):
@@ -121,13 +110,13 @@ class FullAdapter(Adapter):
 
 def build_frozen(options: FrozenOptions | Mapping[str, Any] | None = None, **context: Any) -> FrozenAdapter:
     """Factory for ``frozen``; the backbone facts in ``context`` are not needed and ignored."""
-    _coerce_options(options, FrozenOptions, "frozen")
+    coerce_options(options, FrozenOptions, "frozen")
     return FrozenAdapter()
 
 
 def build_full(options: FullOptions | Mapping[str, Any] | None = None, **context: Any) -> FullAdapter:
     """Factory for ``full``; the backbone facts in ``context`` are not needed (layer count is read at use time)."""
-    opts = _coerce_options(options, FullOptions, "full")
+    opts = coerce_options(options, FullOptions, "full")
     return FullAdapter(layer_decay=opts.layer_decay)
 
 

@@ -33,7 +33,7 @@ import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vltk.errors import UserError, did_you_mean
 from vltk.interfaces import Backbone, BlockHook
+from vltk.options import coerce_options
 from vltk_plugins.generic.backbone_options import ClipViTOptions, Eva02Options
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,6 @@ TINY_CLIP_CONFIG: dict[str, Any] = {
     "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-
-_O = TypeVar("_O", Eva02Options, ClipViTOptions)
 
 
 class InputSizeError(UserError, ValueError):
@@ -117,16 +116,6 @@ def _resize(feature: Tensor, size: tuple[int, int]) -> Tensor:
             return F.max_pool2d(feature, kernel_size=height // size[0])
         return F.adaptive_max_pool2d(feature, size)
     return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
-
-
-def _coerce_options(options: Any, model: type[_O]) -> _O:
-    if options is None:
-        return model()
-    if isinstance(options, Mapping):
-        return model.model_validate(dict(options))
-    if not isinstance(options, model):
-        raise TypeError(f"options must be {model.__name__}, a mapping or None, got {type(options).__name__}")
-    return options
 
 
 def _text_state_dict_hook(module: OpenClipBackbone, state_dict: dict[str, Any], prefix: str, metadata: Any) -> None:
@@ -656,25 +645,30 @@ def eva02_config(options: Eva02Options) -> dict[str, Any]:
     return config
 
 
+def _initialise(clip: nn.Module, pretrained: str | None, label: str, **keys: Any) -> None:
+    """Load a local checkpoint into the open_clip model, or say once that its weights are random."""
+    if pretrained is None:
+        _warn_random(label)
+    else:
+        load_pretrained(clip, pretrained, label=label, **keys)
+
+
 def build_eva02(options: Eva02Options, **context: Any) -> Eva02Backbone:
     """Build the ``eva02`` backbone; extra keyword ``context`` from the pipeline is accepted and ignored."""
     import open_clip
 
-    options = _coerce_options(options, Eva02Options)
+    options = coerce_options(options, Eva02Options, "eva02")
     label = f"eva02 ({options.variant})"
     clip = open_clip.CustomTextCLIP(**eva02_config(options))
-    if options.pretrained is None:
-        _warn_random(label)
-    else:
-        load_pretrained(
-            clip,
-            options.pretrained,
-            vision_prefix="visual.trunk.",
-            patch_key="visual.trunk.patch_embed.proj.weight",
-            pos_key="visual.trunk.pos_embed",
-            grid=tuple(clip.visual.trunk.patch_embed.grid_size),
-            label=label,
-        )
+    _initialise(
+        clip,
+        options.pretrained,
+        label,
+        vision_prefix="visual.trunk.",
+        patch_key="visual.trunk.patch_embed.proj.weight",
+        pos_key="visual.trunk.pos_embed",
+        grid=tuple(clip.visual.trunk.patch_embed.grid_size),
+    )
     return Eva02Backbone(clip, out_indices=options.out_indices, label=label)
 
 
@@ -733,7 +727,7 @@ def build_clip_vit(options: ClipViTOptions, **context: Any) -> ClipViTBackbone:
     """Build the ``clip-vit`` backbone; extra keyword ``context`` from the pipeline is accepted and ignored."""
     import open_clip
 
-    options = _coerce_options(options, ClipViTOptions)
+    options = coerce_options(options, ClipViTOptions, "clip-vit")
     label = f"clip-vit ({'tiny' if options.variant == 'tiny' else options.model})"
     config = clip_vit_config(options)
     tokenizer_kwargs = config.get("text_cfg", {}).get("tokenizer_kwargs") or {}
@@ -741,18 +735,15 @@ def build_clip_vit(options: ClipViTOptions, **context: Any) -> ClipViTBackbone:
         clip = open_clip.CustomTextCLIP(**config)
     except TypeError as error:
         raise UserError(f"{label}: this open_clip config is not supported ({error})") from None
-    if options.pretrained is None:
-        _warn_random(label)
-    else:
-        load_pretrained(
-            clip,
-            options.pretrained,
-            vision_prefix="visual.",
-            patch_key="visual.conv1.weight",
-            pos_key="visual.positional_embedding",
-            grid=tuple(clip.visual.grid_size),
-            label=label,
-        )
+    _initialise(
+        clip,
+        options.pretrained,
+        label,
+        vision_prefix="visual.",
+        patch_key="visual.conv1.weight",
+        pos_key="visual.positional_embedding",
+        grid=tuple(clip.visual.grid_size),
+    )
     return ClipViTBackbone(clip, out_indices=options.out_indices, tokenizer_kwargs=tokenizer_kwargs, label=label)
 
 

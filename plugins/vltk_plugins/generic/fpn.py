@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from vltk.errors import UserError
 from vltk.interfaces import Decoder
+from vltk.options import coerce_options
 from vltk_plugins.generic.fpn_options import GN_GROUPS, FPNOptions
 
 DEFAULT_FEATURE_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
@@ -227,9 +228,7 @@ def build_fpn(options: FPNOptions | None = None, **context: Any) -> SemanticFPN:
     gives 4 maps of ``embed_dim`` channels), ``num_classes`` (required), ``ignore_index`` (default 255). Other
     keys (``text_dim``, ``query_dims``, ``class_names``, ``num_layers``...) are accepted and ignored.
     """
-    options = FPNOptions() if options is None else options
-    if isinstance(options, dict):
-        options = FPNOptions.model_validate(options)
+    options = coerce_options(options, FPNOptions, "fpn")
 
     in_channels = context.get("in_channels")
     if in_channels is None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from vltk.interfaces import Adapter
+from vltk.options import coerce_options
 from vltk_kernels import rein_attention
 from vltk_plugins.rein.options import ReinOptions
 
@@ -191,12 +192,7 @@ def build_rein(options: ReinOptions | Mapping[str, Any] | None = None, **context
     ``context`` must hold ``embed_dim``, ``num_layers`` and ``patch_size``; ``has_cls_token`` defaults to True.
     Other keys (``num_classes``, ``text_dim``, ...) are ignored, so the pipeline can pass every fact it has.
     """
-    if options is None:
-        options = ReinOptions()
-    elif isinstance(options, Mapping):
-        options = ReinOptions.model_validate(dict(options))
-    elif not isinstance(options, ReinOptions):
-        raise TypeError(f"rein: options must be ReinOptions, a mapping or None, got {type(options).__name__}")
+    options = coerce_options(options, ReinOptions, "rein")
     missing = [key for key in ("embed_dim", "num_layers", "patch_size") if context.get(key) is None]
     if missing:
         raise TypeError(f"rein: missing backbone facts in context: {', '.join(missing)}")

@@ -1,0 +1,1 @@
+"""vltk plugin: vltseg."""

@@ -33,4 +33,3 @@ def pixel_text_similarity_reference(pixels: Tensor, texts: Tensor, temperature: 
     if temperature is not None:
         scores = scores / temperature
     return scores
-

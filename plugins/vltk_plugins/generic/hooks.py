@@ -10,6 +10,7 @@ from typing import Any
 
 from vltk import hookimpl
 from vltk.data.synthetic_options import SyntheticOptions
+from vltk.data.urban_options import UrbanOptions
 from vltk_plugins.generic.adapter_options import FrozenOptions, FullOptions
 from vltk_plugins.generic.backbone_options import ClipViTOptions, Eva02Options
 from vltk_plugins.generic.fpn_options import FPNOptions
@@ -82,4 +83,11 @@ def vltk_register_datasets(register: Any) -> None:
         options=SyntheticOptions,
         summary="embedded procedural street scenes in 6 domains (flat source -> textured/fog/night/rain/snow)",
         paper="mimics GTAV -> Cityscapes/ACDC; no files, no downloads",
+    )
+    register(
+        "urban",
+        _lazy("vltk.data.urban", "build_urban"),
+        options=UrbanOptions,
+        summary="GTAV / Cityscapes / BDD100K / Mapillary / ACDC from local folders, 19 classes, mmseg augmentation",
+        paper="the DG segmentation protocol of Rein, VLTSeg and others (GTAV -> Cityscapes, BDD100K, Mapillary)",
     )

@@ -1,5 +1,5 @@
-"""Test-wide setup: Triton in interpreter mode (must precede any kernel import), the ``gpu`` marker, and
-small-thread torch so the 2-core CI machine is not oversubscribed."""
+"""Test-wide setup: Triton in interpreter mode (must precede any kernel import), references for model tests,
+and the ``gpu`` marker."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Model-level tests run the pure-PyTorch references: under the interpreter every fused op costs seconds, and the
+# kernels are compared with the references in tests/kernels (which force the triton backend explicitly).
+os.environ.setdefault("VLTK_KERNEL_BACKEND", "torch")
 
 import pytest  # noqa: E402
 

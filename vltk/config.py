@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vltk.errors import UserError, did_you_mean
 from vltk.registry import Registry, format_validation_error
@@ -41,18 +41,27 @@ class ComponentConfig(BaseModel):
 
 
 class TrainConfig(_Strict):
-    """Optimisation settings (AdamW + linear warm-up + poly decay, iteration based, as mmseg)."""
+    """Optimisation settings (AdamW or SGD, linear warm-up, poly or step decay; iteration based, as mmseg)."""
 
     iters: int = Field(300, ge=1, description="number of optimisation steps")
     batch_size: int = Field(4, ge=1, description="images per step")
     lr: float = Field(1e-4, gt=0, description="base learning rate")
-    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (0 for norms, tokens, embeddings)")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="adamw (mmseg-style segmentation) or sgd (detectron2-style detection, CLIP the Gap)"
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by adamw)")
+    weight_decay: float = Field(0.05, ge=0, description="weight decay (0 for norms, tokens, embeddings)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     warmup_iters: int = Field(0, ge=0, description="linear warm-up steps (lr from warmup_ratio*lr to lr)")
     warmup_ratio: float = Field(1e-6, ge=0, le=1, description="lr factor at the first warm-up step")
     poly_power: float = Field(0.9, ge=0, description="poly schedule exponent: lr*(1-t/T)^power")
     min_lr: float = Field(0.0, ge=0, description="floor of the poly schedule")
+    schedule: Literal["poly", "step"] = Field(
+        "poly", description="poly: lr*(1-t/T)^poly_power; step: lr*gamma^(number of `steps` passed), as detectron2"
+    )
+    steps: list[int] = Field(default_factory=list, description="iterations where the step schedule multiplies by gamma")
+    gamma: float = Field(0.1, gt=0, le=1, description="factor of the step schedule")
     decoder_lr_mult: float = Field(1.0, gt=0, description="lr multiplier for the decoder (and prompter)")
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm (None: off)")
     log_interval: int = Field(10, ge=1, description="steps between log lines when no progress bar is shown")
@@ -67,12 +76,36 @@ class EvalConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="images per evaluation step")
     max_images: int | None = Field(None, ge=1, description="evaluate at most this many images per domain")
     overlays: int = Field(2, ge=0, description="prediction overlay PNGs written per domain")
+    ap_interpolation: Literal["11point", "101point", "area"] = Field(
+        "11point", description="detection AP: VOC2007 11-point (DWD papers), COCO-style 101-point, or VOC2010+ area"
+    )
+    mode: Literal["whole", "slide"] = Field(
+        "whole", description="whole: one pass per image; slide: windows of crop_size at stride, scores averaged"
+    )
+    crop_size: int | tuple[int, int] = Field(
+        512, description="slide window size, one int or [height, width] (mmseg crop_size; Rein/DenseCLIP: 512)"
+    )
+    stride: int | tuple[int, int] = Field(
+        341, description="slide window step, one int or [height, width], at most crop_size (Rein/DenseCLIP: 341)"
+    )
+
+    @model_validator(mode="after")
+    def _check_window(self) -> EvalConfig:
+        crop = (self.crop_size,) * 2 if isinstance(self.crop_size, int) else tuple(self.crop_size)
+        stride = (self.stride,) * 2 if isinstance(self.stride, int) else tuple(self.stride)
+        if min(crop) < 1 or min(stride) < 1:
+            raise ValueError(f"crop_size and stride must be positive, got {self.crop_size} and {self.stride}")
+        if stride[0] > crop[0] or stride[1] > crop[1]:
+            raise ValueError(f"stride {self.stride} must not exceed crop_size {self.crop_size}: pixels would be missed")
+        return self
 
 
 class RunConfig(_Strict):
     """One training or evaluation run. Component sections are ``{name: ..., <options>}``."""
 
-    task: Literal["segmentation"] = Field("segmentation", description="what the model predicts")
+    task: Literal["segmentation", "detection"] = Field(
+        "segmentation", description="what the model predicts: label maps (segmentation) or boxes (detection)"
+    )
     backbone: ComponentConfig
     adapter: ComponentConfig = ComponentConfig(name="frozen")
     prompter: ComponentConfig | None = None
@@ -119,6 +152,8 @@ def load_recipe(recipe: str | None, recipe_dirs: list[tuple[str, str]]) -> tuple
         name = path.stem
     else:
         known = available_recipes(recipe_dirs)
+        # plugin folders are Python names (clip_gap) while papers are written with hyphens (clip-gap): accept both
+        recipe = next((name for name in known if name.replace("_", "-") == recipe.replace("_", "-")), recipe)
         if recipe not in known:
             raise UserError(
                 f"unknown recipe '{recipe}';{did_you_mean(recipe, known)} available: {', '.join(sorted(known))}"
@@ -225,15 +260,42 @@ def build_config(
     for section, value in (components or {}).items():
         if value is None or value == () or value == []:
             continue
-        if section == "augmenters":
-            data["augmenters"] = [{"name": item} for item in value]
+        if section == "task":
+            data["task"] = value
+        elif section == "augmenters":
+            current = data.get("augmenters") or []
+            data["augmenters"] = [  # keep a recipe's options when the same augmenter sits at the same place
+                current[index] if index < len(current) and current[index].get("name") == item else {"name": item}
+                for index, item in enumerate(value)
+            ]
         else:
             set_component(data, section, value)
+    given = {key for key, value in (components or {}).items() if value not in (None, (), [])}
+    given |= {parts[0] for parts, _ in map(parse_override, overrides) if parts in (["dataset"], ["dataset", "name"])}
+    _task_defaults(data, given=given)  # before the overrides, so `dataset.size=...` lands in the swapped dataset
     for token in overrides:
         parts, value = parse_override(token)
         apply_override(data, parts, value)
     data = _normalise_sections(data)
+    _task_defaults(data, given=given)  # again, for `task=detection` given as an override
     return validate_run_config(data)
+
+
+#: What a detection run uses when the recipe (a segmentation one, e.g. ``default``) does not say.
+DETECTION_DEFAULTS: dict[str, str] = {"dataset": "synthetic-det", "prompter": "clip-template"}
+
+
+def _task_defaults(data: dict[str, Any], given: set[str]) -> None:
+    """``task: detection`` on top of a segmentation recipe: the label-map ``synthetic`` dataset becomes its boxed
+    twin ``synthetic-det`` (unless a flag or a ``dataset=`` override named the dataset) and a missing prompter
+    becomes ``clip-template`` (text-classified detection heads need class embeddings)."""
+    if data.get("task") != "detection":
+        return
+    dataset = data.get("dataset") or {"name": "synthetic"}
+    if "dataset" not in given and dataset.get("name") == "synthetic":
+        data["dataset"] = {"name": DETECTION_DEFAULTS["dataset"]}
+    if not data.get("prompter"):
+        data["prompter"] = {"name": DETECTION_DEFAULTS["prompter"]}
 
 
 def validate_run_config(data: dict[str, Any]) -> RunConfig:

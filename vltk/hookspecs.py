@@ -142,3 +142,30 @@ def vltk_recipe_dirs() -> list[str]:
         def vltk_recipe_dirs():
             return [str(pathlib.Path(__file__).parent / "recipes")]
     """
+
+
+@hookspec
+def vltk_register_bench_cases(register: Register) -> None:
+    """Add benchmark cases to ``vltk bench``: ``register(case)`` with a ``vltk_kernels.bench.BenchCase``.
+
+    A case names its shapes, builds inputs for a shape, and maps implementation names to callables; the one
+    named ``torch`` (the case's ``baseline``) is what the others are timed and checked against. Imports belong
+    inside the hook (it only runs when ``vltk bench`` does). A name already taken (by a built-in op or another
+    plugin) is an error naming both. Example::
+
+        @hookimpl
+        def vltk_register_bench_cases(register):
+            import torch
+            from vltk_kernels.bench import BenchCase, Shape
+
+            def make_inputs(dims, device, dtype):
+                return (torch.randn(dims["B"], dims["N"], dims["C"], device=device, dtype=dtype),)
+
+            register(BenchCase(
+                name="my_layernorm",
+                shapes=(Shape("small", {"B": 2, "N": 1024, "C": 768}),),
+                make_inputs=make_inputs,
+                implementations={"torch": lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:]),
+                                 "fused": my_fused_layernorm},
+            ))
+    """

@@ -19,6 +19,12 @@ class BlockHook(Protocol):
 
     ``x`` is the block output, batch-first ``[B, T, C]``; when the backbone ``has_cls_token`` the cls token is
     row 0 and the patch tokens follow in row-major grid order. The hook returns a tensor of the same shape.
+
+    Optional: a hook may also define ``before_block(x, layer_idx) -> x``, which a ViT backbone calls before
+    block ``layer_idx`` (hooks in order). It may append extra tokens at the END of the sequence (VPT's deep
+    prompts); they go through the block without a grid position (EVA02: identity RoPE rotation). The same
+    hook's after-block call then receives them and must drop them again, returning ``x[:, :T]``: after a
+    block's hooks the sequence is ``[B, T, C]`` again, so other hooks and the backbone's grid are unaffected.
     """
 
     def __call__(self, x: Tensor, layer_idx: int) -> Tensor: ...
@@ -30,7 +36,9 @@ class Backbone(nn.Module, ABC):
     Facts the pipeline hands to the other components: ``embed_dim`` (token width c), ``num_layers`` (blocks L),
     ``patch_size``, ``mean``/``std`` (input normalisation for images scaled to [0, 1]), ``has_cls_token``,
     ``text_dim`` (width of the joint image-text space, ``None`` for vision-only backbones) and
-    ``out_indices`` (the blocks whose outputs make the pyramid).
+    ``out_indices`` (the blocks whose outputs make the pyramid). ``is_vit``: the blocks exchange tokens of one
+    width ``embed_dim``, so block-refining adapters (Rein, LoRA, VPT) apply; a CNN (``clip-resnet``) sets it False
+    and may state per-level widths in ``out_channels`` (default ``(embed_dim,) * 4``).
     """
 
     embed_dim: int
@@ -39,6 +47,7 @@ class Backbone(nn.Module, ABC):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     has_cls_token: bool = True
+    is_vit: bool = True
     text_dim: int | None = None
     out_indices: tuple[int, ...]
 
@@ -61,6 +70,39 @@ class Backbone(nn.Module, ABC):
         """Return ``(global_embedding [B, D], dense_embeddings [B, D, h, w])`` in the text space."""
         raise TypeError(f"{type(self).__name__} is a vision-only backbone: it has no text space")
 
+    def forward_with_embeddings(
+        self, x: Tensor, block_hooks: Sequence[BlockHook] = ()
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """The pyramid and ``(global [B, D], dense [B, D, h, w])`` of one forward pass, adapter hooks included.
+
+        What text-guided models call (DenseCLIP's score map needs both). Default: a ViT with a token head
+        ``_head(tokens) -> (global [B, D], per-patch [B, N, D])`` (vltk's open_clip ViTs) runs once, the last
+        block's tokens being captured by one more hook; any other backbone runs :meth:`forward_features` then
+        :meth:`embed`. Override it when both can share work (``clip-resnet`` pools its own layer4 level).
+        """
+        head = getattr(self, "_head", None)
+        if not (self.is_vit and self.has_cls_token and callable(head)):
+            levels = self.forward_features(x, block_hooks=block_hooks)
+            return (levels, *self.embed(x))
+        captured: dict[str, Tensor] = {}
+        last = self.num_layers - 1
+
+        def capture(tokens: Tensor, layer_idx: int) -> Tensor:
+            if layer_idx == last:
+                captured["tokens"] = tokens
+            return tokens
+
+        levels = self.forward_features(x, block_hooks=(*block_hooks, capture))
+        global_embedding, dense = head(captured["tokens"])
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        dense = dense.transpose(1, 2).reshape(dense.shape[0], dense.shape[2], grid[0], grid[1])
+        return levels, global_embedding, dense
+
+    def restrict_trainable(self) -> None:
+        """Called by the pipeline right after ``adapter.setup(backbone)``: re-freeze what the backbone's own
+        options keep fixed (``clip-resnet``'s ``trainable`` stages, frozen BN), so that restriction wins over an
+        adapter's blanket ``requires_grad``. Must only switch gradients off. Default: nothing."""
+
     @property
     def strides(self) -> tuple[int, int, int, int]:
         return (4, 8, 16, 32)
@@ -70,7 +112,9 @@ class Adapter(nn.Module):
     """Decides what of the backbone trains and may refine every block's output (a :class:`BlockHook`).
 
     ``freezes_backbone``: when True the pipeline keeps the backbone in eval mode and ``setup`` has set
-    ``requires_grad=False`` on all its parameters, so only the adapter (and the decoder) learn.
+    ``requires_grad=False`` on all its parameters, so only the adapter (and the decoder) learn. Adapters that
+    change the blocks themselves (LoRA) do it in ``setup``; ones that add tokens (VPT) define ``before_block``
+    (see :class:`BlockHook`).
     """
 
     freezes_backbone: bool = True
@@ -130,15 +174,44 @@ class Decoder(nn.Module, ABC):
 
 
 class Prompter(nn.Module, ABC):
-    """Class names (and optional learned context / visual context) -> text embeddings ``[K, D]`` or ``[B, K, D]``."""
+    """Class names (and optional learned context / visual context) -> text embeddings ``[K, D]`` or ``[B, K, D]``.
+
+    The text tower is the backbone's and stays frozen; gradients still flow through it to learned context.
+    Facts the pipeline and :class:`~vltk.models.DensePredictor` read (the text guidance of DenseCLIP, usable with
+    any decoder): ``needs_visual_context`` (``forward`` wants ``(z̄ [B, D], z [B, D, h, w])`` from the backbone),
+    ``score_concat_index`` (the pyramid level that gets the K-channel pixel-text score map appended; None = no
+    concatenation), ``aux_loss_weight`` (auxiliary pixel-text cross-entropy on ``score / temperature``; 0 = off)
+    and ``temperature``.
+    """
+
+    needs_visual_context: bool = False
+    score_concat_index: int | None = None
+    aux_loss_weight: float = 0.0
+    temperature: float = 0.07
+    class_names: tuple[str, ...] = ()
 
     @abstractmethod
-    def forward(self, visual_context: Tensor | None = None) -> Tensor:
-        """Return the class text embeddings."""
+    def forward(self, visual_context: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Return the class text embeddings (``[B, K, D]`` when they depend on ``visual_context``)."""
+
+    def set_class_names(self, names: Sequence[str]) -> None:
+        """Swap the label set (open-vocabulary inference); learned context is kept."""
+        raise TypeError(f"{type(self).__name__} has a fixed label set")
 
 
 class Augmenter(nn.Module):
-    """Training-time augmentation. ``stage`` is ``"image"`` (before the backbone) or ``"feature"``."""
+    """Training-time augmentation. ``stage`` is ``"image"`` (before the backbone) or ``"feature"``.
+
+    ``forward`` is called in training mode only: image augmenters on the normalised batch, feature augmenters on
+    every pyramid level (segmentation) or on the stage-a map (detection); maps they do not apply to pass through.
+
+    Optional fit phase (CLIP the Gap): an augmenter that defines
+    ``fit(model, batches, *, device=None, log=None) -> dict`` is fitted by the engine once before training;
+    ``batches`` yields batches of source training images (float in [0, 1], a list of ``[3, H, W]`` or a
+    ``[B, 3, H, W]`` tensor), ``model`` is the whole predictor, ``log`` takes progress lines, the returned dict is
+    recorded in the run's history. It must leave the model's weights untouched and expose ``is_fitted`` (kept in
+    its state dict) so a resumed run skips the phase.
+    """
 
     stage: str = "image"
 

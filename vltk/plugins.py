@@ -142,6 +142,13 @@ class VltkPluginManager:
     def register_commands(self, cli: Any) -> None:
         self.pm.hook.vltk_register_commands(cli=cli)
 
+    def bench_cases(self) -> list[tuple[str, Any]]:
+        """``(plugin name, case)`` for every case registered through ``vltk_register_bench_cases``."""
+        pairs: list[tuple[str, Any]] = []
+        for impl in self.pm.hook.vltk_register_bench_cases.get_hookimpls():
+            impl.function(register=lambda case, _plugin=impl.plugin_name: pairs.append((_plugin, case)))
+        return pairs
+
 
 _MANAGER: VltkPluginManager | None = None
 

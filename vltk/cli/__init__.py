@@ -19,9 +19,11 @@ from vltk.errors import UserError
 LAZY_COMMANDS: dict[str, str] = {
     "train": "vltk.cli.run:train_command",
     "eval": "vltk.cli.run:eval_command",
+    "predict": "vltk.cli.predict:predict_command",
     "list": "vltk.cli.info:list_command",
     "show": "vltk.cli.info:show_command",
     "plugins": "vltk.cli.info:plugins_command",
+    "bench": "vltk.cli.bench:bench_command",
 }
 
 
@@ -83,6 +85,7 @@ Examples:
   vltk list adapters                           # what is installed
   vltk show adapter rein                       # options, defaults, paper
   vltk eval --checkpoint runs/default/best.pt
+  vltk predict street.jpg --checkpoint runs/default/best.pt --output preds/
 """
 
 

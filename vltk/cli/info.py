@@ -9,6 +9,14 @@ import click
 
 from vltk.registry import KINDS, normalise_kind
 
+
+def escape(text: str) -> str:
+    """Descriptions are plain text: ``[a, b]`` must print as written, not be read as rich markup and dropped."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 LIST_EPILOG = """\b
 Examples:
   vltk list               # every kind
@@ -44,7 +52,7 @@ def list_command(kind: str | None, as_json: bool) -> None:
         table.add_column("name")
         table.add_column("file")
         for name, path in recipes.items():
-            table.add_row(name, str(path))
+            table.add_row(escape(name), escape(str(path)))
         Console().print(table)
         return
     registry = _registry()
@@ -64,7 +72,7 @@ def list_command(kind: str | None, as_json: bool) -> None:
         if not specs:
             table.add_row(k, "-", "", "(none installed)")
         for spec in specs:
-            table.add_row(k, spec.name, spec.plugin, spec.summary)
+            table.add_row(k, escape(spec.name), escape(spec.plugin), escape(spec.summary))
     Console(width=max(120, Console().width)).print(table)
 
 
@@ -108,11 +116,11 @@ def show_command(kind: str, name: str, as_json: bool) -> None:
         click.echo(json.dumps(payload, indent=2, default=str))
         return
     console = Console(width=max(120, Console().width))
-    console.print(f"[bold]{spec.kind} {spec.name}[/bold]  (plugin: {spec.plugin})")
+    console.print(f"[bold]{spec.kind} {escape(spec.name)}[/bold]  (plugin: {escape(spec.plugin)})")
     if spec.summary:
-        console.print(spec.summary)
+        console.print(escape(spec.summary))
     if spec.paper:
-        console.print(f"paper: {spec.paper}")
+        console.print(f"paper: {escape(spec.paper)}")
     if not options:
         console.print("no options")
         return
@@ -120,7 +128,12 @@ def show_command(kind: str, name: str, as_json: bool) -> None:
     for column in ("option", "type", "default", "description"):
         table.add_column(column)
     for option in options:
-        table.add_row(option["name"], option["type"], repr(option["default"]), option["description"])
+        table.add_row(
+            *(
+                escape(str(value))
+                for value in (option["name"], option["type"], repr(option["default"]), option["description"])
+            )
+        )
     console.print(table)
 
 
@@ -146,5 +159,10 @@ def plugins_command(as_json: bool) -> None:
     for column in ("name", "module", "distribution", "version", "hooks"):
         table.add_column(column)
     for info in infos:
-        table.add_row(info.name, info.module, info.distribution or "-", info.version or "-", ", ".join(info.hooks))
+        table.add_row(
+            *(
+                escape(v)
+                for v in (info.name, info.module, info.distribution or "-", info.version or "-", ", ".join(info.hooks))
+            )
+        )
     Console(width=max(120, Console().width)).print(table)

@@ -16,6 +16,8 @@ Examples:
   vltk train --adapter rein adapter.lora_dim=8 train.iters=100
   vltk train --dry-run                                # print the resolved config and stop
   vltk train --output runs/exp1 --resume              # continue from runs/exp1/last.pt
+  vltk train --recipe clip-gap/synthetic              # detection: CLIP the Gap on synthetic boxes, AP50
+  vltk train --task detection --backbone clip-resnet --augmenter clip-gap --decoder clip-faster-rcnn
 Overrides are KEY=VALUE with dotted keys: train.lr=1e-4, dataset.domains=[synthetic,fog], seed=3.
 """
 
@@ -38,6 +40,11 @@ def _resolved_config(recipe: str | None, components: dict[str, Any], overrides: 
 @click.option("--decoder", help="decoder name")
 @click.option("--augmenter", "augmenters", multiple=True, help="augmenter name (repeatable)")
 @click.option("--dataset", help="dataset name")
+@click.option(
+    "--task",
+    type=click.Choice(["segmentation", "detection"]),
+    help="what to predict [default: the recipe's]; detection without --dataset uses synthetic-det",
+)
 @click.option("--output", type=click.Path(file_okay=False), help="run folder [default: runs/<recipe>]")
 @click.option("--resume", is_flag=True, help="continue from <output>/last.pt when it exists")
 @click.option("--dry-run", is_flag=True, help="print the resolved configuration and exit")
@@ -51,6 +58,7 @@ def train_command(
     decoder: str | None,
     augmenters: tuple[str, ...],
     dataset: str | None,
+    task: str | None,
     output: str | None,
     resume: bool,
     dry_run: bool,
@@ -58,6 +66,7 @@ def train_command(
 ) -> None:
     """Train a model. With no arguments, runs the default recipe on the embedded synthetic dataset."""
     components = {
+        "task": task,
         "backbone": backbone,
         "adapter": adapter,
         "prompter": prompter,
@@ -75,9 +84,9 @@ def train_command(
         return
     if (out / "last.pt").is_file() and not resume:
         click.echo(f"note: {out} already holds last.pt; starting over (pass --resume to continue it)", err=True)
-    from vltk.engine.trainer import Trainer
+    from vltk.engine.detection import make_trainer
 
-    trainer = Trainer(config, out, resume=resume, quiet=quiet)
+    trainer = make_trainer(config, out, resume=resume, quiet=quiet)
     try:
         trainer.fit()
     except KeyboardInterrupt:
@@ -88,6 +97,43 @@ def train_command(
         )
         raise SystemExit(130) from None
     click.echo(f"run folder: {out}  (best.pt, last.pt, metrics.json, curves.png, overlays/)")
+
+
+def load_checkpoint_config(
+    checkpoint: str | Path, overrides: tuple[str, ...] | list[str] = (), backbone_weights: str | None = None
+) -> tuple[dict[str, Any], Any]:
+    """A checkpoint's state and the resolved run config it was trained with (plus ``overrides``).
+
+    Shared by ``vltk eval`` and ``vltk predict``. A checkpoint saved without its frozen backbone needs that
+    backbone's weights file: the one recorded in its config, or ``backbone_weights``.
+    """
+    from vltk.config import build_config, resolve
+    from vltk.engine.checkpoint import load_checkpoint
+    from vltk.plugins import get_plugin_manager
+
+    state = load_checkpoint(checkpoint)
+    extra = list(overrides)
+    if backbone_weights:
+        extra.append(f"backbone.pretrained={backbone_weights}")
+    elif not state.get("backbone_included", True):
+        pretrained = state["config"].get("backbone", {}).get("pretrained")
+        if not pretrained or not Path(pretrained).is_file():
+            raise UserError(
+                f"checkpoint '{checkpoint}' holds no backbone weights (the backbone was frozen) and its "
+                f"pretrained file {pretrained!r} is not available; pass --backbone-weights FILE"
+            )
+    config = resolve(build_config(base=state["config"], overrides=extra), get_plugin_manager().get_registry())
+    return state, config
+
+
+def build_checkpoint_model(state: dict[str, Any], config: Any, class_names: list[str], ignore_index: int) -> Any:
+    """The model of ``config`` with the checkpoint's weights loaded (on the CPU, in eval mode)."""
+    from vltk.engine.trainer import load_model_state
+    from vltk.pipeline import build_model
+
+    model = build_model(config, class_names=class_names, ignore_index=ignore_index)
+    load_model_state(model, state)
+    return model.eval()
 
 
 EVAL_EPILOG = """\b
@@ -116,32 +162,24 @@ def eval_command(
     """Evaluate a checkpoint on every domain of its dataset: per-domain mIoU, target average and gap."""
     from rich.console import Console
 
-    from vltk.config import build_config, resolve
-    from vltk.engine.checkpoint import load_checkpoint
     from vltk.engine.report import domain_table, to_json
-    from vltk.engine.trainer import evaluate, load_model_state, pick_device
-    from vltk.pipeline import build_data_source, build_model
-    from vltk.plugins import get_plugin_manager
+    from vltk.engine.trainer import evaluate, pick_device
+    from vltk.pipeline import build_data_source
 
-    state = load_checkpoint(checkpoint)
-    extra = list(overrides)
-    if backbone_weights:
-        extra.append(f"backbone.pretrained={backbone_weights}")
-    elif not state.get("backbone_included", True):
-        pretrained = state["config"].get("backbone", {}).get("pretrained")
-        if not pretrained or not Path(pretrained).is_file():
-            raise UserError(
-                f"checkpoint '{checkpoint}' holds no backbone weights (the backbone was frozen) and its "
-                f"pretrained file {pretrained!r} is not available; pass --backbone-weights FILE"
-            )
-    config = resolve(build_config(base=state["config"], overrides=extra), get_plugin_manager().get_registry())
+    state, config = load_checkpoint_config(checkpoint, overrides, backbone_weights)
     source = build_data_source(config)
     if list(source.classes) != list(state.get("class_names", source.classes)):
         raise UserError("the dataset's classes differ from the checkpoint's; evaluate on the dataset it was trained on")
     device = pick_device(config.device)
-    model = build_model(config, class_names=list(source.classes), ignore_index=source.ignore_index)
-    load_model_state(model, state)
-    results = evaluate(model.to(device), source, config, device)
+    model = build_checkpoint_model(state, config, list(source.classes), source.ignore_index)
+    table = domain_table
+    if config.task == "detection":
+        from vltk.engine.detection import detection_table, evaluate_detection
+
+        results = evaluate_detection(model.to(device), source, config, device)
+        table = detection_table
+    else:
+        results = evaluate(model.to(device), source, config, device)
     results["checkpoint"] = str(checkpoint)
     out = Path(output) if output else Path(checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -149,4 +187,4 @@ def eval_command(
     if as_json:
         click.echo(to_json(results))
     else:
-        Console().print(domain_table(results, source.train_domains, title=f"eval {checkpoint}"))
+        Console().print(table(results, source.train_domains, title=f"eval {checkpoint}"))

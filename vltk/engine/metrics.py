@@ -2,7 +2,8 @@
 
 Domain generalisation papers (Rein, VLTSeg) report mIoU on every target domain and their mean; the source
 domain's own mIoU shows how large the gap is. Classes absent from both prediction and ground truth of a
-domain are left out of that domain's mean (NaN IoU), as mmseg does.
+domain are left out of that domain's mean (NaN IoU), as mmseg does. The relative performance drop
+(:func:`relative_drops`, "rPD") puts each target's mIoU in proportion to the source's.
 """
 
 from __future__ import annotations
@@ -55,3 +56,27 @@ def summarise_domains(miou_by_domain: dict[str, float], train_domains: Iterable[
     source = nanmean(value for domain, value in miou_by_domain.items() if domain in train_domains)
     target = nanmean(value for domain, value in miou_by_domain.items() if domain not in train_domains)
     return {"source": source, "target_avg": target, "gap": source - target}
+
+
+def relative_drop(source_miou: float, target_miou: float) -> float:
+    """Relative performance drop in percent: ``100 * (source - target) / source`` (NaN when undefined).
+
+    vltk's own metric for "how much of the in-domain performance survives the shift"; VLTSeg mentions an rPD but
+    its exact definition could not be verified, so numbers may not be comparable with that paper's. Positive means
+    the target domain is worse than the source; 0 means no drop; negative means the target is better.
+    """
+    if math.isnan(source_miou) or math.isnan(target_miou) or source_miou <= 0:
+        return math.nan
+    return 100.0 * (source_miou - target_miou) / source_miou
+
+
+def relative_drops(miou_by_domain: dict[str, float], train_domains: Iterable[str]) -> dict[str, float]:
+    """rPD(S->T) for every target domain T, with S->S the mean mIoU over the training (source) domains.
+
+    Returns ``{target domain: rPD in percent}``; the mean over targets is ``nanmean(result.values())``.
+    """
+    train_domains = set(train_domains)
+    source = nanmean(value for domain, value in miou_by_domain.items() if domain in train_domains)
+    return {
+        domain: relative_drop(source, value) for domain, value in miou_by_domain.items() if domain not in train_domains
+    }

@@ -29,7 +29,11 @@ def to_json(payload: Any) -> str:
 
 
 def domain_table(results: dict[str, Any], train_domains: Sequence[str], title: str = "mIoU per domain") -> Any:
-    """A rich table: one row per domain (source first), then the target average and the gap."""
+    """A rich table: one row per domain (source first), then the target average and the gap.
+
+    The rPD column is the relative performance drop of each target domain, ``100 (mIoU_S - mIoU_T) / mIoU_S``
+    (see :func:`vltk.engine.metrics.relative_drop`); its average row is the mean over the targets.
+    """
     from rich.table import Table
 
     table = Table(title=title)
@@ -37,21 +41,28 @@ def domain_table(results: dict[str, Any], train_domains: Sequence[str], title: s
     table.add_column("role")
     table.add_column("mIoU", justify="right")
     table.add_column("pixel acc", justify="right")
+    table.add_column("rPD %", justify="right")
     domains = results["domains"]
     ordered = [d for d in domains if d in train_domains] + [d for d in domains if d not in train_domains]
     for domain in ordered:
         entry = domains[domain]
         role = "source" if domain in train_domains else "target"
-        table.add_row(domain, role, _pct(entry["miou"]), _pct(entry["accuracy"]))
+        drop = _number(entry.get("rpd")) if role == "target" else ""
+        table.add_row(domain, role, _pct(entry["miou"]), _pct(entry["accuracy"]), drop)
     summary = results["summary"]
     table.add_section()
-    table.add_row("target average", "", _pct(summary["target_avg"]), "")
-    table.add_row("domain gap (source - target)", "", _pct(summary["gap"]), "")
+    table.add_row("target average", "", _pct(summary["target_avg"]), "", _number(summary.get("rpd_avg")))
+    table.add_row("domain gap (source - target)", "", _pct(summary["gap"]), "", "")
     return table
 
 
 def _pct(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _number(value: float | None) -> str:
+    """A value that is already in percent (rPD); n/a when missing or undefined."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
 def plot_history(history: dict[str, Any], path: str | Path, train_domains: Sequence[str]) -> Path:
@@ -94,18 +105,23 @@ def plot_history(history: dict[str, Any], path: str | Path, train_domains: Seque
 def write_overlay(
     path: str | Path,
     image: np.ndarray,
-    label: np.ndarray,
+    label: np.ndarray | None,
     prediction: np.ndarray,
     palette: Sequence[Sequence[int]],
     ignore_index: int = 255,
 ) -> Path:
-    """One PNG: image | ground truth blended on the image | prediction blended on the image."""
+    """One PNG: image | ground truth blended on the image | prediction blended on the image.
+
+    ``label=None`` (``vltk predict``: no ground truth) leaves the middle panel out.
+    """
     from PIL import Image
 
-    truth = colorize(label, palette, ignore_index)
-    predicted = colorize(prediction, palette, ignore_index)
-    blend_truth = (0.4 * image + 0.6 * truth).astype(np.uint8)
-    blend_pred = (0.4 * image + 0.6 * predicted).astype(np.uint8)
     gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
-    Image.fromarray(np.concatenate([image, gap, blend_truth, gap, blend_pred], axis=1)).save(path)
+    panels = [image]
+    if label is not None:
+        truth = colorize(label, palette, ignore_index)
+        panels += [gap, (0.4 * image + 0.6 * truth).astype(np.uint8)]
+    predicted = colorize(prediction, palette, ignore_index)
+    panels += [gap, (0.4 * image + 0.6 * predicted).astype(np.uint8)]
+    Image.fromarray(np.concatenate(panels, axis=1)).save(path)
     return Path(path)

@@ -12,7 +12,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from vltk.config import RunConfig, to_yaml
 from vltk.engine.checkpoint import load_checkpoint, model_state_for_checkpoint, save_atomic
-from vltk.engine.metrics import ConfusionMatrix, summarise_domains
+from vltk.engine.metrics import ConfusionMatrix, nanmean, relative_drops, summarise_domains
 from vltk.engine.report import domain_table, plot_history, to_json, write_overlay
 from vltk.errors import UserError
 
@@ -121,18 +121,36 @@ def build_param_groups(model: nn.Module, config: RunConfig) -> list[dict[str, An
 
 
 def lr_factor(step: int, config: RunConfig) -> float:
-    """Linear warm-up from ``warmup_ratio`` then poly decay to ``min_lr`` (as a factor of the base lr)."""
+    """Linear warm-up from ``warmup_ratio`` then poly decay to ``min_lr`` or, with ``schedule: step``, a factor
+    ``gamma`` at every iteration of ``steps`` already reached (detectron2's WarmupMultiStepLR)."""
     train = config.train
-    progress = min(step, train.iters) / train.iters
-    min_factor = train.min_lr / train.lr
-    factor = (1.0 - min_factor) * (1.0 - progress) ** train.poly_power + min_factor
+    if train.schedule == "step":
+        factor = train.gamma ** sum(1 for milestone in train.steps if step >= milestone)
+    else:
+        progress = min(step, train.iters) / train.iters
+        min_factor = train.min_lr / train.lr
+        factor = (1.0 - min_factor) * (1.0 - progress) ** train.poly_power + min_factor
     if train.warmup_iters and step < train.warmup_iters:
         factor *= train.warmup_ratio + (1.0 - train.warmup_ratio) * step / train.warmup_iters
     return factor
 
 
+def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """``train.optimizer``: AdamW (betas, eps) or SGD with ``train.momentum``, over :func:`build_param_groups`."""
+    train = config.train
+    groups = build_param_groups(model, config)
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, eps=train.eps)
+
+
 def infinite_batches(
-    dataset: Dataset, batch_size: int, seed: int, num_workers: int, start_epoch: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    start_epoch: int = 0,
+    collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate,
 ) -> Iterator[dict[str, Any]]:
     """Endless shuffled batches; epoch ``e`` is shuffled with seed ``(seed, e)`` so resuming replays the order."""
     epoch = start_epoch
@@ -147,7 +165,7 @@ def infinite_batches(
             batch_size=batch_size,
             shuffle=True,
             drop_last=len(dataset) >= batch_size,
-            collate_fn=collate,
+            collate_fn=collate_fn,
             num_workers=num_workers,
             generator=generator,
         )
@@ -157,6 +175,9 @@ def infinite_batches(
 
 class Trainer:
     """Owns a run folder: builds data and model, trains, evaluates, writes everything a run leaves behind."""
+
+    #: How training batches are put together (the detection trainer keeps images as a list).
+    collate_fn = staticmethod(collate)
 
     def __init__(self, config: RunConfig, output: Path, *, resume: bool = False, quiet: bool = False) -> None:
         from rich.console import Console
@@ -177,9 +198,7 @@ class Trainer:
         self.model = build_model(
             config, class_names=list(self.source.classes), ignore_index=self.source.ignore_index
         ).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            build_param_groups(self.model, config), lr=config.train.lr, betas=config.train.betas, eps=config.train.eps
-        )
+        self.optimizer = build_optimizer(self.model, config)
         self.step = 0
         self.history: dict[str, Any] = {"train": [], "eval": []}
         self.best: float | None = None
@@ -202,6 +221,7 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "class_names": list(self.source.classes),
+            "palette": [list(color) for color in self.source.palette],
             "backbone_included": self._keeps_backbone(),
             "rng": {"torch": torch.get_rng_state(), "numpy_seed": int(self.config.seed)},
         }
@@ -232,8 +252,14 @@ class Trainer:
         train = config.train
         dataset = self._train_dataset()
         steps_per_epoch = max(1, len(dataset) // train.batch_size)
+        self._fit_augmenters(dataset)
         batches = infinite_batches(
-            dataset, train.batch_size, config.seed, train.num_workers, start_epoch=self.step // steps_per_epoch
+            dataset,
+            train.batch_size,
+            config.seed,
+            train.num_workers,
+            start_epoch=self.step // steps_per_epoch,
+            collate_fn=self.collate_fn,
         )
         for _ in range(self.step % steps_per_epoch):
             next(batches)
@@ -262,12 +288,46 @@ class Trainer:
         self._write_reports(results)
         return results
 
+    def _fit_augmenters(self, dataset: Dataset) -> None:
+        """The ``fit`` phase of augmenters that have one (CLIP the Gap's offsets), before the first step.
+
+        Fitted state is in the checkpoint, so a resumed run skips it. Batches come from the training set with
+        their own seed, so the training batch order is the same with or without the phase.
+        """
+        pending = [
+            augmenter
+            for augmenter in getattr(self.model, "augmenters", ())
+            if callable(getattr(augmenter, "fit", None)) and not getattr(augmenter, "is_fitted", False)
+        ]
+        if not pending:
+            return
+        train = self.config.train
+        batches = infinite_batches(
+            dataset, train.batch_size, self.config.seed + 1, train.num_workers, collate_fn=self.collate_fn
+        )
+        images = (batch["images"] if "images" in batch else batch["image"] for batch in batches)
+        log = None if self.quiet else self.console.print
+        for augmenter in pending:
+            name = type(augmenter).__name__
+            if log is not None:
+                log(f"fit phase of {name} (before training)...")
+            started = time.perf_counter()
+            summary = augmenter.fit(self.model, images, device=self.device, log=log)
+            summary = {"augmenter": name, "seconds": time.perf_counter() - started, **dict(summary or {})}
+            self.history.setdefault("augmenter_fit", []).append(summary)
+            if log is not None:
+                log(f"fit phase of {name} done in {summary['seconds']:.1f}s")
+
+    def _batch_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The model's loss terms for one collated batch (``"loss"`` is the total)."""
+        return self.model.loss(batch["image"].to(self.device), batch["label"].to(self.device))
+
     def _train_step(self, batch: dict[str, Any], trainable: list[nn.Parameter]) -> dict[str, float]:
         """One optimisation step at the current schedule position; returns the logged loss terms."""
         train = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = train.lr * group["lr_mult"] * lr_factor(self.step, self.config)
-        losses = self.model.loss(batch["image"].to(self.device), batch["label"].to(self.device))
+        losses = self._batch_losses(batch)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             raise UserError(
@@ -306,7 +366,10 @@ class Trainer:
             self.best = score
             save_atomic(self._state(), self.output / "best.pt")
         if progress is not None:
-            progress.note(f"iter {self.step}: target mIoU {100 * results['summary']['target_avg']:.1f}")
+            summary = results["summary"]
+            progress.note(
+                f"iter {self.step}: target mIoU {100 * summary['target_avg']:.1f}, rPD {summary['rpd_avg']:.1f}%"
+            )
         return results
 
     def _write_reports(self, results: dict[str, Any]) -> None:
@@ -340,7 +403,13 @@ def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:
 def evaluate(
     model: nn.Module, source: Any, config: RunConfig, device: torch.device, overlay_dir: Path | None = None
 ) -> dict[str, Any]:
-    """mIoU (and pixel accuracy, per-class IoU) for every domain of the data source, plus the DG summary."""
+    """mIoU (and pixel accuracy, per-class IoU) for every domain of the data source, plus the DG summary.
+
+    Target domains also get ``rpd`` (relative performance drop vs the source mIoU, percent) and the summary
+    ``rpd_avg``; ``config.eval.mode`` picks whole-image or sliding-window inference.
+    """
+    from vltk.models.inference import inference_from_config
+
     model.eval()
     domains: dict[str, Any] = {}
     for domain in source.domains:
@@ -351,7 +420,7 @@ def evaluate(
         matrix = ConfusionMatrix(len(source.classes), source.ignore_index)
         written = 0
         for batch in loader:
-            prediction = model.predict(batch["image"].to(device)).argmax(1).cpu()
+            prediction = inference_from_config(model, batch["image"].to(device), config.eval).argmax(1).cpu()
             matrix.update(prediction, batch["label"])
             if overlay_dir is not None and written < config.eval.overlays:
                 overlay_dir.mkdir(parents=True, exist_ok=True)
@@ -373,7 +442,12 @@ def evaluate(
             "iou": dict(zip(source.classes, iou, strict=True)),
             "images": len(dataset),
         }
-    summary = summarise_domains({d: v["miou"] for d, v in domains.items()}, source.train_domains)
+    miou = {domain: entry["miou"] for domain, entry in domains.items()}
+    summary = summarise_domains(miou, source.train_domains)
+    drops = relative_drops(miou, source.train_domains)  # rPD (percent) of every target domain
+    for domain, drop in drops.items():
+        domains[domain]["rpd"] = drop
+    summary["rpd_avg"] = nanmean(drops.values())
     return {"domains": domains, "summary": summary}
 
 

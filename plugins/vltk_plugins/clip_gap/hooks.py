@@ -1,11 +1,54 @@
-"""Entry point of the CLIP the Gap plugin (Vidit et al., CVPR 2023): the ``clip-gap`` augmenter, the
-``clip-faster-rcnn`` decoder and their recipes."""
+"""Entry point of the CLIP the Gap plugin (Vidit, Engilberge, Salzmann, CVPR 2023): the ``clip-gap`` augmenter,
+the ``clip-faster-rcnn`` decoder and their recipes (``clip-gap/dwd``, ``clip-gap/synthetic``).
+
+Light on purpose: only the options models are imported; factories import torch/torchvision when built. The
+backbone (``clip-resnet``), prompters (``clip-template``) and detection datasets (``synthetic-det``, ``dwd``)
+are paper-agnostic and live in the generic plugin / core.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vltk import hookimpl
+from vltk_plugins.clip_gap.options import ClipFasterRCNNOptions, ClipGapOptions
+
+PAPER = "CLIP the Gap (Vidit, Engilberge, Salzmann, CVPR 2023)"
+
+
+def _lazy(module: str, attribute: str) -> Any:
+    """A factory that imports ``module.attribute`` on first call (keeps ``vltk list`` free of torch)."""
+
+    def factory(options: Any, **context: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), attribute)(options, **context)
+
+    factory.__qualname__ = f"{module}.{attribute}"
+    return factory
+
+
+@hookimpl
+def vltk_register_augmenters(register: Any) -> None:
+    register(
+        "clip-gap",
+        _lazy("vltk_plugins.clip_gap.augmenter", "build_clip_gap"),
+        options=ClipGapOptions,
+        summary="semantic feature offsets fitted from text prompts (fit phase), added to the stage-a map in training",
+        paper=PAPER,
+    )
+
+
+@hookimpl
+def vltk_register_decoders(register: Any) -> None:
+    register(
+        "clip-faster-rcnn",
+        _lazy("vltk_plugins.clip_gap.rcnn", "build_clip_faster_rcnn"),
+        options=ClipFasterRCNNOptions,
+        summary="detection: C4 Faster R-CNN on torchvision, RoIs through layer4 + attention pool, text classifier",
+        paper=PAPER,
+    )
 
 
 @hookimpl

@@ -31,6 +31,16 @@ _PATCH_HELP = (
 )
 
 
+#: The ``attention`` option shared by every ViT backbone (implemented in ``vltk_plugins.generic.attention``).
+AttentionChoice = Literal["auto", "xformers", "sdpa", "math"]
+ATTENTION_HELP = (
+    "Attention kernel of the ViT blocks: auto = xformers' memory_efficient_attention on CUDA when it imports and "
+    "a test call works, else PyTorch SDPA; xformers (CUDA only; an error elsewhere); sdpa = "
+    "F.scaled_dot_product_attention (fused flash/memory-efficient kernels, memory linear in tokens); math = "
+    "PyTorch's unfused attention (materialises the N x N scores; the numerical reference). Logged once."
+)
+
+
 def _check_out_indices(value: list[int] | None) -> list[int] | None:
     if value is not None and len(value) != 4:
         raise ValueError(f"needs exactly 4 block indices (one per pyramid level), got {len(value)}")
@@ -58,6 +68,7 @@ class Eva02Options(Options):
         lt=1.0,
         description="Stochastic depth rate of the timm blocks (linear decay over depth); Rein uses 0.2 for EVA02-L.",
     )
+    attention: AttentionChoice = Field(default="auto", description=ATTENTION_HELP)
 
     @field_validator("out_indices")
     @classmethod
@@ -87,6 +98,7 @@ class ClipViTOptions(Options):
     pretrained: str | None = Field(default=None, description=_PRETRAINED_HELP)
     out_indices: list[int] | None = Field(default=None, description=_OUT_INDICES_HELP)
     patch_size: int | None = Field(default=None, ge=4, le=32, description=_PATCH_HELP.format(own="from the config"))
+    attention: AttentionChoice = Field(default="auto", description=ATTENTION_HELP)
 
     @field_validator("out_indices")
     @classmethod
@@ -94,4 +106,4 @@ class ClipViTOptions(Options):
         return _check_out_indices(value)
 
 
-__all__ = ["ClipViTOptions", "Eva02Options"]
+__all__ = ["ATTENTION_HELP", "AttentionChoice", "ClipViTOptions", "Eva02Options"]

@@ -8,7 +8,9 @@ bookkeeping the :class:`~vltk.interfaces.Backbone` contract asks for and open_cl
   grid); for CLIP's native ``VisionTransformer`` the wrapper resamples ``positional_embedding`` with timm's
   ``resample_abs_pos_embed`` and caches the result per grid while the embedding is not being trained.
 * **block hooks.** The wrapper iterates ``trunk.blocks`` / ``transformer.resblocks`` itself and calls
-  ``x = hook(x, layer_idx)`` after every block with batch-first ``[B, 1 + N, C]`` tokens (cls first).
+  ``x = hook(x, layer_idx)`` after every block with batch-first ``[B, 1 + N, C]`` tokens (cls first), and a
+  hook's optional ``before_block`` before it (extra trailing tokens such as VPT prompts; EVA02 gives them an
+  identity RoPE rotation). That loop is :class:`TokenBackbone`, shared with the timm ``dinov2`` backbone.
 * **the 4-level pyramid.** Patch tokens of ``out_indices`` are reshaped to ``[B, C, H/p, W/p]`` and resized
   parameter-free to strides 4/8/16/32 (bilinear up, max-pool down), as Rein's backbones do.
 * **the text space.** :meth:`embed` returns open_clip's global image embedding and, MaskCLIP-style, the same final
@@ -43,6 +45,7 @@ from torch.utils.checkpoint import checkpoint
 from vltk.errors import UserError, did_you_mean
 from vltk.interfaces import Backbone, BlockHook
 from vltk.options import coerce_options
+from vltk_plugins.generic.attention import install_attention
 from vltk_plugins.generic.backbone_options import ClipViTOptions, Eva02Options
 
 logger = logging.getLogger(__name__)
@@ -162,70 +165,68 @@ def _text_load_hook(
     unexpected_keys.extend(text_prefix + key for key in result.unexpected_keys)
 
 
-class OpenClipBackbone(Backbone):
-    """Shared machinery of the open_clip ViT backbones: input checks, the block loop, pyramid, text side.
+class TokenBackbone(Backbone):
+    """The block loop every ViT backbone shares: input checks, block hooks, hidden tokens, the 4-level pyramid.
 
-    The open_clip model is kept whole in a non-registered attribute (:meth:`open_clip_model`); only its image
-    tower is a registered submodule (``visual``), so ``parameters()``, adapters' freezing, optimizers, DDP and
-    layer-decay rules see the image tower alone. The text tower is frozen, stays in eval mode, follows the
-    backbone's ``.to()``/``.half()`` (see :meth:`_apply`) and is handed to prompters by :meth:`text_tower`; a
-    prompter that wants to train it registers it as its own submodule and unfreezes it there.
-    ``state_dict()`` nevertheless holds it (``text.*``, ``logit_scale``): the backbone's state dict is exactly an
-    open_clip checkpoint, so a run's checkpoint restores a random text tower too and can serve as ``pretrained``.
+    Subclasses say how to embed an image into tokens (:meth:`_embed_tokens`), which blocks to run
+    (:meth:`_blocks`) and how to call one (:meth:`_run_block`); everything an adapter relies on lives here once:
+
+    * hooks see batch-first ``[B, 1 + N, C]`` tokens (cls first) after every block, in order;
+    * a hook with a ``before_block(x, layer_idx)`` method may append extra tokens at the end of the sequence
+      before a block (VPT's deep prompts); after that block's hooks the sequence must be ``[B, 1 + N, C]``
+      again (the hook that added them removes them), so the grid bookkeeping never sees them;
+    * ``num_hidden_tokens`` tokens right after the cls token (DINOv2's registers) go through every block but are
+      taken out of what hooks see and put back before the next block, so adapters need not know about them.
     """
+
+    #: Tokens between the cls token and the patch tokens that blocks see and hooks do not (DINOv2 registers).
+    num_hidden_tokens: int = 0
 
     def __init__(
         self,
-        clip: nn.Module,
         *,
         embed_dim: int,
         num_layers: int,
         patch_size: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
         out_indices: Sequence[int] | None,
-        tokenizer_kwargs: Mapping[str, Any] | None = None,
         label: str,
     ) -> None:
         super().__init__()
-        self.visual = clip.visual
-        object.__setattr__(self, "_clip", clip)  # not a submodule: keeps the text tower out of parameters()
-        clip.text.requires_grad_(False).eval()
-        for name in ("logit_scale", "logit_bias"):
-            parameter = getattr(clip, name, None)
-            if isinstance(parameter, nn.Parameter):
-                parameter.requires_grad_(False)
         self.embed_dim = int(embed_dim)
         self.num_layers = int(num_layers)
         self.patch_size = int(patch_size)
-        self.mean = OPENAI_MEAN
-        self.std = OPENAI_STD
+        self.mean = mean
+        self.std = std
         self.has_cls_token = True
-        self.text_dim = int(clip.text.output_dim)
         self.out_indices = resolve_out_indices(out_indices, self.num_layers)
         self.grad_checkpointing = False
         self.label = label
-        self._tokenizer_kwargs = dict(tokenizer_kwargs or {})
-        self._tokenizer: Any = None
-        self.register_state_dict_post_hook(_text_state_dict_hook)
-        self.register_load_state_dict_pre_hook(_text_load_hook)
 
     # ----------------------------------------------------------------------------------------------- subclass API
     @abstractmethod
     def _blocks(self) -> Sequence[nn.Module]:
-        """The transformer blocks, in order (timm ``trunk.blocks`` / open_clip ``transformer.resblocks``)."""
+        """The transformer blocks, in order (timm ``blocks`` / open_clip ``transformer.resblocks``)."""
 
     @abstractmethod
     def _embed_tokens(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Any]:
-        """Patchify + cls + position information: ``[B, 1 + N, C]`` and the per-block context (EVA's RoPE)."""
+        """Patchify + cls (+ hidden tokens) + position information: ``[B, 1 + R + N, C]`` and the per-block
+        context (EVA's RoPE); ``R`` is :attr:`num_hidden_tokens`."""
 
     @abstractmethod
     def _run_block(self, block: nn.Module, x: Tensor, context: Any) -> Tensor:
-        """Run one block on batch-first tokens with the context from :meth:`_embed_tokens`."""
+        """Run one block on batch-first tokens with the context from :meth:`_embed_tokens`.
 
-    @abstractmethod
-    def _head(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Final tokens -> (global ``[B, D]``, per-patch ``[B, N, D]``) in the text space."""
+        ``x`` may carry extra tokens at the end (added by a hook's ``before_block``): blocks must treat them as
+        tokens without a grid position.
+        """
 
     # ------------------------------------------------------------------------------------------------ forward
+    def blocks(self) -> Sequence[nn.Module]:
+        """The transformer blocks in order: what adapters such as LoRA modify in place."""
+        return self._blocks()
+
     def _grid(self, x: Tensor) -> tuple[int, int]:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"{self.label}: expected images [B, 3, H, W], got shape {tuple(x.shape)}")
@@ -238,32 +239,66 @@ class OpenClipBackbone(Backbone):
             )
         return height // self.patch_size, width // self.patch_size
 
+    def _block(self, block: nn.Module, tokens: Tensor, hidden: Tensor | None, context: Any) -> tuple[Tensor, Any]:
+        """One block on ``[cls, hidden, patches, extra]``; returns the visible tokens and the new hidden ones."""
+        if hidden is not None:
+            tokens = torch.cat([tokens[:, :1], hidden, tokens[:, 1:]], dim=1)
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            tokens = checkpoint(self._run_block, block, tokens, context, use_reentrant=False)
+        else:
+            tokens = self._run_block(block, tokens, context)
+        if hidden is None:
+            return tokens, None
+        count = hidden.shape[1]
+        return torch.cat([tokens[:, :1], tokens[:, 1 + count :]], dim=1), tokens[:, 1 : 1 + count]
+
+    def _check_hook(
+        self, hook: Any, index: int, before: Tensor, after: Tensor, *, low: int, high: int | None, stage: str
+    ) -> None:
+        """A hook keeps batch and width; its token count must lie in ``[low, high]`` (``None``: no upper bound)."""
+        ok = after.ndim == 3 and after.shape[0] == before.shape[0] and after.shape[2] == before.shape[2]
+        if not ok or after.shape[1] < low or (high is not None and after.shape[1] > high):
+            tokens = low if low == high else f"{low}..{'' if high is None else high}"
+            raise ValueError(
+                f"{self.label}: block hook {getattr(hook, '__name__', type(hook).__name__)} returned "
+                f"{tuple(after.shape)} {stage} block {index}, expected [{before.shape[0]}, {tokens}, "
+                f"{before.shape[2]}]"
+            )
+
     def forward_tokens(
         self, x: Tensor, block_hooks: Sequence[BlockHook] = (), take: Sequence[int] = ()
     ) -> tuple[Tensor, dict[int, Tensor]]:
         """Run every block, calling the hooks after each; return the last tokens and those of blocks ``take``.
 
-        Tokens are batch-first ``[B, 1 + N, C]`` before the final norm. This is the one loop both
-        :meth:`forward_features` and :meth:`embed` use, so a caller needing both can call it once.
+        Tokens are batch-first ``[B, 1 + N, C]`` before the final norm (hidden tokens left out). This is the one
+        loop :meth:`forward_features` and ``embed`` use, so a caller needing both can call it once.
         """
         grid = self._grid(x)
         tokens, context = self._embed_tokens(x, grid)
+        hidden = None
+        if self.num_hidden_tokens:
+            count = self.num_hidden_tokens
+            tokens, hidden = torch.cat([tokens[:, :1], tokens[:, 1 + count :]], dim=1), tokens[:, 1 : 1 + count]
+        visible = tokens.shape[1]
+        before_hooks = [hook for hook in block_hooks if callable(getattr(hook, "before_block", None))]
         wanted = set(take)
         taken: dict[int, Tensor] = {}
-        use_checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for index, block in enumerate(self._blocks()):
-            if use_checkpoint:
-                tokens = checkpoint(self._run_block, block, tokens, context, use_reentrant=False)
-            else:
-                tokens = self._run_block(block, tokens, context)
+            for hook in before_hooks:
+                extended = hook.before_block(tokens, index)  # type: ignore[attr-defined]
+                self._check_hook(hook, index, tokens, extended, low=tokens.shape[1], high=None, stage="before")
+                tokens = extended
+            tokens, hidden = self._block(block, tokens, hidden, context)
             for hook in block_hooks:
                 updated = hook(tokens, index)
-                if updated.shape != tokens.shape:
-                    raise ValueError(
-                        f"{self.label}: block hook {type(hook).__name__} returned {tuple(updated.shape)} after "
-                        f"block {index}, expected {tuple(tokens.shape)}"
-                    )
+                # a hook keeps the shape or drops trailing extra tokens; after the last one they must be gone
+                self._check_hook(hook, index, tokens, updated, low=visible, high=tokens.shape[1], stage="after")
                 tokens = updated
+            if tokens.shape[1] != visible:
+                raise ValueError(
+                    f"{self.label}: {tokens.shape[1] - visible} extra tokens added before block {index} were not "
+                    "removed by the block hooks after it"
+                )
             if index in wanted:
                 taken[index] = tokens
         return tokens, taken
@@ -292,6 +327,66 @@ class OpenClipBackbone(Backbone):
             for index, stride in zip(indices, self.strides, strict=True)
         ]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward (training only): trades ~30% time for activation memory."""
+        self.grad_checkpointing = bool(enable)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.label}, embed_dim={self.embed_dim}, num_layers={self.num_layers}, patch_size={self.patch_size}, "
+            f"text_dim={self.text_dim}, out_indices={list(self.out_indices)}"
+        )
+
+
+class OpenClipBackbone(TokenBackbone):
+    """Shared machinery of the open_clip ViT backbones: the token loop of :class:`TokenBackbone` + the text side.
+
+    The open_clip model is kept whole in a non-registered attribute (:meth:`open_clip_model`); only its image
+    tower is a registered submodule (``visual``), so ``parameters()``, adapters' freezing, optimizers, DDP and
+    layer-decay rules see the image tower alone. The text tower is frozen, stays in eval mode, follows the
+    backbone's ``.to()``/``.half()`` (see :meth:`_apply`) and is handed to prompters by :meth:`text_tower`; a
+    prompter that wants to train it registers it as its own submodule and unfreezes it there.
+    ``state_dict()`` nevertheless holds it (``text.*``, ``logit_scale``): the backbone's state dict is exactly an
+    open_clip checkpoint, so a run's checkpoint restores a random text tower too and can serve as ``pretrained``.
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        *,
+        embed_dim: int,
+        num_layers: int,
+        patch_size: int,
+        out_indices: Sequence[int] | None,
+        tokenizer_kwargs: Mapping[str, Any] | None = None,
+        label: str,
+    ) -> None:
+        super().__init__(
+            embed_dim=embed_dim,
+            num_layers=num_layers,
+            patch_size=patch_size,
+            mean=OPENAI_MEAN,
+            std=OPENAI_STD,
+            out_indices=out_indices,
+            label=label,
+        )
+        self.visual = clip.visual
+        object.__setattr__(self, "_clip", clip)  # not a submodule: keeps the text tower out of parameters()
+        clip.text.requires_grad_(False).eval()
+        for name in ("logit_scale", "logit_bias"):
+            parameter = getattr(clip, name, None)
+            if isinstance(parameter, nn.Parameter):
+                parameter.requires_grad_(False)
+        self.text_dim = int(clip.text.output_dim)
+        self._tokenizer_kwargs = dict(tokenizer_kwargs or {})
+        self._tokenizer: Any = None
+        self.register_state_dict_post_hook(_text_state_dict_hook)
+        self.register_load_state_dict_pre_hook(_text_load_hook)
+
+    @abstractmethod
+    def _head(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Final tokens -> (global ``[B, D]``, per-patch ``[B, N, D]``) in the text space."""
+
     def embed(self, x: Tensor, block_hooks: Sequence[BlockHook] = ()) -> tuple[Tensor, Tensor]:
         """``(global [B, D], dense [B, D, H/p, W/p])`` in the CLIP text space (not L2-normalised).
 
@@ -304,10 +399,6 @@ class OpenClipBackbone(Backbone):
         global_embedding, dense = self._head(tokens)
         batch, _, dims = dense.shape
         return global_embedding, dense.transpose(1, 2).reshape(batch, dims, grid[0], grid[1])
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in backward (training only): trades ~30% time for activation memory."""
-        self.grad_checkpointing = bool(enable)
 
     # ---------------------------------------------------------------------------------------------- text side
     def open_clip_model(self) -> nn.Module:
@@ -346,11 +437,16 @@ class OpenClipBackbone(Backbone):
                 parameter.data = fn(parameter.data)
         return self
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.label}, embed_dim={self.embed_dim}, num_layers={self.num_layers}, patch_size={self.patch_size}, "
-            f"text_dim={self.text_dim}, out_indices={list(self.out_indices)}"
-        )
+
+def _identity_rope_for_extra(rope: Tensor | None, tokens: int) -> Tensor | None:
+    """timm's concatenated ``[sin | cos]`` RoPE table for ``tokens`` rotated tokens: rows beyond the grid (extra
+    tokens a hook appended, e.g. VPT prompts) get sin 0 / cos 1, an identity rotation, like the cls token."""
+    if rope is None or rope.shape[-2] >= tokens:
+        return rope
+    half = rope.shape[-1] // 2
+    extra = tokens - rope.shape[-2]
+    identity = torch.cat([rope.new_zeros(extra, half), rope.new_ones(extra, half)], dim=-1)
+    return torch.cat([rope, identity.expand(*rope.shape[:-2], extra, 2 * half)], dim=-2)
 
 
 class Eva02Backbone(OpenClipBackbone):
@@ -386,7 +482,7 @@ class Eva02Backbone(OpenClipBackbone):
         return trunk.norm_pre(tokens), rope
 
     def _run_block(self, block: nn.Module, x: Tensor, context: Any) -> Tensor:
-        return block(x, rope=context)
+        return block(x, rope=_identity_rope_for_extra(context, x.shape[1] - self.visual.trunk.num_prefix_tokens))
 
     def _head(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         trunk, head = self.visual.trunk, self.visual.head
@@ -475,10 +571,12 @@ class ClipViTBackbone(OpenClipBackbone):
 
 
 # ------------------------------------------------------------------------------------------------------ weights
-def _read_state_dict(path: str, label: str) -> dict[str, Tensor]:
+def _read_state_dict(path: str, label: str, what: str = "open_clip checkpoint") -> dict[str, Tensor]:
+    """A state dict of tensors from a local file: raw, under 'state_dict'/'model', ``module.``-prefixed, or
+    .safetensors; anything unreadable is a :class:`UserError` saying what to pass instead."""
     file = Path(path).expanduser()
     how = (
-        "pass pretrained=<path to a local open_clip checkpoint> (a torch.save'd state dict, raw or under "
+        f"pass pretrained=<path to a local {what}> (a torch.save'd state dict, raw or under "
         "'state_dict'/'model', or .safetensors), or pretrained=null for random weights"
     )
     if not file.is_file():
@@ -513,8 +611,13 @@ def _resample_spatial(
     pos_key: str,
     grid: tuple[int, int],
     label: str,
+    num_prefix_tokens: int = 1,
 ) -> None:
-    """Convert a checkpoint's patch kernel and position grid to this model's (timm helpers, FlexiViT/bicubic)."""
+    """Convert a checkpoint's patch kernel and position grid to this model's (timm helpers, FlexiViT/bicubic).
+
+    ``num_prefix_tokens`` position rows (the cls entry) are kept as they are; the rest must be a square grid.
+    Anything else that differs is left for the shape check to report.
+    """
     from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
     kernel, wanted = state.get(patch_key), target.get(patch_key)
@@ -524,10 +627,13 @@ def _resample_spatial(
             logger.info("%s: resampled %s %s -> %s", label, patch_key, tuple(kernel.shape), tuple(wanted.shape))
     positions, wanted = state.get(pos_key), target.get(pos_key)
     if positions is not None and wanted is not None and positions.shape != wanted.shape:
-        side = math.isqrt(positions.shape[-2] - 1)
-        if positions.shape[-1] == wanted.shape[-1] and side * side == positions.shape[-2] - 1:
+        cells = positions.shape[-2] - num_prefix_tokens
+        side = math.isqrt(max(cells, 0))
+        if positions.shape[-1] == wanted.shape[-1] and cells > 0 and side * side == cells:
             batched = positions if positions.ndim == 3 else positions.unsqueeze(0)
-            resampled = resample_abs_pos_embed(batched.float(), new_size=list(grid), old_size=[side, side])
+            resampled = resample_abs_pos_embed(
+                batched.float(), new_size=list(grid), old_size=[side, side], num_prefix_tokens=num_prefix_tokens
+            )
             state[pos_key] = (resampled if positions.ndim == 3 else resampled.squeeze(0)).to(positions.dtype)
             logger.info("%s: resampled %s %s -> %s", label, pos_key, tuple(positions.shape), tuple(wanted.shape))
 
@@ -559,20 +665,7 @@ def load_pretrained(
         if name in state and name in target and state[name].ndim != target[name].ndim:
             state[name] = state[name].reshape(target[name].shape)
     _resample_spatial(state, target, patch_key, pos_key, grid, label)
-
-    for key, wanted in target.items():
-        if key in state and state[key].shape != wanted.shape:
-            raise UserError(
-                f"{label}: '{path}' does not fit this model: '{key}' has shape {tuple(state[key].shape)} in the "
-                f"file but {tuple(wanted.shape)} in the model; check variant/model/patch_size"
-            )
-    unexpected = [key for key in state if key not in target]
-    if unexpected:
-        raise UserError(
-            f"{label}: '{path}' has {len(unexpected)} keys this model lacks (first: {unexpected[:3]}); is it a "
-            "checkpoint of another model? check variant/model"
-        )
-    missing = [key for key in target if key not in state]
+    missing = check_fit(state, target, path=path, label=label)
     missing_vision = [key for key in missing if key.startswith("visual.")]
     if missing_vision:
         raise UserError(
@@ -588,10 +681,31 @@ def load_pretrained(
     clip.load_state_dict(state, strict=False)
 
 
-def _warn_random(label: str) -> None:
+def check_fit(state: Mapping[str, Tensor], target: Mapping[str, Tensor], *, path: str, label: str) -> list[str]:
+    """Raise :class:`UserError` for a key of another shape or a key the model lacks; return the missing keys.
+
+    Run after :func:`_resample_spatial`, so a shape difference left here is one no conversion can fix.
+    """
+    for key, wanted in target.items():
+        if key in state and state[key].shape != wanted.shape:
+            raise UserError(
+                f"{label}: '{path}' does not fit this model: '{key}' has shape {tuple(state[key].shape)} in the "
+                f"file but {tuple(wanted.shape)} in the model; check variant/model/patch_size"
+            )
+    unexpected = [key for key in state if key not in target]
+    if unexpected:
+        raise UserError(
+            f"{label}: '{path}' has {len(unexpected)} keys this model lacks (first: {unexpected[:3]}); is it a "
+            "checkpoint of another model? check variant/model"
+        )
+    return [key for key in target if key not in state]
+
+
+def warn_random(label: str, what: str = "open_clip checkpoint") -> None:
+    """The one-line warning every backbone gives when it is built without weights."""
     warnings.warn(
-        f"{label}: pretrained=None, so the backbone has random weights; pass pretrained=<local open_clip "
-        "checkpoint> for meaningful features",
+        f"{label}: pretrained=None, so the backbone has random weights; pass pretrained=<local {what}> for "
+        "meaningful features",
         stacklevel=3,
     )
 
@@ -648,7 +762,7 @@ def eva02_config(options: Eva02Options) -> dict[str, Any]:
 def _initialise(clip: nn.Module, pretrained: str | None, label: str, **keys: Any) -> None:
     """Load a local checkpoint into the open_clip model, or say once that its weights are random."""
     if pretrained is None:
-        _warn_random(label)
+        warn_random(label)
     else:
         load_pretrained(clip, pretrained, label=label, **keys)
 
@@ -669,7 +783,9 @@ def build_eva02(options: Eva02Options, **context: Any) -> Eva02Backbone:
         pos_key="visual.trunk.pos_embed",
         grid=tuple(clip.visual.trunk.patch_embed.grid_size),
     )
-    return Eva02Backbone(clip, out_indices=options.out_indices, label=label)
+    backbone = Eva02Backbone(clip, out_indices=options.out_indices, label=label)
+    install_attention(backbone, options.attention)
+    return backbone
 
 
 def _native_vit_names() -> list[str]:
@@ -744,7 +860,9 @@ def build_clip_vit(options: ClipViTOptions, **context: Any) -> ClipViTBackbone:
         pos_key="visual.positional_embedding",
         grid=tuple(clip.visual.grid_size),
     )
-    return ClipViTBackbone(clip, out_indices=options.out_indices, tokenizer_kwargs=tokenizer_kwargs, label=label)
+    backbone = ClipViTBackbone(clip, out_indices=options.out_indices, tokenizer_kwargs=tokenizer_kwargs, label=label)
+    install_attention(backbone, options.attention)
+    return backbone
 
 
 __all__ = [
@@ -754,12 +872,15 @@ __all__ = [
     "Eva02Backbone",
     "InputSizeError",
     "OpenClipBackbone",
+    "TokenBackbone",
     "build_clip_vit",
     "build_eva02",
+    "check_fit",
     "clip_vit_config",
     "default_out_indices",
     "eva02_config",
     "load_pretrained",
     "resolve_out_indices",
     "timm_entrypoint",
+    "warn_random",
 ]

@@ -1,0 +1,303 @@
+"""Mask2Former's set loss for semantic segmentation: targets, Hungarian matching, point-sampled mask losses.
+
+Semantics follow mmdet's ``Mask2FormerHead.loss_by_feat`` with mmseg's semantic-segmentation targets:
+
+- **Targets.** A label map ``[H, W]`` becomes one binary mask per class present in the image (mmseg's semantic
+  Mask2Former convention), labelled with that class.
+- **Matching** (per image, per decoder output, no gradient): on ``num_points`` uniformly random points shared by
+  all queries and targets, cost = ``class_weight * -p(class)`` + ``mask_weight * mean sigmoid-BCE`` +
+  ``dice_weight * (1 - naive dice, eps 1)``, solved by ``scipy.optimize.linear_sum_assignment``.
+- **Losses.** Cross-entropy over all queries (unmatched ones target the extra "no object" class, weighted
+  ``no_object_weight``; mean weighted by the class weights), times ``class_weight``. Mask losses on the matched
+  pairs only, at ``num_points`` points per mask chosen by uncertainty (PointRend's importance sampling:
+  ``oversample_ratio * num_points`` random candidates, the ``importance_sample_ratio`` fraction with the
+  smallest ``|logit|`` kept, the rest uniform): sigmoid BCE summed and divided by ``num_masks * num_points``,
+  naive dice (eps 1) summed and divided by ``num_masks``, where ``num_masks`` is the number of matched targets in
+  the batch (at least 1, averaged over processes when distributed).
+
+**Ignored pixels** (``ignore_index``). mmseg folds them into the background of every class mask, which teaches
+every query "not here" on unlabelled pixels. Here they carry no label instead: every sample point gets a weight,
+the bilinear sample (edge-clamped) of the image's labelled-pixel map, so 1 inside labelled regions, 0 inside
+ignored ones, fractional at their boundary, and its target is the bilinear average of its *labelled* neighbours
+only. BCE terms are multiplied by the weight (the normaliser stays ``num_masks * num_points``, like mmseg's CE
+that counts ignored pixels with a loss of 0), dice sums become weighted sums, and the matching costs use the
+same weights. With no ignored pixels every weight is 1 and everything reduces to mmdet's formulas.
+
+One more deliberate difference: target masks are sampled edge-clamped (``padding_mode="border"``); mmdet zero-pads
+them, so a pixel labelled c at the image border gets a target fading to 0.25 in the corners. Predictions are
+zero-padded as in mmdet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def point_sample(inputs: Tensor, points: Tensor, padding_mode: str = "zeros") -> Tensor:
+    """Bilinear samples of ``inputs`` ``[N, C, H, W]`` at ``points`` ``[N, P, 2]`` (normalised ``(x, y)`` in
+    [0, 1], ``align_corners=False``) -> ``[N, C, P]``."""
+    grid = 2.0 * points.unsqueeze(2) - 1.0
+    return F.grid_sample(
+        inputs, grid.to(inputs.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=False
+    )[..., 0]
+
+
+def uncertain_point_coords(
+    mask_logits: Tensor, num_points: int, oversample_ratio: float, importance_sample_ratio: float
+) -> Tensor:
+    """PointRend's training-time point selection for masks ``[N, 1, h, w]`` -> coordinates ``[N, num_points, 2]``.
+
+    Uncertainty is ``-|logit|`` at each of ``int(num_points * oversample_ratio)`` uniform candidates; the first
+    ``int(importance_sample_ratio * num_points)`` returned points are the most uncertain candidates (in
+    decreasing uncertainty), the rest are fresh uniform points (coverage, so confident errors still get loss).
+    """
+    count = mask_logits.shape[0]
+    num_sampled = int(num_points * oversample_ratio)
+    candidates = torch.rand(count, num_sampled, 2, device=mask_logits.device)
+    uncertainty = -point_sample(mask_logits, candidates)[:, 0].abs()
+    num_uncertain = int(importance_sample_ratio * num_points)
+    index = uncertainty.topk(num_uncertain, dim=1).indices
+    chosen = candidates.gather(1, index.unsqueeze(-1).expand(-1, -1, 2))
+    num_random = num_points - num_uncertain
+    if num_random > 0:
+        chosen = torch.cat([chosen, torch.rand(count, num_random, 2, device=mask_logits.device)], dim=1)
+    return chosen
+
+
+@dataclass
+class SemanticTargets:
+    """One image's targets: ``labels`` ``[n]`` (classes present), ``masks`` ``[n, H, W]`` float 0/1 (0 at ignored
+    pixels) and ``valid`` ``[H, W]`` float (1 where labelled)."""
+
+    labels: Tensor
+    masks: Tensor
+    valid: Tensor
+
+
+def semantic_to_instances(targets: Tensor, ignore_index: int) -> list[SemanticTargets]:
+    """Label maps ``[B, H, W]`` -> per image one binary mask per class present (sorted by class id)."""
+    result = []
+    for target in targets:
+        valid = target != ignore_index
+        labels = torch.unique(target[valid])
+        masks = (target.unsqueeze(0) == labels.view(-1, 1, 1)).float()
+        result.append(SemanticTargets(labels=labels, masks=masks, valid=valid.float()))
+    return result
+
+
+def sample_targets(target: SemanticTargets, index: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+    """Targets and weights ``[n, P]`` of the masks ``target.masks[index]`` at ``points`` ``[n or 1, P, 2]``.
+
+    weight = bilinear sample of the labelled-pixel map; target = bilinear sample of the mask (ignored pixels are 0
+    in it) divided by that weight, i.e. the average over labelled neighbours only. Both are edge-clamped.
+    """
+    count = int(index.numel())
+    masks = target.masks[index].unsqueeze(0) if points.shape[0] == 1 else target.masks[index].unsqueeze(1)
+    sampled = point_sample(masks, points, padding_mode="border")  # [1, n, P] or [n, 1, P]
+    sampled = sampled[0] if points.shape[0] == 1 else sampled[:, 0]
+    flat_points = points.reshape(1, -1, 2)
+    weight = point_sample(target.valid[None, None], flat_points, padding_mode="border")[0, 0]
+    weight = weight.view(points.shape[0], -1).expand(count, -1)
+    sampled = torch.where(weight > 0, sampled / weight.clamp_min(1e-6), torch.zeros_like(sampled))
+    return sampled.clamp(0.0, 1.0), weight
+
+
+def batch_sigmoid_bce_cost(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+    """Mean weighted sigmoid BCE between every prediction ``[Q, P]`` and every target ``[n, P]`` -> ``[Q, n]``."""
+    positive = F.softplus(-logits)  # BCE against target 1: -log σ(x)
+    negative = F.softplus(logits)  # BCE against target 0: -log(1 - σ(x))
+    cost = positive @ (targets * weights).T + negative @ ((1.0 - targets) * weights).T
+    return cost / logits.shape[1]
+
+
+def batch_dice_cost(logits: Tensor, targets: Tensor, weights: Tensor, eps: float = 1.0) -> Tensor:
+    """Naive dice loss ``1 - (2 Σ w p t + eps) / (Σ w p + Σ w t + eps)`` for every pair -> ``[Q, n]``."""
+    probs = logits.sigmoid()
+    weighted_targets = targets * weights
+    numerator = 2.0 * probs @ weighted_targets.T
+    denominator = probs @ weights.T + weighted_targets.sum(-1)[None, :]
+    return 1.0 - (numerator + eps) / (denominator + eps)
+
+
+def sigmoid_bce_loss(logits: Tensor, targets: Tensor, weights: Tensor, num_masks: float) -> Tensor:
+    """Σ w · BCE(σ(logit), t) / (num_masks · P) for matched masks ``[n, P]``."""
+    per_point = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (per_point * weights).sum() / (num_masks * logits.shape[1])
+
+
+def dice_loss(logits: Tensor, targets: Tensor, weights: Tensor, num_masks: float, eps: float = 1.0) -> Tensor:
+    """Naive dice ``Σ_masks [1 - (2 Σ w p t + eps) / (Σ w p + Σ w t + eps)] / num_masks``."""
+    probs = logits.sigmoid()
+    numerator = 2.0 * (probs * targets * weights).sum(-1)
+    denominator = (probs * weights).sum(-1) + (targets * weights).sum(-1)
+    return (1.0 - (numerator + eps) / (denominator + eps)).sum() / num_masks
+
+
+class HungarianMatcher:
+    """One-to-one assignment of queries to an image's target masks (mmdet's ``HungarianAssigner`` with
+    ``ClassificationCost`` + sigmoid ``CrossEntropyLossCost`` + ``DiceCost`` on shared random points)."""
+
+    def __init__(
+        self, class_weight: float = 2.0, mask_weight: float = 5.0, dice_weight: float = 5.0, num_points: int = 12544
+    ) -> None:
+        self.class_weight = class_weight
+        self.mask_weight = mask_weight
+        self.dice_weight = dice_weight
+        self.num_points = num_points
+
+    def sample_points(self, device: torch.device) -> Tensor:
+        """``[1, num_points, 2]`` uniform points shared by every query and target of one image."""
+        return torch.rand(1, self.num_points, 2, device=device)
+
+    @torch.no_grad()
+    def cost_matrix(self, class_logits: Tensor, mask_logits: Tensor, target: SemanticTargets) -> Tensor:
+        """Cost ``[Q, n]`` of assigning query q (``class_logits`` ``[Q, K+1]``, ``mask_logits`` ``[Q, h, w]``) to
+        target j."""
+        points = self.sample_points(mask_logits.device)
+        pred = point_sample(mask_logits.unsqueeze(0).float(), points)[0]  # [Q, P]
+        index = torch.arange(target.labels.numel(), device=mask_logits.device)
+        gt, weight = sample_targets(target, index, points)  # [n, P]
+        cost_class = -class_logits.float().softmax(-1)[:, target.labels]
+        return (
+            self.class_weight * cost_class
+            + self.mask_weight * batch_sigmoid_bce_cost(pred, gt, weight)
+            + self.dice_weight * batch_dice_cost(pred, gt, weight)
+        )
+
+    @torch.no_grad()
+    def match(self, class_logits: Tensor, mask_logits: Tensor, target: SemanticTargets) -> tuple[Tensor, Tensor]:
+        """``(query_index, target_index)`` int64 tensors, sorted by query index; empty when there is no target."""
+        device = class_logits.device
+        if target.labels.numel() == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            return empty, empty
+        cost = self.cost_matrix(class_logits, mask_logits, target)
+        rows, cols = linear_sum_assignment(cost.cpu().numpy())
+        return torch.as_tensor(rows, dtype=torch.long, device=device), torch.as_tensor(
+            cols, dtype=torch.long, device=device
+        )
+
+
+class Mask2FormerCriterion:
+    """Loss of one set of predictions (one decoder output) and of the deep-supervision list of them."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        ignore_index: int = 255,
+    ) -> None:
+        self.num_classes = num_classes
+        self.class_weight = class_weight
+        self.mask_weight = mask_weight
+        self.dice_weight = dice_weight
+        self.no_object_weight = no_object_weight
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.ignore_index = ignore_index
+        self.matcher = HungarianMatcher(class_weight, mask_weight, dice_weight, num_points)
+
+    def sample_points(self, mask_logits: Tensor) -> Tensor:
+        """Loss points ``[n, num_points, 2]`` for matched mask logits ``[n, 1, h, w]`` (importance sampling)."""
+        return uncertain_point_coords(mask_logits, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
+
+    def class_weights(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``[1] * K + [no_object_weight]``: the cross-entropy class weights."""
+        weights = torch.ones(self.num_classes + 1, device=device, dtype=dtype)
+        weights[-1] = self.no_object_weight
+        return weights
+
+    def single(
+        self, class_logits: Tensor, mask_logits: Tensor, targets: Sequence[SemanticTargets]
+    ) -> dict[str, Tensor]:
+        """``loss_cls``, ``loss_mask``, ``loss_dice`` (weighted) for ``class_logits`` ``[B, Q, K+1]`` and
+        ``mask_logits`` ``[B, Q, h, w]``."""
+        batch, num_queries = class_logits.shape[:2]
+        matches = [self.matcher.match(class_logits[b], mask_logits[b], targets[b]) for b in range(batch)]
+
+        labels = torch.full((batch, num_queries), self.num_classes, dtype=torch.long, device=class_logits.device)
+        for b, (query_index, target_index) in enumerate(matches):
+            labels[b, query_index] = targets[b].labels[target_index]
+        weights = self.class_weights(class_logits.device, class_logits.dtype)
+        loss_cls = F.cross_entropy(class_logits.flatten(0, 1), labels.flatten(), weight=weights)
+
+        num_masks = float(sum(int(q.numel()) for q, _ in matches))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            total = torch.tensor([num_masks], device=class_logits.device)
+            torch.distributed.all_reduce(total)
+            num_masks = total.item() / torch.distributed.get_world_size()
+        num_masks = max(num_masks, 1.0)
+
+        if not any(q.numel() for q, _ in matches):
+            zero = mask_logits.sum() * 0.0  # keeps the graph (and DDP) happy with no target in the batch
+            return {"loss_cls": self.class_weight * loss_cls, "loss_mask": zero, "loss_dice": zero}
+
+        pred_points, target_points, point_weights = [], [], []
+        for b, (query_index, target_index) in enumerate(matches):
+            if query_index.numel() == 0:
+                continue
+            masks = mask_logits[b, query_index].unsqueeze(1)  # [n, 1, h, w]
+            with torch.no_grad():
+                points = self.sample_points(masks.detach().float())
+                gt, weight = sample_targets(targets[b], target_index, points)
+            pred_points.append(point_sample(masks, points.to(masks.dtype))[:, 0])
+            target_points.append(gt)
+            point_weights.append(weight)
+        pred = torch.cat(pred_points).float()
+        gt = torch.cat(target_points)
+        weight = torch.cat(point_weights)
+        return {
+            "loss_cls": self.class_weight * loss_cls,
+            "loss_mask": self.mask_weight * sigmoid_bce_loss(pred, gt, weight, num_masks),
+            "loss_dice": self.dice_weight * dice_loss(pred, gt, weight, num_masks),
+        }
+
+    def __call__(
+        self, all_class_logits: Sequence[Tensor], all_mask_logits: Sequence[Tensor], labels: Tensor
+    ) -> dict[str, Tensor]:
+        """Deep supervision: the last output's terms as ``loss_cls``/``loss_mask``/``loss_dice``, earlier ones as
+        ``d{i}.loss_*`` (``d0`` is the prediction before the first decoder layer), ``loss`` their sum."""
+        targets = semantic_to_instances(labels, self.ignore_index)
+        present = torch.cat([t.labels for t in targets])
+        if present.numel() and (int(present.min()) < 0 or int(present.max()) >= self.num_classes):
+            raise ValueError(
+                f"labels must be class ids in [0, {self.num_classes}) or ignore_index={self.ignore_index}; found "
+                f"{sorted(set(present.tolist()) - set(range(self.num_classes)))}"
+            )
+        losses: dict[str, Tensor] = {}
+        last = len(all_class_logits) - 1
+        for i, (class_logits, mask_logits) in enumerate(zip(all_class_logits, all_mask_logits, strict=True)):
+            prefix = "" if i == last else f"d{i}."
+            for name, value in self.single(class_logits, mask_logits, targets).items():
+                losses[prefix + name] = value
+        losses["loss"] = torch.stack(list(losses.values())).sum()
+        return losses
+
+
+__all__ = [
+    "HungarianMatcher",
+    "Mask2FormerCriterion",
+    "SemanticTargets",
+    "batch_dice_cost",
+    "batch_sigmoid_bce_cost",
+    "dice_loss",
+    "point_sample",
+    "semantic_to_instances",
+    "sample_targets",
+    "sigmoid_bce_loss",
+    "uncertain_point_coords",
+]

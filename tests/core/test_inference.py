@@ -1,0 +1,114 @@
+"""Sliding-window inference: mmseg window placement, averaging of overlaps, equality with whole inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from vltk.config import EvalConfig
+from vltk.models.inference import inference_from_config, slide_inference, window_starts
+
+
+class OffsetModel:
+    """Fake model: every window predicts one class map filled with the window's top-left offset (y * 100 + x).
+
+    It reads the offset from a coordinate image, so the averaged result can be computed by hand.
+    """
+
+    def predict(self, images: Tensor) -> Tensor:
+        top = images[:, 0, :1, :1]
+        left = images[:, 1, :1, :1]
+        return (top * 100 + left).unsqueeze(1).expand(-1, 1, *images.shape[-2:]).clone()
+
+
+def _coordinates(height: int, width: int) -> Tensor:
+    ys = torch.arange(height, dtype=torch.float32).view(height, 1).expand(height, width)
+    xs = torch.arange(width, dtype=torch.float32).view(1, width).expand(height, width)
+    return torch.stack([ys, xs, torch.zeros_like(ys)]).unsqueeze(0)
+
+
+def test_window_starts_follow_mmseg() -> None:
+    assert window_starts(10, 4, 3) == [0, 3, 6]  # 3 windows: 0-4, 3-7, 6-10 (last shifted back)
+    assert window_starts(11, 4, 3) == [0, 3, 6, 7]  # ceil((11-4)/3)+1 = 4 windows, last ends at 11
+    assert window_starts(4, 8, 5) == [0]  # image smaller than the crop: one window, the whole axis
+    assert window_starts(1024, 512, 341) == [0, 341, 512]
+
+
+def test_overlapping_windows_average_by_hand() -> None:
+    # 1 x 6 image, crop 4, stride 2: windows start at x=0 and x=2, overlapping on x = 2, 3.
+    images = _coordinates(1, 6)
+    scores = slide_inference(OffsetModel(), images, crop=(1, 4), stride=(1, 2))
+    expected = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0])  # window values 0 and 2, averaged to 1 on overlap
+    torch.testing.assert_close(scores[0, 0, 0], expected)
+
+
+def test_three_window_overlap_2d() -> None:
+    images = _coordinates(5, 5)
+    scores = slide_inference(OffsetModel(), images, crop=3, stride=1)
+    # pixel (2, 2) is covered by all 9 windows with offsets y, x in {0, 1, 2}: mean offset 1 -> 1*100 + 1
+    assert scores[0, 0, 2, 2].item() == pytest.approx(101.0)
+    # pixel (0, 0) only by the window at (0, 0); pixel (0, 4) only by (0, 2)
+    assert scores[0, 0, 0, 0].item() == 0.0 and scores[0, 0, 0, 4].item() == 2.0
+
+
+def test_windows_per_call_does_not_change_the_result() -> None:
+    images = torch.rand(2, 3, 7, 9)
+    weight = torch.randn(4, 3, 1, 1)
+
+    def model(x: Tensor) -> Tensor:
+        return torch.nn.functional.conv2d(x, weight)
+
+    one = slide_inference(model, images, crop=4, stride=3)
+    many = slide_inference(model, images, crop=4, stride=3, windows_per_call=5)
+    torch.testing.assert_close(one, many)
+    # a per-pixel model gives the same scores whatever the windows
+    torch.testing.assert_close(one, model(images))
+
+
+def test_crop_at_least_the_image_equals_whole_inference() -> None:
+    from vltk.config import build_config
+    from vltk.pipeline import build_model
+    from vltk.plugins import get_plugin_manager
+
+    config = build_config(
+        overrides=["dataset.size=64", "dataset.num_train=2", "dataset.num_val=1"],
+        recipe_dirs=get_plugin_manager().recipe_dirs(),
+    )
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    images = torch.rand(2, 3, 48, 64)
+    whole = model.predict(images)
+    torch.testing.assert_close(slide_inference(model, images, crop=64, stride=32), whole)
+    torch.testing.assert_close(slide_inference(model, images, crop=(100, 200), stride=50), whole)
+    slide_config = EvalConfig(mode="slide", crop_size=64, stride=40)
+    torch.testing.assert_close(inference_from_config(model, images, slide_config), whole)
+    assert inference_from_config(model, images, EvalConfig()).shape == (2, 19, 48, 64)
+
+
+def test_bad_windows_are_rejected() -> None:
+    with pytest.raises(ValueError, match="stride"):
+        slide_inference(OffsetModel(), torch.zeros(1, 3, 4, 4), crop=2, stride=3)
+    with pytest.raises(ValueError, match="stride"):
+        EvalConfig(crop_size=[4, 4], stride=[2, 5])
+
+
+def test_evaluate_uses_the_eval_mode() -> None:
+    from vltk.config import build_config
+    from vltk.engine.trainer import evaluate
+    from vltk.pipeline import build_data_source, build_model
+    from vltk.plugins import get_plugin_manager
+
+    base = ["dataset.size=64", "dataset.num_train=2", "dataset.num_val=2", "dataset.domains=[synthetic]"]
+    recipe_dirs = get_plugin_manager().recipe_dirs()
+    whole = build_config(overrides=base, recipe_dirs=recipe_dirs)
+    covering = build_config(overrides=[*base, "eval.mode=slide", "eval.crop_size=64", "eval.stride=32"])
+    small = build_config(overrides=[*base, "eval.mode=slide", "eval.crop_size=32", "eval.stride=16"])
+    torch.manual_seed(0)
+    model = build_model(whole)
+    source = build_data_source(whole)
+    device = torch.device("cpu")
+    reference = evaluate(model, source, whole, device)["domains"]["synthetic"]
+    assert evaluate(model, source, covering, device)["domains"]["synthetic"] == reference
+    windowed = evaluate(model, source, small, device)["domains"]["synthetic"]
+    assert windowed["images"] == 2 and windowed["iou"] != reference["iou"]  # 9 windows of 32: other predictions

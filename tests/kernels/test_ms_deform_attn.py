@@ -1,0 +1,93 @@
+"""ms_deform_attn: Triton (interpreter on CPU) vs the grid_sample reference, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vltk_kernels import ms_deform_attn, use_backend
+from vltk_kernels.ms_deform_attn import ms_deform_attn_reference
+
+# (level shapes, B, nH, D, P, Q): non-square, odd, tiny (1x1, 1xW) levels; Q > 128 masks the last query tile.
+CASES = [
+    ([(7, 9), (4, 5), (2, 3)], 2, 3, 12, 4, 37),
+    ([(1, 1), (1, 6), (5, 1)], 1, 2, 8, 3, 20),
+    ([(11, 13), (6, 7)], 1, 1, 32, 2, 150),
+]
+
+
+def make_inputs(shapes: list[tuple[int, int]], b: int, heads: int, dim: int, points: int, queries: int, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    total = sum(h * w for h, w in shapes)
+    value = torch.randn(b, total, heads, dim, generator=generator)
+    # a bit outside [0, 1] too: zero padding and half-outside corners
+    locations = torch.rand(b, queries, heads, len(shapes), points, 2, generator=generator) * 1.3 - 0.15
+    weights = torch.rand(b, queries, heads, len(shapes), points, generator=generator)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
+    return [value.to(dtype), spatial_shapes, locations.to(dtype), weights.to(dtype)]
+
+
+def op(value: torch.Tensor, spatial_shapes: torch.Tensor, locations: torch.Tensor, weights: torch.Tensor):
+    starts = torch.cat([spatial_shapes.new_zeros(1), (spatial_shapes[:, 0] * spatial_shapes[:, 1]).cumsum(0)[:-1]])
+    return ms_deform_attn(value, spatial_shapes, starts, locations, weights)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["3-levels", "degenerate-levels", "one-head-d32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_triton_matches_reference(case: tuple, dtype: torch.dtype, check_backends) -> None:
+    # fp16 locations are rounded before both backends see them; the location gradient scales with W, H
+    check_backends(op, make_inputs(*case, dtype=dtype), scale_tolerance=1.0 if dtype == torch.float32 else 3.0)
+
+
+def test_strided_value_view() -> None:
+    """The decoder's value is a view of a projection; a head-sliced (non-contiguous) value is read in place."""
+    value, shapes, locations, weights = make_inputs(*CASES[0], dtype=torch.float32)
+    wide = torch.cat([value, value], dim=-1)[..., :12]
+    with use_backend("triton"):
+        fused = op(wide, shapes, locations, weights)
+    torch.testing.assert_close(fused, op(value, shapes, locations, weights), atol=1e-5, rtol=1e-5)
+
+
+def test_inconsistent_spatial_shapes_fail_clearly() -> None:
+    value, shapes, locations, weights = make_inputs(*CASES[0], dtype=torch.float32)
+    with use_backend("triton"), pytest.raises(ValueError, match="spatial_shapes cover"):
+        op(value[:, :-1], shapes, locations, weights)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        op(value, shapes, locations[:, :, :2], weights)
+
+
+def test_reference_gradcheck_float64() -> None:
+    value, shapes, locations, weights = make_inputs([(3, 4), (2, 2)], 1, 2, 3, 2, 5, dtype=torch.float64, seed=2)
+    inputs = (value.requires_grad_(), locations.requires_grad_(), weights.requires_grad_())
+    assert torch.autograd.gradcheck(lambda v, loc, w: ms_deform_attn_reference(v, shapes, None, loc, w), inputs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_gpu_matches_reference(dtype: torch.dtype, check_backends) -> None:
+    shapes = [(64, 128), (32, 64), (16, 32)]
+    inputs = [x.cuda() for x in make_inputs(shapes, 2, 8, 32, 4, 64 * 128 + 32 * 64 + 16 * 32, dtype=dtype)]
+    check_backends(op, inputs, scale_tolerance=4.0)
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck() -> None:
+    from vltk_kernels.ms_deform_attn.triton import ms_deform_attn_fwd
+
+    value, shapes, locations, weights = (x.cuda() for x in make_inputs(*CASES[0], dtype=torch.float32))
+    args = (value.requires_grad_(), shapes, locations.requires_grad_(), weights.requires_grad_())
+    torch.library.opcheck(ms_deform_attn_fwd, args)
+
+
+@pytest.mark.gpu
+def test_gpu_compile_fullgraph() -> None:
+    value, shapes, locations, weights = (x.cuda() for x in make_inputs(*CASES[0], dtype=torch.float32))
+    value.requires_grad_()
+    compiled = torch.compile(op, fullgraph=True)
+    with use_backend("triton"):
+        out = compiled(value, shapes, locations, weights)
+        out.sum().backward()
+    with use_backend("torch"):
+        expected = op(value.detach(), shapes, locations, weights)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    assert value.grad is not None

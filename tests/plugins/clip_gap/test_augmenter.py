@@ -1,0 +1,179 @@
+"""The clip-gap augmenter: the paper's prompts, identity at init and in eval, the per-channel shift, the
+probability gate, the fit phase (lowers L_opt, touches nothing but the offsets), segmentation levels."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from vltk.errors import UserError
+from vltk_plugins.clip_gap.augmenter import ClipGapAugmenter, build_clip_gap
+from vltk_plugins.clip_gap.options import SOURCE_PROMPT, VOC_STYLE_PROMPTS, ClipGapOptions, diverse_weather_prompts
+from vltk_plugins.generic.prompters import build_clip_template
+
+PAPER_TARGETS = [  # prunedprompts2.txt of the released code, in order
+    "an image taken on a snow night",
+    "an image taken on a fog night",
+    "an image taken on a cloudy night",
+    "an image taken on a rain night",
+    "an image taken on a stormy night",
+    "an image taken on a snow day",
+    "an image taken on a fog day",
+    "an image taken on a cloudy day",
+    "an image taken on a rain day",
+    "an image taken on a stormy day",
+    "an image taken on a snow evening",
+    "an image taken on a fog evening",
+    "an image taken on a cloudy evening",
+    "an image taken on a rain evening",
+    "an image taken on a stormy evening",
+]
+
+
+def test_prompts_reproduce_the_paper() -> None:
+    options = ClipGapOptions()
+    assert options.source_prompt == SOURCE_PROMPT == "an image taken during the day"
+    assert options.target_prompts == diverse_weather_prompts() == PAPER_TARGETS
+    assert VOC_STYLE_PROMPTS[0] == "an image in the comics style" and len(VOC_STYLE_PROMPTS) == 7
+    # paper parity defaults
+    assert (options.probability, options.fit_steps, options.fit_lr) == (0.5, 1000, 0.01)
+    assert (options.crops_per_image, options.crop_size, options.offset_size) == (15, 400, 14)
+    augmenter = build_clip_gap(options, channels_a=1024)
+    assert augmenter.offsets.shape == (15, 1024, 14, 14) and augmenter.offsets.numel() == 3_010_560
+    assert augmenter.stage == "feature" and augmenter.crop_resolution == 224
+    with pytest.raises(ValueError, match="empty"):
+        ClipGapOptions(target_prompts=["a", " "])
+
+
+def augmenter(channels: int = 8, **options: object) -> ClipGapAugmenter:
+    return build_clip_gap({"target_prompts": ["a", "b", "c"], "offset_size": 4, **options}, channels_a=channels)
+
+
+def test_zero_offsets_are_an_identity_and_eval_is_identity() -> None:
+    aug = augmenter(probability=1.0).train()
+    x = torch.randn(2, 8, 5, 7)
+    torch.testing.assert_close(aug(x), x)  # zero-initialised offsets
+    with torch.no_grad():
+        aug.offsets.normal_()
+    assert not torch.equal(aug(x), x)  # training, p = 1: shifted
+    aug.eval()
+    assert aug(x) is x  # eval: identity
+    aug.train()
+    other = torch.randn(2, 6, 5, 7)
+    assert aug(other) is other  # maps of another width pass through
+    assert augmenter(probability=0.0).train()(x) is x
+
+
+def test_augment_adds_a_per_channel_constant() -> None:
+    aug = augmenter()
+    with torch.no_grad():
+        aug.offsets.normal_()
+    x = torch.randn(3, 8, 6, 9)
+    indices = torch.tensor([2, 0, 2])
+    delta = aug.augment(x, indices) - x
+    assert float(delta.var(dim=(2, 3)).max()) < 1e-10  # constant over space (spatial variance 0)
+    expected = aug.offsets.detach().mean(dim=(2, 3))[indices]
+    torch.testing.assert_close(delta[:, :, 0, 0], expected)
+    gated = aug.augment(x, indices, gate=torch.tensor([True, False, True])) - x
+    assert float(gated[1].abs().max()) == 0.0 and torch.allclose(gated[0], delta[0])
+
+
+def test_probability_gate_per_batch_and_per_image() -> None:
+    torch.manual_seed(0)
+    aug = augmenter(probability=0.5).train()
+    with torch.no_grad():
+        aug.offsets.normal_()
+    x = torch.randn(4, 8, 3, 3)
+    changed = [not torch.equal(aug(x), x) for _ in range(200)]
+    assert 0.35 < sum(changed) / 200 < 0.65
+    per_image = augmenter(probability=0.5, per_image=True).train()
+    per_image.load_state_dict(aug.state_dict())
+    rows = torch.stack([(per_image(x) != x).flatten(1).any(1) for _ in range(200)]).float()
+    assert 0.35 < float(rows.mean()) < 0.65
+    assert bool(((rows.sum(1) > 0) & (rows.sum(1) < 4)).any())  # some batches only partly shifted
+
+
+class Holder(nn.Module):
+    """What the engine passes: the whole predictor with a backbone and a prompter."""
+
+    def __init__(self, backbone: nn.Module, prompter: nn.Module, aug: ClipGapAugmenter) -> None:
+        super().__init__()
+        self.backbone, self.prompter = backbone, prompter
+        self.augmenters = nn.ModuleList([aug])
+
+
+def test_fit_lowers_l_opt_and_leaves_backbone_and_prompter_untouched(make_backbone) -> None:
+    torch.manual_seed(0)
+    backbone = make_backbone(trainable=["layer3", "layer4", "attnpool"])
+    prompter = build_clip_template(backbone=backbone, class_names=["car", "person"])
+    aug = build_clip_gap(
+        {
+            "target_prompts": PAPER_TARGETS[:4],
+            "crops_per_image": 3,
+            "crop_size": 48,
+            "offset_size": 4,
+            "fit_lr": 0.05,
+            "fit_steps": 8,
+        },
+        backbone=backbone,
+    )
+    assert aug.offsets.shape == (4, backbone.channels_a, 4, 4)
+    model = Holder(backbone, prompter, aug).train()
+    before_backbone = copy.deepcopy(backbone.state_dict())  # includes the text tower and BN statistics
+    before_text = prompter().clone()
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    images = [torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    crops = aug.random_crops(images, backbone.mean, backbone.std)
+    assert crops.shape == (6, 3, 64, 64)
+    directions = aug.text_directions(model)
+    torch.testing.assert_close(directions.norm(dim=-1), torch.ones(4))
+    initial = float(aug.objective(backbone, crops, directions))
+    summary = aug.fit(model, iter([images] * 100), log=lambda line: None)
+    final = float(aug.objective(backbone, crops, directions))
+    assert summary["steps"] == 8 and final < initial and summary["final_loss"] < summary["initial_loss"]
+    assert aug.is_fitted and float(aug.offsets.abs().sum()) > 0
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, before_backbone[key]), key
+    torch.testing.assert_close(prompter(), before_text)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags  # offsets stay frozen
+    assert not aug.offsets.requires_grad and aug.offsets.grad is None
+    assert model.training and backbone.training  # modes restored
+    assert all(p.grad is None for p in backbone.parameters())
+    # the fitted flag is state: a resumed run knows the phase is done
+    fresh = build_clip_gap(aug.options, backbone=backbone)
+    fresh.load_state_dict(aug.state_dict())
+    assert fresh.is_fitted
+
+
+def test_chunked_passes_give_the_same_objective(backbone) -> None:
+    aug = build_clip_gap({"target_prompts": PAPER_TARGETS[:5], "offset_size": 4}, backbone=backbone)
+    with torch.no_grad():
+        aug.offsets.normal_(std=0.5)
+    crops = torch.randn(3, 3, 64, 64)
+    directions = aug.text_directions(backbone)
+    whole = aug.objective(backbone, crops, directions)
+    small = build_clip_gap({**aug.options.model_dump(), "fit_chunk": 4}, backbone=backbone)  # one offset per pass
+    small.load_state_dict(aug.state_dict())
+    assert len(small._chunks(3)) == 5
+    torch.testing.assert_close(small.objective(backbone, crops, directions), whole)
+
+
+def test_segmentation_pyramid_only_the_stage_a_level_moves(backbone) -> None:
+    aug = build_clip_gap({"probability": 1.0, "offset_size": 4}, backbone=backbone).train()
+    with torch.no_grad():
+        aug.offsets.normal_()
+        levels = backbone.forward_features(torch.randn(1, 3, 64, 64))
+    out = [aug(level) for level in levels]  # what DensePredictor does with feature augmenters
+    moved = [not torch.equal(a, b) for a, b in zip(out, levels, strict=True)]
+    assert moved == [False, False, True, False]  # the layer3 (channels_a, stride 16) level
+
+
+def test_build_errors() -> None:
+    with pytest.raises(UserError, match="channels_a"):
+        build_clip_gap({})
+    aug = augmenter()
+    with pytest.raises(UserError, match="stage_a"):
+        aug.fit(nn.Linear(2, 2), iter([]))

@@ -1,0 +1,267 @@
+"""``vltk predict``: label maps and colour overlays for image files, optionally with a new label list.
+
+The model is rebuilt from the checkpoint exactly as ``vltk eval`` does (:func:`vltk.cli.run.load_checkpoint_config`).
+With ``--labels`` a vision-language model segments with a label set it never saw in training (open vocabulary):
+the prompter encodes the new names; an LSeg-style decoder (``open_vocabulary = True``) then has as many outputs as
+labels, and a closed-set decoder (e.g. DenseCLIP's FPN, whose classifier is tied to the training classes) is
+bypassed in favour of the model's pixel-text score map. Outputs per image ``<stem>``:
+
+* ``<stem>.png``: class indices into the label list (uint8, or uint16 with more than 256 labels);
+* ``<stem>_overlay.png``: the image beside the prediction blended on it;
+* one ``labels.json`` with the label list, the palette, and which file came from which image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vltk.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+PREDICT_EPILOG = """\b
+Examples:
+  vltk predict street.jpg --checkpoint runs/default/best.pt --output preds/
+  vltk predict frames/ --checkpoint runs/lseg-synthetic/best.pt --labels "road,car,sky,tree,bus" --output preds/
+  vltk predict big.png --checkpoint best.pt --slide --output preds/   # windows of the run's eval.crop_size/stride
+A folder argument stands for the images in it (png, jpg, jpeg, bmp, webp). --labels needs a model with a
+prompter (e.g. --prompter clip-template at training time).
+"""
+
+
+# --------------------------------------------------------------------------------------------------- labels
+
+
+def parse_labels(text: str) -> list[str]:
+    """``"road, car ,sky"`` -> ``["road", "car", "sky"]``; empty lists, empty names and duplicates are errors."""
+    names = [name.strip() for name in text.split(",")]
+    if not any(names):
+        raise UserError("--labels is empty: give comma-separated class names, e.g. --labels 'road,car,sky'")
+    if not all(names):
+        raise UserError(f"--labels has an empty name (two commas in a row or a trailing comma): {text!r}")
+    seen: set[str] = set()
+    duplicates = [name for name in names if name in seen or seen.add(name)]  # type: ignore[func-returns-value]
+    if duplicates:
+        raise UserError(f"--labels names {', '.join(dict.fromkeys(duplicates))} more than once; each label once")
+    return names
+
+
+def label_color(name: str) -> tuple[int, int, int]:
+    """A colour for a label name that is the same in every run (derived from a hash of the name)."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    # keep colours away from black (ignored pixels) so every label stays visible
+    return (64 + digest[0] % 192, 64 + digest[1] % 192, 64 + digest[2] % 192)
+
+
+def palette_for(labels: Sequence[str], known: Sequence[str], known_palette: Sequence[Sequence[int]] | None) -> list:
+    """Training colours for training classes (when the checkpoint recorded them), hashed colours for the rest."""
+    colors = dict(zip(known, known_palette, strict=False)) if known_palette else {}
+    return [tuple(int(c) for c in colors[name]) if name in colors else label_color(name) for name in labels]
+
+
+# --------------------------------------------------------------------------------------------------- images
+
+
+def collect_images(arguments: Sequence[str]) -> list[Path]:
+    """Files as given (folders expanded to their images, sorted); a missing path is an error naming it."""
+    paths: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise UserError(f"folder '{path}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"image '{path}' does not exist")
+    return paths
+
+
+def read_image(path: Path) -> Any:
+    """RGB uint8 array ``[H, W, 3]``; anything PIL cannot decode is an error naming the file."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise UserError(f"image '{path}' cannot be read as an image ({type(error).__name__}: {error})") from None
+
+
+def check_images(paths: Sequence[Path]) -> None:
+    """Fail before any work when a file is not a decodable image (PIL's header check + ``verify``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            raise UserError(f"image '{path}' cannot be read as an image ({type(error).__name__}: {error})") from None
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """File stems, made unique (``a``, ``a_1``...) when two inputs share one."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, index = path.stem, 1
+        while stem in used:
+            stem, index = f"{path.stem}_{index}", index + 1
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+# ---------------------------------------------------------------------------------------------------- model
+
+
+def set_labels(model: Any, labels: list[str]) -> Callable[[Any], Any]:
+    """Switch ``model`` to ``labels``; return the function that maps images to scores over them.
+
+    An open-vocabulary decoder (LSeg) keeps the model's own ``predict`` as long as no K-wide score map is appended
+    to its input; otherwise the decoder is tied to the training classes and the model's pixel-text score map
+    (``predict_open_vocabulary``: cosine / temperature) classifies instead.
+    """
+    if getattr(model, "prompter", None) is None:
+        raise UserError(
+            "--labels needs a model with a prompter (text embeddings for the new names); this checkpoint has none. "
+            "Train with e.g. --prompter clip-template --decoder lseg, or leave --labels out"
+        )
+    model.set_class_names(list(labels))
+    follows_text = getattr(model.decoder, "open_vocabulary", False) and model.score_concat_index is None
+    return model.predict if follows_text else model.predict_open_vocabulary
+
+
+def predict_images(
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    output: str | Path,
+    *,
+    labels: list[str] | None = None,
+    slide: bool = False,
+    backbone_weights: str | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Python API of ``vltk predict``: write label PNGs, overlays and ``labels.json``; return that summary."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vltk.cli.run import build_checkpoint_model, load_checkpoint_config
+    from vltk.engine.report import to_json, write_overlay
+    from vltk.engine.trainer import pick_device
+    from vltk.models.inference import inference
+
+    paths = collect_images([str(path) for path in images])
+    check_images(paths)
+    state, config = load_checkpoint_config(checkpoint, (), backbone_weights)
+    trained = list(state.get("class_names") or [])
+    if not trained:
+        raise UserError(f"checkpoint '{checkpoint}' records no class names; it was not written by `vltk train`")
+    model = build_checkpoint_model(state, config, trained, 255)
+    target = pick_device(device or config.device)
+    model = model.to(target)
+    predict = model.predict
+    names = trained
+    if labels is not None:
+        predict = set_labels(model, labels)
+        names = list(labels)
+    scores_from = "decoder" if predict == model.predict else "pixel-text score map"
+    palette = palette_for(names, trained, state.get("palette"))
+    if len(names) > 65535:
+        raise UserError(f"{len(names)} labels do not fit a 16-bit label PNG (at most 65535)")
+    dtype = np.uint8 if len(names) <= 256 else np.uint16
+    eval_config = config.eval
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, dict[str, str]] = {}
+    for path, stem in zip(paths, output_stems(paths), strict=True):
+        image = read_image(path)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div(255.0).to(target)
+        with torch.no_grad():
+            scores = inference(
+                predict,
+                tensor,
+                mode="slide" if slide else "whole",
+                crop_size=eval_config.crop_size,
+                stride=eval_config.stride,
+            )
+        if scores.shape[1] != len(names):
+            raise UserError(
+                f"the model predicted {scores.shape[1]} classes for {len(names)} labels; its decoder does not follow "
+                "the prompter's label list"
+            )
+        prediction = scores.argmax(1)[0].cpu().numpy()
+        label_path = out / f"{stem}.png"
+        overlay_path = out / f"{stem}_overlay.png"
+        Image.fromarray(prediction.astype(dtype)).save(label_path)
+        if len(names) < 255:
+            write_overlay(overlay_path, image, None, prediction, palette)
+        else:  # colorize's lookup table holds 256 entries (255 = ignore): colour through the palette directly
+            colored = np.asarray(palette, dtype=np.uint8)[prediction]
+            blend = (0.4 * image + 0.6 * colored).astype(np.uint8)
+            gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
+            Image.fromarray(np.concatenate([image, gap, blend], axis=1)).save(overlay_path)
+        written[str(path)] = {"label": str(label_path), "overlay": str(overlay_path)}
+    summary = {
+        "checkpoint": str(checkpoint),
+        "labels": names,
+        "palette": [list(color) for color in palette],
+        "open_vocabulary": labels is not None,
+        "scores_from": scores_from,
+        "mode": "slide" if slide else "whole",
+        "images": written,
+    }
+    (out / "labels.json").write_text(to_json(summary))
+    return summary
+
+
+@click.command("predict", epilog=PREDICT_EPILOG)
+@click.argument("images", nargs=-1, required=True)
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="a vltk checkpoint (.pt)")
+@click.option(
+    "--labels",
+    help="comma-separated class names that replace the training label set (needs a model with a prompter)",
+)
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="folder for the PNGs and labels.json")
+@click.option("--slide", is_flag=True, help="sliding-window inference with the run's eval.crop_size / eval.stride")
+@click.option(
+    "--backbone-weights",
+    type=click.Path(dir_okay=False),
+    help="backbone file for checkpoints saved without their frozen backbone",
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: the run's device]")
+@click.option("--json", "as_json", is_flag=True, help="print labels.json's content")
+def predict_command(
+    images: tuple[str, ...],
+    checkpoint: str,
+    labels: str | None,
+    output: str,
+    slide: bool,
+    backbone_weights: str | None,
+    device: str | None,
+    as_json: bool,
+) -> None:
+    """Segment image files with a trained checkpoint; optionally with a new label list (open vocabulary)."""
+    names = parse_labels(labels) if labels is not None else None
+    summary = predict_images(
+        checkpoint, images, output, labels=names, slide=slide, backbone_weights=backbone_weights, device=device
+    )
+    if as_json:
+        from vltk.engine.report import to_json
+
+        click.echo(to_json(summary))
+    else:
+        click.echo(
+            f"{len(summary['images'])} image(s), {len(summary['labels'])} labels -> {output} "
+            "(<name>.png class indices, <name>_overlay.png, labels.json)"
+        )

@@ -19,7 +19,7 @@ and the peak of their running sum is the step's peak *additional* tensor memory 
 optimizer temporaries) over what was live before it (weights, optimizer state). Python objects and allocator
 slack are not counted; the profiled step is not timed.
 
-    python benchmarks/decoder_step.py                      # sizes 128 and 256, batch 4, CPU
+    python benchmarks/decoder_step.py --threads 1          # sizes 128 and 256, batch 4, CPU, one thread
     python benchmarks/decoder_step.py --sizes 512 --device cuda --json benchmarks/results/decoder_step_cuda.json
 """
 
@@ -163,11 +163,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=list(DECODERS))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 gives stable figures on a shared machine, where "
+        "OpenMP threads spinning on busy cores can slow a step tenfold",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default="benchmarks/results/decoder_step.json", help="output file")
     args = parser.parse_args()
     if args.decoders[0] != "fpn":
         parser.error("the first decoder is the baseline of the ratios: list fpn first")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     results = []
     for size in args.sizes:

@@ -8,7 +8,8 @@ other task. It owns what every two-stage detector on a split backbone needs and 
 * the order of the stages: image-stage augmenters -> ``backbone.stage_a`` -> feature-stage augmenters (training
   only; CLIP the Gap's offsets shift this map, so RPN and RoI head both see it) -> decoder, which receives the
   backbone to run ``stage_b`` / ``pool`` on RoIs and the prompter's class text embeddings;
-* difficult boxes are removed from the training targets (VOC practice; the evaluator ignores them too);
+* difficult boxes (VOC practice; the evaluator ignores them too) and empty ones are removed from the training
+  targets;
 * the adapter decides what of the backbone trains (``full`` + the backbone's ``trainable`` stages for CLIP the
   Gap) and, when it freezes the backbone, keeps it in eval mode; it hooks no blocks here (``stage_a`` has none).
 
@@ -129,11 +130,11 @@ class Detector(nn.Module):
     @staticmethod
     def _trainable_boxes(target: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
         boxes, labels = target["boxes"], target["labels"]
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # degenerate boxes would give log(0) targets
         difficult = target.get("difficult")
         if difficult is not None:
-            keep = ~difficult.bool()
-            boxes, labels = boxes[keep], labels[keep]
-        return {"boxes": boxes.to(device).float(), "labels": labels.to(device).long()}
+            keep &= ~difficult.bool()
+        return {"boxes": boxes[keep].to(device).float(), "labels": labels[keep].to(device).long()}
 
     def loss(self, images: Sequence[Tensor] | Tensor, targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Loss terms of a training batch (``"loss"`` is the total); call in training mode."""

@@ -130,6 +130,8 @@ def test_difficult_boxes_are_dropped_from_training_targets(backbone) -> None:
     model = make_detector(backbone)
     kept = model._trainable_boxes(targets()[0], torch.device("cpu"))
     assert kept["labels"].tolist() == [0, 1] and kept["boxes"].shape == (2, 4)
+    empty = {"boxes": torch.tensor([[5.0, 5.0, 5.0, 9.0], [1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([2, 1])}
+    assert model._trainable_boxes(empty, torch.device("cpu"))["labels"].tolist() == [1]  # zero width dropped
 
 
 def test_frozen_adapter_keeps_backbone_in_eval(make_backbone) -> None:

@@ -152,7 +152,7 @@ def load_recipe(recipe: str | None, recipe_dirs: list[tuple[str, str]]) -> tuple
         name = path.stem
     else:
         known = available_recipes(recipe_dirs)
-        # plugin folders are Python names (clip_gap) while papers are written with hyphens (clip-gap): accept both
+        # plugin names are written with hyphens (clip-gap), Python folders with underscores (clip_gap): accept both
         recipe = next((name for name in known if name.replace("_", "-") == recipe.replace("_", "-")), recipe)
         if recipe not in known:
             raise UserError(

@@ -60,7 +60,7 @@ def test_task_detection_picks_the_boxed_dataset_and_a_prompter() -> None:
 
 def test_recipes_by_paper_name_keep_augmenter_options() -> None:
     config = _config(recipe="clip-gap/synthetic", augmenters=["clip-gap"])
-    assert config.recipe == "clip_gap/synthetic" and config.task == "detection"
+    assert config.recipe == "clip-gap/synthetic" and config.task == "detection"
     assert config.augmenters[0].options()["fit_steps"] == 20  # --augmenter clip-gap keeps the recipe's options
     dwd = _config(recipe="clip-gap/dwd")
     train = dwd.train

@@ -26,6 +26,22 @@ def normalise_kind(kind: str) -> str:
     return singular
 
 
+def lazy_factory(module: str, attribute: str) -> Callable[..., Any]:
+    """A factory that imports ``module.attribute`` on its first call and forwards ``(options, **context)``.
+
+    Entry-point modules register components with it so that loading plugins (``vltk list``, ``vltk --help``)
+    never imports torch or the component's module; only a run that builds the component pays for the import.
+    """
+
+    def factory(options: Any, **context: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), attribute)(options, **context)
+
+    factory.__qualname__ = f"{module}.{attribute}"
+    return factory
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     """What ``register(...)`` recorded: enough to list, document, validate and build a component."""

@@ -27,10 +27,8 @@ from torch.utils.data import DataLoader, Subset
 
 from vltk.config import RunConfig
 from vltk.data.detection import collate_detection
-from vltk.engine.checkpoint import save_atomic
 from vltk.engine.detection_metrics import VOCAveragePrecision
 from vltk.engine.metrics import nanmean, relative_drops, summarise_domains
-from vltk.engine.report import to_json
 from vltk.engine.trainer import Trainer
 
 
@@ -133,37 +131,23 @@ class DetectionTrainer(Trainer):
         targets = [{key: value.to(self.device) for key, value in target.items()} for target in batch["targets"]]
         return self.model.loss(images, targets)
 
-    def _evaluate_and_record(self, progress: Any, overlays: bool = False) -> dict[str, Any]:
-        if progress is not None:
-            progress.note("evaluating...")
-        results = evaluate_detection(self.model, self.source, self.config, self.device)
-        results["iter"] = self.step
-        if not self.history["eval"] or self.history["eval"][-1]["iter"] != self.step:
-            self.history["eval"].append(results)
-        score = results["summary"]["source"]
-        if math.isnan(score):
-            score = -1.0  # no source ground truth: the first evaluation stays best
-        if self.best is None or score > self.best:
-            self.best = score
-            save_atomic(self._state(), self.output / "best.pt")
-        if progress is not None:
-            summary = results["summary"]
-            progress.note(
-                f"iter {self.step}: source AP50 {_pct(summary['source'])}, target AP50 {_pct(summary['target_avg'])}"
-            )
-        return results
+    best_key = "best_source_ap50"
 
-    def _write_reports(self, results: dict[str, Any]) -> None:
-        metrics = {
-            "final": results,
-            "best_source_ap50": self.best,
-            "history": self.history,
-            "train_domains": list(self.source.train_domains),
-            "recipe": self.config.recipe,
-        }
-        (self.output / "metrics.json").write_text(to_json(metrics))
+    def _run_evaluation(self, overlays: bool) -> dict[str, Any]:
+        return evaluate_detection(self.model, self.source, self.config, self.device)
+
+    def _selection_score(self, results: dict[str, Any]) -> float:
+        """The paper selects on source-domain AP50 (no target data in single-source DG)."""
+        score = results["summary"]["source"]
+        return -1.0 if math.isnan(score) else score  # no source ground truth: the first evaluation stays best
+
+    def _progress_message(self, results: dict[str, Any]) -> str:
+        summary = results["summary"]
+        return f"iter {self.step}: source AP50 {_pct(summary['source'])}, target AP50 {_pct(summary['target_avg'])}"
+
+    def _plot_and_table(self, results: dict[str, Any]) -> Any:
         plot_detection_history(self.history, self.output / "curves.png", self.source.train_domains)
-        self.stdout.print(detection_table(results, self.source.train_domains))
+        return detection_table(results, self.source.train_domains)
 
 
 def make_trainer(config: RunConfig, output: Path, *, resume: bool = False, quiet: bool = False) -> Trainer:

@@ -346,43 +346,58 @@ class Trainer:
             **{name: float(value.detach()) for name, value in losses.items()},
         }
 
-    def _evaluate_and_record(self, progress: _Progress | None, overlays: bool = False) -> dict[str, Any]:
-        if progress is not None:
-            progress.note("evaluating...")
-        results = evaluate(
+    #: key under which metrics.json records the best selection score (see :meth:`_selection_score`)
+    best_key = "best_target_miou"
+
+    def _run_evaluation(self, overlays: bool) -> dict[str, Any]:
+        """Per-domain results of the current model (the task decides what is measured)."""
+        return evaluate(
             self.model,
             self.source,
             self.config,
             self.device,
             overlay_dir=self.output / "overlays" if overlays else None,
         )
+
+    def _selection_score(self, results: dict[str, Any]) -> float:
+        """best.pt follows the target-domain average (the DG number), the source when there is no target."""
+        score = results["summary"]["target_avg"]
+        return results["summary"]["source"] if math.isnan(score) else score
+
+    def _progress_message(self, results: dict[str, Any]) -> str:
+        summary = results["summary"]
+        return f"iter {self.step}: target mIoU {100 * summary['target_avg']:.1f}, rPD {summary['rpd_avg']:.1f}%"
+
+    def _evaluate_and_record(self, progress: _Progress | None, overlays: bool = False) -> dict[str, Any]:
+        if progress is not None:
+            progress.note("evaluating...")
+        results = self._run_evaluation(overlays)
         results["iter"] = self.step
         if not self.history["eval"] or self.history["eval"][-1]["iter"] != self.step:
             self.history["eval"].append(results)
-        score = results["summary"]["target_avg"]
-        if math.isnan(score):
-            score = results["summary"]["source"]
+        score = self._selection_score(results)
         if self.best is None or score > self.best:
             self.best = score
             save_atomic(self._state(), self.output / "best.pt")
         if progress is not None:
-            summary = results["summary"]
-            progress.note(
-                f"iter {self.step}: target mIoU {100 * summary['target_avg']:.1f}, rPD {summary['rpd_avg']:.1f}%"
-            )
+            progress.note(self._progress_message(results))
         return results
+
+    def _plot_and_table(self, results: dict[str, Any]) -> Any:
+        """Write curves.png and return the rich table printed at the end of a run."""
+        plot_history(self.history, self.output / "curves.png", self.source.train_domains)
+        return domain_table(results, self.source.train_domains)
 
     def _write_reports(self, results: dict[str, Any]) -> None:
         metrics = {
             "final": results,
-            "best_target_miou": self.best,
+            self.best_key: self.best,
             "history": self.history,
             "train_domains": list(self.source.train_domains),
             "recipe": self.config.recipe,
         }
         (self.output / "metrics.json").write_text(to_json(metrics))
-        plot_history(self.history, self.output / "curves.png", self.source.train_domains)
-        self.stdout.print(domain_table(results, self.source.train_domains))
+        self.stdout.print(self._plot_and_table(results))
 
 
 def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:

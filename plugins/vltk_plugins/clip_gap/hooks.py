@@ -12,28 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from vltk import hookimpl
+from vltk.registry import lazy_factory
 from vltk_plugins.clip_gap.options import ClipFasterRCNNOptions, ClipGapOptions
 
 PAPER = "CLIP the Gap (Vidit, Engilberge, Salzmann, CVPR 2023)"
-
-
-def _lazy(module: str, attribute: str) -> Any:
-    """A factory that imports ``module.attribute`` on first call (keeps ``vltk list`` free of torch)."""
-
-    def factory(options: Any, **context: Any) -> Any:
-        import importlib
-
-        return getattr(importlib.import_module(module), attribute)(options, **context)
-
-    factory.__qualname__ = f"{module}.{attribute}"
-    return factory
 
 
 @hookimpl
 def vltk_register_augmenters(register: Any) -> None:
     register(
         "clip-gap",
-        _lazy("vltk_plugins.clip_gap.augmenter", "build_clip_gap"),
+        lazy_factory("vltk_plugins.clip_gap.augmenter", "build_clip_gap"),
         options=ClipGapOptions,
         summary="semantic feature offsets fitted from text prompts (fit phase), added to the stage-a map in training",
         paper=PAPER,
@@ -44,7 +33,7 @@ def vltk_register_augmenters(register: Any) -> None:
 def vltk_register_decoders(register: Any) -> None:
     register(
         "clip-faster-rcnn",
-        _lazy("vltk_plugins.clip_gap.rcnn", "build_clip_faster_rcnn"),
+        lazy_factory("vltk_plugins.clip_gap.rcnn", "build_clip_faster_rcnn"),
         options=ClipFasterRCNNOptions,
         summary="detection: C4 Faster R-CNN on torchvision, RoIs through layer4 + attention pool, text classifier",
         paper=PAPER,

@@ -76,12 +76,14 @@ def interpolate_position_embedding(positional: Tensor, grid: tuple[int, int]) ->
     return torch.cat([positional[:1], spatial], dim=0)
 
 
-def dense_attention_pool(pool: nn.Module, features: Tensor) -> tuple[Tensor, Tensor]:
+def dense_attention_pool(pool: nn.Module, features: Tensor, global_only: bool = False) -> tuple[Tensor, Tensor | None]:
     """CLIP's attention pool run densely (DenseCLIP): ``[B, C, h, w]`` -> ``(z̄ [B, D], z [B, D, h, w])``.
 
     ``pool`` is open_clip's ``AttentionPool2d`` (only its parameters are used). Tokens are the mean token
     followed by the h*w features, plus the position embedding resized to ``(h, w)``; all tokens attend to all
     (q = k = v), then ``c_proj``. Token 0 is the global embedding, tokens 1.. the dense map.
+    ``global_only`` queries with token 0 alone (stock CLIP): the same z̄ for 1/(h*w+1) of the attention cost,
+    which matters when the pool runs on thousands of RoIs (CLIP the Gap); the dense map is then None.
     """
     batch, channels, height, width = features.shape
     tokens = features.flatten(2).permute(2, 0, 1)  # [h*w, B, C]
@@ -89,7 +91,7 @@ def dense_attention_pool(pool: nn.Module, features: Tensor) -> tuple[Tensor, Ten
     positional = interpolate_position_embedding(pool.positional_embedding, (height, width))
     tokens = tokens + positional[:, None, :].to(tokens.dtype)
     out, _ = F.multi_head_attention_forward(
-        query=tokens,
+        query=tokens[:1] if global_only else tokens,
         key=tokens,
         value=tokens,
         embed_dim_to_check=channels,
@@ -109,6 +111,8 @@ def dense_attention_pool(pool: nn.Module, features: Tensor) -> tuple[Tensor, Ten
         training=pool.training,
         need_weights=False,
     )
+    if global_only:
+        return out[0], None
     dims = out.shape[-1]
     dense = out[1:].permute(1, 2, 0).reshape(batch, dims, height, width)
     return out[0], dense
@@ -282,7 +286,7 @@ class ClipResNetBackbone(Backbone):
 
         The position embedding is resized to ``h x w``; at 7x7 this is exactly CLIP's ``attnpool``.
         """
-        return dense_attention_pool(self.visual.attnpool, features)[0]
+        return dense_attention_pool(self.visual.attnpool, features, global_only=True)[0]
 
     # ---------------------------------------------------------------------------------------------- text side
     def open_clip_model(self) -> nn.Module:

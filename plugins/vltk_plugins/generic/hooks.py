@@ -12,6 +12,7 @@ from vltk import hookimpl
 from vltk.data.detection_options import DWDOptions, SyntheticDetectionOptions
 from vltk.data.synthetic_options import SyntheticOptions
 from vltk.data.urban_options import UrbanOptions
+from vltk.registry import lazy_factory
 from vltk_plugins.generic.adapter_options import FrozenOptions, FullOptions
 from vltk_plugins.generic.backbone_options import ClipViTOptions, Eva02Options
 from vltk_plugins.generic.clip_resnet_options import ClipResNetOptions
@@ -22,44 +23,32 @@ from vltk_plugins.generic.peft_options import LoRAOptions, VPTOptions
 from vltk_plugins.generic.prompter_options import ClipTemplateOptions, CoOpOptions
 
 
-def _lazy(module: str, attribute: str) -> Any:
-    """A factory that imports ``module.attribute`` on first call (keeps ``vltk list`` free of torch)."""
-
-    def factory(options: Any, **context: Any) -> Any:
-        import importlib
-
-        return getattr(importlib.import_module(module), attribute)(options, **context)
-
-    factory.__qualname__ = f"{module}.{attribute}"
-    return factory
-
-
 @hookimpl
 def vltk_register_backbones(register: Any) -> None:
     register(
         "eva02",
-        _lazy("vltk_plugins.generic.backbones", "build_eva02"),
+        lazy_factory("vltk_plugins.generic.backbones", "build_eva02"),
         options=Eva02Options,
         summary="EVA02-CLIP ViT (open_clip timm tower): tiny/small/base/large",
         paper="EVA-02 (Fang et al., 2023); EVA-CLIP (Sun et al., 2023)",
     )
     register(
         "clip-vit",
-        _lazy("vltk_plugins.generic.backbones", "build_clip_vit"),
+        lazy_factory("vltk_plugins.generic.backbones", "build_clip_vit"),
         options=ClipViTOptions,
         summary="CLIP ViT (open_clip native VisionTransformer)",
         paper="CLIP (Radford et al., ICML 2021)",
     )
     register(
         "clip-resnet",
-        _lazy("vltk_plugins.generic.clip_resnet", "build_clip_resnet"),
+        lazy_factory("vltk_plugins.generic.clip_resnet", "build_clip_resnet"),
         options=ClipResNetOptions,
         summary="CLIP ResNet (open_clip ModifiedResNet): pyramid + dense attention-pool embeddings; RN50/RN101",
         paper="CLIP (Radford et al., ICML 2021); dense pool from DenseCLIP (Rao et al., CVPR 2022)",
     )
     register(
         "dinov2",
-        _lazy("vltk_plugins.generic.dinov2", "build_dinov2"),
+        lazy_factory("vltk_plugins.generic.dinov2", "build_dinov2"),
         options=Dinov2Options,
         summary="DINOv2 ViT (timm), patch 16 as in Rein (patch-14 weights converted); tiny/small/base/large/giant",
         paper="DINOv2 (Oquab et al., TMLR 2024); registers: Darcet et al., ICLR 2024",
@@ -70,14 +59,14 @@ def vltk_register_backbones(register: Any) -> None:
 def vltk_register_prompters(register: Any) -> None:
     register(
         "clip-template",
-        _lazy("vltk_plugins.generic.prompters", "build_clip_template"),
+        lazy_factory("vltk_plugins.generic.prompters", "build_clip_template"),
         options=ClipTemplateOptions,
         summary="hand-written prompt templates through the frozen text tower (CLIP zero-shot), cached",
         paper="CLIP (Radford et al., ICML 2021)",
     )
     register(
         "coop",
-        _lazy("vltk_plugins.generic.prompters", "build_coop"),
+        lazy_factory("vltk_plugins.generic.prompters", "build_coop"),
         options=CoOpOptions,
         summary="learnable context tokens shared by all classes, frozen text tower",
         paper="CoOp (Zhou et al., IJCV 2022); DenseCLIP's language-domain prompt",
@@ -88,28 +77,28 @@ def vltk_register_prompters(register: Any) -> None:
 def vltk_register_adapters(register: Any) -> None:
     register(
         "lora",
-        _lazy("vltk_plugins.generic.peft", "build_lora"),
+        lazy_factory("vltk_plugins.generic.peft", "build_lora"),
         options=LoRAOptions,
         summary="low-rank updates W + (alpha/r)BA on attention q/k/v/proj of a frozen ViT",
         paper="LoRA (Hu et al., ICLR 2022); PEFT baseline of Rein (CVPR 2024) Table 3",
     )
     register(
         "vpt",
-        _lazy("vltk_plugins.generic.peft", "build_vpt"),
+        lazy_factory("vltk_plugins.generic.peft", "build_vpt"),
         options=VPTOptions,
         summary="deep visual prompts: fresh learnable tokens before every block of a frozen ViT",
         paper="VPT (Jia et al., ECCV 2022); PEFT baseline of Rein (CVPR 2024) Table 3",
     )
     register(
         "frozen",
-        _lazy("vltk_plugins.generic.adapters", "build_frozen"),
+        lazy_factory("vltk_plugins.generic.adapters", "build_frozen"),
         options=FrozenOptions,
         summary="backbone frozen and kept in eval mode; only the decoder trains",
         paper="'Freeze' baseline, Rein (CVPR 2024) Table 2",
     )
     register(
         "full",
-        _lazy("vltk_plugins.generic.adapters", "build_full"),
+        lazy_factory("vltk_plugins.generic.adapters", "build_full"),
         options=FullOptions,
         summary="full fine-tuning, optional layer-wise lr decay",
         paper="'Full' baseline, Rein (CVPR 2024) Table 2; layer decay from BEiT",
@@ -120,14 +109,14 @@ def vltk_register_adapters(register: Any) -> None:
 def vltk_register_decoders(register: Any) -> None:
     register(
         "fpn",
-        _lazy("vltk_plugins.generic.fpn", "build_fpn"),
+        lazy_factory("vltk_plugins.generic.fpn", "build_fpn"),
         options=FPNOptions,
         summary="Semantic FPN: FPN neck (256) + FPN head, cross-entropy",
         paper="Panoptic FPN (Kirillov et al., CVPR 2019); as used by DenseCLIP and Rein Table 9",
     )
     register(
         "mask2former",
-        _lazy("vltk_plugins.generic.mask2former", "build_mask2former"),
+        lazy_factory("vltk_plugins.generic.mask2former", "build_mask2former"),
         options=Mask2FormerOptions,
         summary="Mask2Former: deformable pixel decoder + masked-attention decoder, set loss; takes Rein's queries",
         paper="Mask2Former (Cheng et al., CVPR 2022); head of Rein (Wei et al., CVPR 2024)",
@@ -138,28 +127,28 @@ def vltk_register_decoders(register: Any) -> None:
 def vltk_register_datasets(register: Any) -> None:
     register(
         "synthetic",
-        _lazy("vltk.data.synthetic", "build_synthetic"),
+        lazy_factory("vltk.data.synthetic", "build_synthetic"),
         options=SyntheticOptions,
         summary="embedded procedural street scenes in 6 domains (flat source -> textured/fog/night/rain/snow)",
         paper="mimics GTAV -> Cityscapes/ACDC; no files, no downloads",
     )
     register(
         "urban",
-        _lazy("vltk.data.urban", "build_urban"),
+        lazy_factory("vltk.data.urban", "build_urban"),
         options=UrbanOptions,
         summary="GTAV / Cityscapes / BDD100K / Mapillary / ACDC from local folders, 19 classes, mmseg augmentation",
         paper="the DG segmentation protocol of Rein, VLTSeg and others (GTAV -> Cityscapes, BDD100K, Mapillary)",
     )
     register(
         "synthetic-det",
-        _lazy("vltk.data.detection", "build_synthetic_detection"),
+        lazy_factory("vltk.data.detection", "build_synthetic_detection"),
         options=SyntheticDetectionOptions,
         summary="detection: instance boxes (cars, persons, signs) of the synthetic scenes in the same 6 domains",
         paper="boxes from the renderer's instances; a CPU stand-in for Diverse Weather",
     )
     register(
         "dwd",
-        _lazy("vltk.data.detection", "build_dwd"),
+        lazy_factory("vltk.data.detection", "build_dwd"),
         options=DWDOptions,
         summary="detection: Diverse Weather Dataset (VOC XML, 7 classes, 5 weather domains) from a local folder",
         paper="Single-DGOD (Wu & Deng, CVPR 2022); the protocol of CLIP the Gap (CVPR 2023)",

@@ -90,6 +90,10 @@ def test_dense_pool_at_7x7_is_stock_attnpool(tiny: ClipResNetBackbone) -> None:
         stock = tiny.visual.attnpool(x4)
     torch.testing.assert_close(global_embedding, stock, rtol=0, atol=0)
     assert tuple(dense.shape) == (2, 64, 7, 7)
+    with torch.no_grad():  # the RoI path (CLIP the Gap) queries with token 0 alone: stock CLIP, no dense map
+        roi_features = torch.randn(3, x4.shape[1], 7, 7)
+        torch.testing.assert_close(tiny.pool(roi_features), tiny.visual.attnpool(roi_features), rtol=1e-5, atol=1e-6)
+        assert dense_attention_pool(tiny.visual.attnpool, roi_features, global_only=True)[1] is None
 
 
 def test_dense_tokens_are_c_proj_of_attention_outputs(tiny: ClipResNetBackbone) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from vltk.data.synthetic_options import SIZE_MULTIPLE, SYNTHETIC_DOMAINS, VAL_INDEX_OFFSET, _check_domain_names
+from vltk.data.synthetic_options import SyntheticOptions
 from vltk.errors import did_you_mean
 from vltk.options import Options
 
@@ -33,8 +33,9 @@ DWD_CLASSES: tuple[str, ...] = ("bus", "bike", "car", "motor", "person", "rider"
 DWD_DOMAINS: tuple[str, ...] = ("daytime_clear", "night_sunny", "dusk_rainy", "night_rainy", "daytime_foggy")
 
 
-class SyntheticDetectionOptions(Options):
-    """Boxes of the procedural street scenes: same layouts and domains as ``synthetic``, instance boxes as labels."""
+class SyntheticDetectionOptions(SyntheticOptions):
+    """Boxes of the procedural street scenes: same layouts, domains, seeds and checks as ``synthetic`` (whose
+    options these extend), instance boxes as labels."""
 
     size: int | tuple[int, int] = Field(
         (192, 320),
@@ -48,19 +49,6 @@ class SyntheticDetectionOptions(Options):
         min_length=1,
         description=f"Classes to box (label order), from: {', '.join(SYNTHETIC_BOX_CLASSES)}.",
     )
-    domains: list[str] = Field(
-        default_factory=lambda: list(SYNTHETIC_DOMAINS),
-        min_length=1,
-        description=f"Domains evaluated, from: {', '.join(SYNTHETIC_DOMAINS)}.",
-    )
-    train_domains: list[str] = Field(
-        default_factory=lambda: ["synthetic"], min_length=1, description="Source domain(s); a subset of `domains`."
-    )
-    num_train: int = Field(512, gt=0, le=VAL_INDEX_OFFSET, description="Training scenes (layout indices 0..n-1).")
-    num_val: int = Field(32, gt=0, description="Validation scenes per domain (the same layouts in every domain).")
-    seed: int = Field(
-        0, ge=0, description="Seed of the scene generator (the same seed as `synthetic` gives the same scenes)."
-    )
     min_size: int = Field(
         8,
         ge=0,
@@ -73,17 +61,6 @@ class SyntheticDetectionOptions(Options):
         4, ge=1, description="Instances with fewer visible pixels than this (almost fully occluded) get no box at all."
     )
 
-    @field_validator("size")
-    @classmethod
-    def _check_size(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
-        sides = (value, value) if isinstance(value, int) else tuple(value)
-        for side in sides:
-            if side < SIZE_MULTIPLE or side % SIZE_MULTIPLE:
-                raise ValueError(
-                    f"each side of size must be >= {SIZE_MULTIPLE} and a multiple of {SIZE_MULTIPLE} (got {value!r})"
-                )
-        return value
-
     @field_validator("classes")
     @classmethod
     def _check_classes(cls, value: list[str]) -> list[str]:
@@ -94,27 +71,6 @@ class SyntheticDetectionOptions(Options):
                     f"classes: {', '.join(SYNTHETIC_BOX_CLASSES)}"
                 )
         return list(dict.fromkeys(value))
-
-    @field_validator("domains")
-    @classmethod
-    def _check_domains(cls, value: list[str]) -> list[str]:
-        return _check_domain_names(value, "domains")
-
-    @field_validator("train_domains")
-    @classmethod
-    def _check_train_domains(cls, value: list[str]) -> list[str]:
-        return _check_domain_names(value, "train_domains")
-
-    @model_validator(mode="after")
-    def _check_subset(self) -> SyntheticDetectionOptions:
-        missing = [name for name in self.train_domains if name not in self.domains]
-        if missing:
-            raise ValueError(f"train_domains {missing} must also be listed in domains ({', '.join(self.domains)})")
-        return self
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.size, self.size) if isinstance(self.size, int) else (int(self.size[0]), int(self.size[1]))
 
 
 class DWDOptions(Options):

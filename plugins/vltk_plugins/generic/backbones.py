@@ -338,7 +338,60 @@ class TokenBackbone(Backbone):
         )
 
 
-class OpenClipBackbone(TokenBackbone):
+class ClipTextSide:
+    """The text half of an open_clip model kept beside an image-tower backbone (``self._clip``).
+
+    The text tower is not a registered submodule (so it stays out of the backbone's parameters, optimiser and
+    ``requires_grad`` bookkeeping) but moves and casts with the backbone. Prompters reach it through these
+    methods, whatever the image tower is (ViT, EVA02 timm tower or ModifiedResNet).
+    """
+
+    _clip: nn.Module
+    _tokenizer: Any = None
+    _tokenizer_kwargs: dict[str, Any] = {}
+
+    def open_clip_model(self) -> nn.Module:
+        """The whole open_clip model (image tower shared with this backbone, ``logit_scale``...)."""
+        return self._clip
+
+    def text_tower(self) -> nn.Module:
+        """open_clip's text tower matching this image tower (frozen, eval mode).
+
+        ``text_tower()(tokenizer()(names))`` gives ``[K, text_dim]`` embeddings. Prompt learners (CoOp/DenseCLIP)
+        use its ``token_embedding``, ``positional_embedding``, ``transformer``, ``ln_final``,
+        ``text_projection`` and ``attn_mask`` directly.
+        """
+        return self._clip.text
+
+    def tokenizer(self) -> Callable[..., Tensor]:
+        """open_clip's BPE ``SimpleTokenizer`` (vocabulary ships with open_clip: offline), built once."""
+        if self._tokenizer is None:
+            from open_clip.tokenizer import SimpleTokenizer
+
+            self._tokenizer = SimpleTokenizer(context_length=self._clip.text.context_length, **self._tokenizer_kwargs)
+        return self._tokenizer
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """Tokenise and encode ``texts`` with the text tower: ``[K, text_dim]``, not normalised."""
+        device = next(self._clip.text.parameters()).device
+        return self._clip.text(self.tokenizer()(list(texts)).to(device))
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
+        """Move/cast the unregistered text tower (and logit scale) together with the image tower."""
+        super()._apply(fn, recurse)  # type: ignore[misc]
+        self._clip.text._apply(fn, recurse)
+        for name in ("logit_scale", "logit_bias"):
+            parameter = getattr(self._clip, name, None)
+            if isinstance(parameter, nn.Parameter):
+                converted = fn(parameter.data)
+                if torch._has_compatible_shallow_copy_type(parameter.data, converted):
+                    parameter.data = converted
+                else:  # e.g. meta -> cpu (to_empty): a new parameter, as nn.Module._apply does
+                    setattr(self._clip, name, nn.Parameter(converted, requires_grad=parameter.requires_grad))
+        return self
+
+
+class OpenClipBackbone(ClipTextSide, TokenBackbone):
     """Shared machinery of the open_clip ViT backbones: the token loop of :class:`TokenBackbone` + the text side.
 
     The open_clip model is kept whole in a non-registered attribute (:meth:`open_clip_model`); only its image
@@ -399,43 +452,6 @@ class OpenClipBackbone(TokenBackbone):
         global_embedding, dense = self._head(tokens)
         batch, _, dims = dense.shape
         return global_embedding, dense.transpose(1, 2).reshape(batch, dims, grid[0], grid[1])
-
-    # ---------------------------------------------------------------------------------------------- text side
-    def open_clip_model(self) -> nn.Module:
-        """The whole open_clip ``CustomTextCLIP`` (image tower shared with this backbone, ``logit_scale``...)."""
-        return self._clip
-
-    def text_tower(self) -> nn.Module:
-        """open_clip's ``TextTransformer`` matching this image tower (frozen, eval mode).
-
-        ``text_tower()(tokenizer()(names))`` gives ``[K, text_dim]`` embeddings. Prompt learners (CoOp/DenseCLIP)
-        use its ``token_embedding``, ``positional_embedding``, ``transformer``, ``ln_final``,
-        ``text_projection`` and ``attn_mask`` directly.
-        """
-        return self._clip.text
-
-    def tokenizer(self) -> Callable[..., Tensor]:
-        """open_clip's BPE ``SimpleTokenizer`` (vocabulary ships with open_clip: offline), built once."""
-        if self._tokenizer is None:
-            from open_clip.tokenizer import SimpleTokenizer
-
-            self._tokenizer = SimpleTokenizer(context_length=self._clip.text.context_length, **self._tokenizer_kwargs)
-        return self._tokenizer
-
-    def encode_text(self, texts: Sequence[str]) -> Tensor:
-        """Tokenise and encode ``texts`` with the text tower: ``[K, text_dim]``, not normalised."""
-        device = next(self._clip.text.parameters()).device
-        return self._clip.text(self.tokenizer()(list(texts)).to(device))
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> OpenClipBackbone:
-        """Move/cast the unregistered text tower (and logit scale) together with the image tower."""
-        super()._apply(fn, recurse)
-        self._clip.text._apply(fn, recurse)
-        for name in ("logit_scale", "logit_bias"):
-            parameter = getattr(self._clip, name, None)
-            if isinstance(parameter, nn.Parameter):
-                parameter.data = fn(parameter.data)
-        return self
 
 
 def _identity_rope_for_extra(rope: Tensor | None, tokens: int) -> Tensor | None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +43,7 @@ from vltk.options import coerce_options
 from vltk_plugins.generic.backbones import (
     OPENAI_MEAN,
     OPENAI_STD,
+    ClipTextSide,
     _text_load_hook,
     _text_state_dict_hook,
     load_pretrained,
@@ -118,7 +119,7 @@ def dense_attention_pool(pool: nn.Module, features: Tensor, global_only: bool = 
     return out[0], dense
 
 
-class ClipResNetBackbone(Backbone):
+class ClipResNetBackbone(ClipTextSide, Backbone):
     """CLIP ModifiedResNet: pyramid layer1..layer4, DenseCLIP embeddings, CLIP-the-Gap split, CLIP text tower.
 
     Facts: ``embed_dim`` = layer4 width (2048 for RN50/RN101), ``out_channels`` per level, ``num_layers`` = 4
@@ -287,42 +288,6 @@ class ClipResNetBackbone(Backbone):
         The position embedding is resized to ``h x w``; at 7x7 this is exactly CLIP's ``attnpool``.
         """
         return dense_attention_pool(self.visual.attnpool, features, global_only=True)[0]
-
-    # ---------------------------------------------------------------------------------------------- text side
-    def open_clip_model(self) -> nn.Module:
-        """The whole open_clip ``CustomTextCLIP`` (image tower shared with this backbone, ``logit_scale``...)."""
-        return self._clip
-
-    def text_tower(self) -> nn.Module:
-        """open_clip's ``TextTransformer`` paired with this image tower (frozen, eval mode)."""
-        return self._clip.text
-
-    def tokenizer(self) -> Callable[..., Tensor]:
-        """open_clip's BPE ``SimpleTokenizer`` (vocabulary ships with open_clip: offline), built once."""
-        if self._tokenizer is None:
-            from open_clip.tokenizer import SimpleTokenizer
-
-            self._tokenizer = SimpleTokenizer(context_length=self._clip.text.context_length)
-        return self._tokenizer
-
-    def encode_text(self, texts: Sequence[str]) -> Tensor:
-        """Tokenise and encode ``texts`` with the text tower: ``[K, text_dim]``, not normalised."""
-        device = next(self._clip.text.parameters()).device
-        return self._clip.text(self.tokenizer()(list(texts)).to(device))
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ClipResNetBackbone:
-        """Move/cast the unregistered text tower (and logit scale) together with the image tower."""
-        super()._apply(fn, recurse)
-        self._clip.text._apply(fn, recurse)
-        for name in ("logit_scale", "logit_bias"):
-            parameter = getattr(self._clip, name, None)
-            if isinstance(parameter, nn.Parameter):
-                converted = fn(parameter.data)
-                if torch._has_compatible_shallow_copy_type(parameter.data, converted):
-                    parameter.data = converted
-                else:  # e.g. meta -> cpu (to_empty): a new parameter, as nn.Module._apply does
-                    setattr(self._clip, name, nn.Parameter(converted, requires_grad=parameter.requires_grad))
-        return self
 
     def extra_repr(self) -> str:
         return (

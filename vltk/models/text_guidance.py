@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vltk.models.losses import logits_at_label_size
 from vltk_kernels import pixel_text_similarity
 
 
@@ -40,10 +41,8 @@ def pixel_text_loss(scores: Tensor, labels: Tensor, *, temperature: float, ignor
     """Cross-entropy of ``scores / temperature`` (bilinearly upsampled to ``labels`` ``[B, H, W]``) — DenseCLIP's
     identity head. Averaged over **all** pixels, ignored ones counting as 0 (mmseg's default, like ``fpn``'s loss),
     so a fully ignored batch gives exactly 0."""
-    logits = scores / temperature
-    if logits.shape[-2:] != labels.shape[-2:]:
-        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    per_pixel = F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none")
+    logits, labels = logits_at_label_size(scores / temperature, labels)
+    per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
     return per_pixel.mean()
 
 

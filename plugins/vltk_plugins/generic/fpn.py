@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from vltk.errors import UserError
 from vltk.interfaces import Decoder
+from vltk.models.losses import logits_at_label_size
 from vltk.options import coerce_options
 from vltk_plugins.generic.fpn_options import GN_GROUPS, FPNOptions
 
@@ -205,12 +206,7 @@ class SemanticFPN(Decoder):
         renormalised (again mmseg's behaviour, unlike ``F.cross_entropy(reduction="mean")``).
         """
         logits = outputs["seg_logits"]
-        if targets.dim() == 4 and targets.shape[1] == 1:
-            targets = targets[:, 0]
-        if targets.dim() != 3:
-            raise ValueError(f"targets must be [B, H, W] class indices, got shape {tuple(targets.shape)}")
-        if logits.shape[-2:] != targets.shape[-2:]:
-            logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        logits, targets = logits_at_label_size(logits, targets)
         weight = self.class_weight
         if weight is not None:
             weight = weight.to(dtype=logits.dtype)

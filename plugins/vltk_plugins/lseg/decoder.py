@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from vltk.errors import UserError
 from vltk.interfaces import Decoder
+from vltk.models.losses import logits_at_label_size
 from vltk.options import coerce_options
 from vltk_kernels import pixel_text_similarity
 from vltk_plugins.lseg.options import TEMPERATURE, LSegOptions
@@ -198,12 +199,7 @@ class LSegDecoder(Decoder):
     def loss(self, outputs: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
         """Per-pixel softmax cross-entropy over the label set, averaged over labelled pixels (0 when none)."""
         logits = outputs["seg_logits"]
-        if targets.dim() == 4 and targets.shape[1] == 1:
-            targets = targets[:, 0]
-        if targets.dim() != 3:
-            raise ValueError(f"targets must be [B, H, W] class indices, got shape {tuple(targets.shape)}")
-        if logits.shape[-2:] != targets.shape[-2:]:
-            logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        logits, targets = logits_at_label_size(logits, targets)
         targets = targets.long()
         labelled = targets != self.ignore_index
         if bool(((targets < 0) | (targets >= logits.shape[1]))[labelled].any()):

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from vltk.errors import UserError
 from vltk.interfaces import Decoder
+from vltk.models.losses import as_label_map
 from vltk.options import coerce_options
 from vltk_plugins.generic.mask2former.criterion import Mask2FormerCriterion
 from vltk_plugins.generic.mask2former.pixel_decoder import MSDeformAttnPixelDecoder, sine_positional_encoding
@@ -246,14 +247,11 @@ class Mask2Former(Decoder):
     def loss(self, outputs: dict[str, Any], targets: Tensor) -> dict[str, Tensor]:
         """Set loss (see :mod:`.criterion`) on every intermediate prediction (``d{i}.loss_*``) and the last one
         (``loss_cls``/``loss_mask``/``loss_dice``); ``loss`` is the sum."""
-        if targets.dim() == 4 and targets.shape[1] == 1:
-            targets = targets[:, 0]
-        if targets.dim() != 3:
-            raise ValueError(f"targets must be [B, H, W] class indices, got shape {tuple(targets.shape)}")
+        targets = as_label_map(targets)
         all_cls, all_masks = outputs["all_mask_cls"], outputs["all_mask_pred"]
         if not self.deep_supervision:
             all_cls, all_masks = all_cls[-1:], all_masks[-1:]
-        return self.criterion(all_cls, all_masks, targets.long())
+        return self.criterion(all_cls, all_masks, targets)
 
     def predict(self, outputs: dict[str, Any], image_size: tuple[int, int]) -> Tensor:
         """mmseg's semantic inference: mask logits upsampled to ``image_size`` *before* the sigmoid, then combined

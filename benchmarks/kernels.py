@@ -31,7 +31,7 @@ def main() -> None:
     for dtype in args.dtype or []:
         command += ["--dtype", dtype]
 
-    from vltk.cli.bench import bench_command
+    from vltk_plugins.kernels.bench_command import bench_command
 
     bench_command.main(args=command, prog_name="vltk bench")
 

@@ -45,7 +45,7 @@ def test_env_variables_control_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLTK_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert VltkPluginManager().get_registry().names("adapter") == []
     monkeypatch.delenv("VLTK_DISABLE_PLUGIN_AUTOLOAD")
-    monkeypatch.setenv("VLTK_BLOCK_PLUGINS", "rein, generic")
+    monkeypatch.setenv("VLTK_BLOCK_PLUGINS", "rein, adapters")
     assert VltkPluginManager().get_registry().names("adapter") == []
 
 

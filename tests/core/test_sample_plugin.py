@@ -66,14 +66,21 @@ def test_sample_adapter_builds_into_a_model(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.syspath_prepend(str(SAMPLE))
     import vltk_sample.hooks
 
-    import vltk_plugins.generic.hooks
+    import vltk_plugins.backbones.hooks
+    import vltk_plugins.datasets.hooks
+    import vltk_plugins.decoders.hooks
     from vltk.config import build_config
     from vltk.pipeline import build_model
     from vltk.plugins import get_plugin_manager
     from vltk.testing import isolated_plugin_manager
 
     # no autoload: with tests/sample_plugin on sys.path its in-tree egg-info would be found as an entry point too
-    plugins = {"generic": vltk_plugins.generic.hooks, "sample": vltk_sample.hooks}
+    plugins = {
+        "backbones": vltk_plugins.backbones.hooks,
+        "decoders": vltk_plugins.decoders.hooks,
+        "datasets": vltk_plugins.datasets.hooks,
+        "sample": vltk_sample.hooks,
+    }
     with isolated_plugin_manager(autoload=False, extra=plugins):
         config = build_config(components={"adapter": "bitfit"}, recipe_dirs=get_plugin_manager().recipe_dirs())
         model = build_model(config)

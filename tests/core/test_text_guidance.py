@@ -114,7 +114,7 @@ def test_forward_with_embeddings_default() -> None:
 
 
 def test_forward_with_embeddings_vit_single_pass_includes_hooks() -> None:
-    from vltk_plugins.generic.backbones import build_clip_vit
+    from vltk_plugins.backbones.open_clip_vit.model import build_clip_vit
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

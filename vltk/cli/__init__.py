@@ -23,7 +23,6 @@ LAZY_COMMANDS: dict[str, str] = {
     "list": "vltk.cli.info:list_command",
     "show": "vltk.cli.info:show_command",
     "plugins": "vltk.cli.info:plugins_command",
-    "bench": "vltk.cli.bench:bench_command",
 }
 
 

@@ -35,9 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vltk.errors import UserError
-from vltk.interfaces import Augmenter
-from vltk.options import coerce_options
+from vltk.api import Augmenter, UserError, coerce_options
 from vltk_plugins.clip_gap.options import ClipGapOptions
 
 _NEEDS = ("stage_a", "stage_b", "pool")

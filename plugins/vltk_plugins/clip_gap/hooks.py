@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vltk import hookimpl
-from vltk.registry import lazy_factory
+from vltk.api import hookimpl, lazy_factory
 from vltk_plugins.clip_gap.options import ClipFasterRCNNOptions, ClipGapOptions
 
 PAPER = "CLIP the Gap (Vidit, Engilberge, Salzmann, CVPR 2023)"

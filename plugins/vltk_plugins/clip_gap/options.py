@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from vltk.options import Options
+from vltk.api import Options
 
 #: The source-domain prompt p^s of the released code (the paper capitalises it: "An image taken during the day").
 SOURCE_PROMPT = "an image taken during the day"

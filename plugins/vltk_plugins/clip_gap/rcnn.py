@@ -35,8 +35,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import roi_align
 
-from vltk.errors import UserError
-from vltk.options import coerce_options
+from vltk.api import UserError, coerce_options
 from vltk_plugins.clip_gap.options import ClipFasterRCNNOptions
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vltk import hookimpl
+from vltk.api import hookimpl
 from vltk_plugins.denseclip.options import DenseCLIPOptions
 
 

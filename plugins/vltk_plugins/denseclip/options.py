@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from vltk_plugins.generic.prompter_options import CoOpOptions
+from vltk_plugins.prompters.clip_prompts.options import CoOpOptions
 
 
 class DenseCLIPOptions(CoOpOptions):

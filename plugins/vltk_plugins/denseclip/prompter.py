@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vltk.errors import UserError
-from vltk.options import coerce_options
+from vltk.api import UserError, coerce_options
 from vltk_plugins.denseclip.options import DenseCLIPOptions
-from vltk_plugins.generic.prompters import CoOpPrompter, guidance_kwargs, require_class_names
+from vltk_plugins.prompters.clip_prompts.model import CoOpPrompter, guidance_kwargs, require_class_names
 
 
 class _Attention(nn.Module):

@@ -32,10 +32,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vltk.errors import UserError
-from vltk.interfaces import Decoder
-from vltk.models.losses import logits_at_label_size
-from vltk.options import coerce_options
+from vltk.api import Decoder, UserError, coerce_options, logits_at_label_size
 from vltk_kernels import pixel_text_similarity
 from vltk_plugins.lseg.options import TEMPERATURE, LSegOptions
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vltk import hookimpl
+from vltk.api import hookimpl
 from vltk_plugins.lseg.options import LSegOptions
 
 

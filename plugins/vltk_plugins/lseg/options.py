@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from vltk.options import Options
+from vltk.api import Options
 
 #: LSeg's fixed logit scale is ``1 / TEMPERATURE`` (``exp(log(1/0.07))``, not learned).
 TEMPERATURE = 0.07

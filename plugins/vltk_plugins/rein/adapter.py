@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vltk.interfaces import Adapter
-from vltk.options import coerce_options
+from vltk.api import Adapter, coerce_options
 from vltk_kernels import rein_attention
 from vltk_plugins.rein.options import ReinOptions
 

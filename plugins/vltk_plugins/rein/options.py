@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from vltk.options import Options
+from vltk.api import Options
 
 
 class ReinOptions(Options):

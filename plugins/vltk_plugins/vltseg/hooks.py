@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vltk import hookimpl
+from vltk.api import hookimpl
 
 
 @hookimpl

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from vltk_plugins.generic.clip_resnet import ClipResNetBackbone, build_clip_resnet
+from vltk_plugins.backbones.clip_resnet.model import ClipResNetBackbone, build_clip_resnet
 
 
 def _tiny_backbone(**options: object) -> ClipResNetBackbone:

@@ -12,7 +12,7 @@ from torch import nn
 from vltk.errors import UserError
 from vltk_plugins.clip_gap.augmenter import ClipGapAugmenter, build_clip_gap
 from vltk_plugins.clip_gap.options import SOURCE_PROMPT, VOC_STYLE_PROMPTS, ClipGapOptions, diverse_weather_prompts
-from vltk_plugins.generic.prompters import build_clip_template
+from vltk_plugins.prompters.clip_prompts.model import build_clip_template
 
 PAPER_TARGETS = [  # prunedprompts2.txt of the released code, in order
     "an image taken on a snow night",

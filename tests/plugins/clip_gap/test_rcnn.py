@@ -9,10 +9,10 @@ from torchvision.ops import roi_align
 
 from vltk.errors import UserError
 from vltk.models.detector import Detector
+from vltk_plugins.adapters.finetune.model import build_frozen, build_full
 from vltk_plugins.clip_gap.options import ClipFasterRCNNOptions
 from vltk_plugins.clip_gap.rcnn import ClipFasterRCNN, TextClassifier, build_clip_faster_rcnn
-from vltk_plugins.generic.adapters import build_frozen, build_full
-from vltk_plugins.generic.prompters import build_clip_template
+from vltk_plugins.prompters.clip_prompts.model import build_clip_template
 
 K = 3
 SMALL = {"rpn_post_nms_top_n_train": 50, "rpn_post_nms_top_n_test": 20, "box_batch_size_per_image": 16}

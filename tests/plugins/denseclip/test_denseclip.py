@@ -12,9 +12,9 @@ from pydantic import ValidationError
 import vltk
 from vltk.errors import UserError
 from vltk_kernels import use_backend
+from vltk_plugins.backbones.clip_resnet.model import build_clip_resnet
 from vltk_plugins.denseclip.options import DenseCLIPOptions
 from vltk_plugins.denseclip.prompter import ContextDecoder, DenseCLIPPrompter, build_denseclip
-from vltk_plugins.generic.clip_resnet import build_clip_resnet
 
 NAMES = ["road", "car", "sky", "person"]
 

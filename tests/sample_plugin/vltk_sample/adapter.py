@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vltk.interfaces import Adapter, Backbone
+from vltk.api import Adapter, Backbone
 
 
 class BitFitAdapter(Adapter):

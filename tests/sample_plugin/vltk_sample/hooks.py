@@ -6,8 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from vltk import hookimpl
-from vltk.options import Options
+from vltk.api import Options, hookimpl
 
 
 class BitFitOptions(Options):

@@ -1,0 +1,1 @@
+"""backbones/clip_resnet"""

@@ -1,0 +1,1 @@
+"""backbones/dinov2"""

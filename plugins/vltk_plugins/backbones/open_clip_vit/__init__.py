@@ -1,0 +1,1 @@
+"""backbones/open_clip_vit"""

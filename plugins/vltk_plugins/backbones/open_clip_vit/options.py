@@ -1,0 +1,109 @@
+"""Options of the ``eva02`` and ``clip-vit`` backbones. No torch import: ``hooks.py`` registers these models.
+
+Both backbones wrap open_clip models (EVA02-CLIP through open_clip's timm tower, CLIP through open_clip's own
+``VisionTransformer``) and share the knobs that decide what gets built and loaded: the weights file, the blocks
+that feed the pyramid and the patch size. Whether a name such as ``model="ViT-B-16"`` exists is checked when the
+backbone is built (that needs open_clip, hence torch), with a did-you-mean error.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from vltk.api import Options
+
+_PRETRAINED_HELP = (
+    "Path of a local open_clip checkpoint (torch.save'd state dict, raw or under 'state_dict'/'model'; "
+    ".safetensors also works). A vision-only state dict (e.g. a saved backbone) is accepted too; the text tower "
+    "then stays random with a warning. null = random weights (a warning says so). Nothing is downloaded."
+)
+_OUT_INDICES_HELP = (
+    "The 4 blocks (0-based, negative counts from the end) whose patch tokens become the stride 4/8/16/32 "
+    "maps. null = Rein's choice generalised to L blocks: [L//3-1, L//2-1, 2L//3-1, L-1], i.e. [7, 11, 15, 23] "
+    "for 24 blocks and [3, 5, 7, 11] for 12."
+)
+_PATCH_HELP = (
+    "Patch size of the patch embedding. null = the variant's own ({own}). A checkpoint with another patch "
+    "size is converted at load time (patch kernel and position grid resampled with timm's helpers), which is "
+    "how Rein runs its backbones at patch 16."
+)
+
+
+#: The ``attention`` option shared by every ViT backbone (implemented in ``vltk_plugins.common.attention``).
+AttentionChoice = Literal["auto", "xformers", "sdpa", "math"]
+ATTENTION_HELP = (
+    "Attention kernel of the ViT blocks: auto = xformers' memory_efficient_attention on CUDA when it imports and "
+    "a test call works, else PyTorch SDPA; xformers (CUDA only; an error elsewhere); sdpa = "
+    "F.scaled_dot_product_attention (fused flash/memory-efficient kernels, memory linear in tokens); math = "
+    "PyTorch's unfused attention (materialises the N x N scores; the numerical reference). Logged once."
+)
+
+
+def _check_out_indices(value: list[int] | None) -> list[int] | None:
+    if value is not None and len(value) != 4:
+        raise ValueError(f"needs exactly 4 block indices (one per pyramid level), got {len(value)}")
+    return value
+
+
+class Eva02Options(Options):
+    """EVA02-CLIP ViT. ``tiny``/``small`` are timm's EVA02 tiny/small architectures at patch 16 with a small
+    random text tower (no released CLIP weights: for tests and CPU recipes); ``base``/``large`` are open_clip's
+    ``EVA02-B-16`` / ``EVA02-L-14`` and load the released open_clip checkpoints."""
+
+    variant: Literal["tiny", "small", "base", "large"] = Field(
+        default="tiny",
+        description=(
+            "Size: tiny (192 wide, 12 blocks), small (384, 12), base (768, 12; open_clip EVA02-B-16), "
+            "large (1024, 24; open_clip EVA02-L-14, the Rein EVA02-L backbone)."
+        ),
+    )
+    pretrained: str | None = Field(default=None, description=_PRETRAINED_HELP)
+    out_indices: list[int] | None = Field(default=None, description=_OUT_INDICES_HELP)
+    patch_size: int | None = Field(default=None, ge=4, le=32, description=_PATCH_HELP.format(own="16; 14 for large"))
+    drop_path_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Stochastic depth rate of the timm blocks (linear decay over depth); Rein uses 0.2 for EVA02-L.",
+    )
+    attention: AttentionChoice = Field(default="auto", description=ATTENTION_HELP)
+
+    @field_validator("out_indices")
+    @classmethod
+    def _four_indices(cls, value: list[int] | None) -> list[int] | None:
+        return _check_out_indices(value)
+
+
+class ClipViTOptions(Options):
+    """CLIP ViT from any open_clip config with a native ``VisionTransformer`` image tower and a native text tower
+    (``ViT-B-16``, ``ViT-L-14``, ``ViT-L-14-quickgelu`` for OpenAI weights...), or the built-in ``tiny`` one.
+    open_clip's ViT has no stochastic depth, hence no ``drop_path_rate`` here."""
+
+    model: str = Field(
+        default="ViT-B-16",
+        description=(
+            "open_clip model config name (see open_clip.list_models()); use the '-quickgelu' names with OpenAI "
+            "weights. Ignored by variant=tiny."
+        ),
+    )
+    variant: Literal["tiny"] | None = Field(
+        default=None,
+        description=(
+            "tiny = a built-in 4-block, 64-wide, patch-16 CLIP with a 2-block text tower that builds in "
+            "milliseconds (tests, smoke runs); null = build `model`."
+        ),
+    )
+    pretrained: str | None = Field(default=None, description=_PRETRAINED_HELP)
+    out_indices: list[int] | None = Field(default=None, description=_OUT_INDICES_HELP)
+    patch_size: int | None = Field(default=None, ge=4, le=32, description=_PATCH_HELP.format(own="from the config"))
+    attention: AttentionChoice = Field(default="auto", description=ATTENTION_HELP)
+
+    @field_validator("out_indices")
+    @classmethod
+    def _four_indices(cls, value: list[int] | None) -> list[int] | None:
+        return _check_out_indices(value)
+
+
+__all__ = ["ATTENTION_HELP", "AttentionChoice", "ClipViTOptions", "Eva02Options"]

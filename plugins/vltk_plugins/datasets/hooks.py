@@ -1,0 +1,44 @@
+"""Entry point of the built-in datasets: the embedded synthetic scenes, urban folders, synthetic-det, DWD.
+
+Light on purpose: only options models are imported here; each factory imports torch and its module when a run
+actually builds the component (:func:`vltk.api.lazy_factory`).
+"""
+
+from __future__ import annotations
+
+from vltk.api import Register, hookimpl, lazy_factory
+from vltk_plugins.datasets.detection.options import DWDOptions, SyntheticDetectionOptions
+from vltk_plugins.datasets.synthetic.options import SyntheticOptions
+from vltk_plugins.datasets.urban.options import UrbanOptions
+
+
+@hookimpl
+def vltk_register_datasets(register: Register) -> None:
+    register(
+        "synthetic",
+        lazy_factory("vltk_plugins.datasets.synthetic.renderer", "build_synthetic"),
+        options=SyntheticOptions,
+        summary="embedded procedural street scenes in 6 domains (flat source -> textured/fog/night/rain/snow)",
+        paper="mimics GTAV -> Cityscapes/ACDC; no files, no downloads",
+    )
+    register(
+        "urban",
+        lazy_factory("vltk_plugins.datasets.urban.dataset", "build_urban"),
+        options=UrbanOptions,
+        summary="GTAV / Cityscapes / BDD100K / Mapillary / ACDC from local folders, 19 classes, mmseg augmentation",
+        paper="the DG segmentation protocol of Rein, VLTSeg and others (GTAV -> Cityscapes, BDD100K, Mapillary)",
+    )
+    register(
+        "synthetic-det",
+        lazy_factory("vltk_plugins.datasets.detection.datasets", "build_synthetic_detection"),
+        options=SyntheticDetectionOptions,
+        summary="detection: instance boxes (cars, persons, signs) of the synthetic scenes in the same 6 domains",
+        paper="boxes from the renderer's instances; a CPU stand-in for Diverse Weather",
+    )
+    register(
+        "dwd",
+        lazy_factory("vltk_plugins.datasets.detection.datasets", "build_dwd"),
+        options=DWDOptions,
+        summary="detection: Diverse Weather Dataset (VOC XML, 7 classes, 5 weather domains) from a local folder",
+        paper="Single-DGOD (Wu & Deng, CVPR 2022); the protocol of CLIP the Gap (CVPR 2023)",
+    )

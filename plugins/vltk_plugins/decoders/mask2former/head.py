@@ -1,0 +1,295 @@
+"""The ``mask2former`` decoder: pixel decoder + masked-attention transformer decoder + set loss, and Rein's link.
+
+Forward (mmdet ``Mask2FormerHead`` semantics): the pixel decoder turns the 4-level pyramid into mask features
+(stride 4) and three encoded levels (strides 32, 16, 8). Queries are refined by ``dec_layers`` decoder layers,
+layer ``i`` cross-attending to level ``i % 3`` (lowest resolution first). Before the first layer and after every
+layer, the post-norm queries predict class logits ``[B, Q, K+1]`` (the last class is "no object") and mask logits
+``[B, Q, H/4, W/4]`` (dot products of the mask embedding with the mask features); the mask, resized to the next
+layer's level, is that layer's attention mask (pixels with sigmoid < 0.5 hidden; a query whose mask is empty
+everywhere sees the whole level). Semantic scores are ``softmax(class)[..., :K]`` times ``sigmoid(mask)``, summed
+over queries.
+
+Rein's query link (``query_dims`` in the pipeline context, i.e. the adapter exposes ``queries()``): the module has
+no learned ``query_embed``/``query_feat``; the adapter's batch-independent queries ``[m, c']`` are the positional
+queries of every layer and ``querys2feat(queries)`` is the initial content query, as in Rein's
+``ReinMask2FormerHead(replace_query_feat=True)``. The number of queries is then m, and gradients flow from the
+decoder into the adapter's tokens through them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from vltk.api import Decoder, UserError, as_label_map, coerce_options
+from vltk_plugins.decoders.mask2former.criterion import Mask2FormerCriterion
+from vltk_plugins.decoders.mask2former.options import NUM_FEATURE_LEVELS, Mask2FormerOptions
+from vltk_plugins.decoders.mask2former.pixel_decoder import MSDeformAttnPixelDecoder, sine_positional_encoding
+from vltk_plugins.decoders.mask2former.transformer_decoder import Mask2FormerTransformerDecoder
+
+DEFAULT_FEATURE_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
+
+
+class Mask2FormerConfigError(UserError, ValueError):
+    """A wrong ``mask2former`` configuration or context: a ``ValueError`` for Python callers, one CLI line for
+    users."""
+
+
+@torch.no_grad()
+def attention_mask(mask_logits: Tensor, size: tuple[int, int], num_heads: int) -> Tensor:
+    """Masked attention's mask ``[B * heads, Q, h * w]`` from mask logits ``[B, Q, H, W]`` (True = hidden).
+
+    The logits are resized bilinearly to the level's ``size``; a pixel is hidden from a query where its sigmoid is
+    below 0.5. A query whose mask is empty on the whole level would attend to nothing (a NaN softmax), so it sees
+    the whole level instead (mmdet's rule).
+    """
+    resized = F.interpolate(mask_logits.detach(), size=size, mode="bilinear", align_corners=False)
+    hidden = resized.flatten(2).sigmoid() < 0.5
+    hidden = hidden & ~hidden.all(dim=-1, keepdim=True)
+    batch, num_queries, positions = hidden.shape
+    hidden = hidden.unsqueeze(1).expand(batch, num_heads, num_queries, positions)
+    return hidden.reshape(batch * num_heads, num_queries, positions)
+
+
+class Mask2Former(Decoder):
+    """Mask2Former for semantic segmentation over a 4-level pyramid (strides 4/8/16/32).
+
+    ``in_channels`` is per level so a caller can widen one level (e.g. a pixel-text score map concatenated to it);
+    ``text_embeddings`` is accepted and ignored by this closed-set decoder. ``query_dims`` (not None) switches on
+    the adapter-query link described in the module docstring.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        *,
+        hidden_dim: int = 256,
+        num_queries: int = 100,
+        num_heads: int = 8,
+        enc_layers: int = 6,
+        enc_ffn: int = 1024,
+        enc_points: int = 4,
+        dec_layers: int = 9,
+        dec_ffn: int = 2048,
+        query_dims: int | None = None,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        deep_supervision: bool = True,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        in_channels = [int(c) for c in in_channels]
+        if len(in_channels) != len(DEFAULT_FEATURE_STRIDES) or any(c <= 0 for c in in_channels):
+            raise Mask2FormerConfigError(
+                f"mask2former needs 4 positive pyramid widths (strides 4/8/16/32), got in_channels={in_channels}"
+            )
+        if num_classes <= 0:
+            raise Mask2FormerConfigError(f"num_classes must be positive, got {num_classes}")
+        if query_dims is not None and query_dims != hidden_dim:
+            raise Mask2FormerConfigError(
+                f"the adapter's decoder queries are {query_dims}-wide but decoder.hidden_dim={hidden_dim}: set "
+                f"adapter.query_dims={hidden_dim} or decoder.hidden_dim={query_dims}"
+            )
+        self.in_channels = in_channels
+        self.num_classes = int(num_classes)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.num_levels = NUM_FEATURE_LEVELS
+        self.query_dims = query_dims
+        self.deep_supervision = deep_supervision
+        self.ignore_index = int(ignore_index)
+
+        self.pixel_decoder = MSDeformAttnPixelDecoder(
+            in_channels,
+            hidden_dim=hidden_dim,
+            num_heads=num_heads,
+            num_levels=self.num_levels,
+            num_points=enc_points,
+            num_layers=enc_layers,
+            ffn_dim=enc_ffn,
+        )
+        self.transformer_decoder = Mask2FormerTransformerDecoder(hidden_dim, num_heads, dec_ffn, dec_layers)
+        self.level_embed = nn.Embedding(self.num_levels, hidden_dim)
+        if query_dims is None:
+            self.num_queries: int | None = num_queries
+            self.query_feat = nn.Embedding(num_queries, hidden_dim)
+            self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        else:
+            self.num_queries = None  # the adapter's token count, known at forward time
+            self.querys2feat = nn.Linear(query_dims, hidden_dim)
+        self.cls_embed = nn.Linear(hidden_dim, self.num_classes + 1)
+        self.mask_embed = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim),
+        )
+        self.transformer_decoder.reset_parameters()
+        self.criterion = Mask2FormerCriterion(
+            self.num_classes,
+            class_weight=class_weight,
+            mask_weight=mask_weight,
+            dice_weight=dice_weight,
+            no_object_weight=no_object_weight,
+            num_points=num_points,
+            oversample_ratio=oversample_ratio,
+            importance_sample_ratio=importance_sample_ratio,
+            ignore_index=self.ignore_index,
+        )
+
+    @property
+    def links_queries(self) -> bool:
+        """True when the decoder takes its queries from the adapter (Rein's token -> query link)."""
+        return self.query_dims is not None
+
+    # ------------------------------------------------------------------------------------------------ forward
+
+    def initial_queries(self, queries: Tensor | None, batch: int) -> tuple[Tensor, Tensor]:
+        """``(content, positional)`` queries ``[B, Q, hidden]``: learned, or derived from the adapter's."""
+        if not self.links_queries:
+            if queries is not None:
+                raise ValueError(
+                    "mask2former was built without the adapter-query link (query_dims was None) but forward got "
+                    "queries; build it with query_dims=<their width> (the pipeline does when the adapter has "
+                    "queries), or do not pass them"
+                )
+            content = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
+            return content, self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+        if queries is None:
+            raise ValueError(
+                f"mask2former was built with the adapter-query link (query_dims={self.query_dims}) but forward got "
+                "no queries: pass adapter.queries() (Rein with link_token_to_query=true), or build the decoder "
+                "without query_dims for learned queries"
+            )
+        if queries.dim() == 2:
+            queries = queries.unsqueeze(0).expand(batch, -1, -1)
+        if queries.dim() != 3 or queries.shape[0] != batch or queries.shape[-1] != self.query_dims:
+            raise ValueError(
+                f"adapter queries must be [m, {self.query_dims}] or [{batch}, m, {self.query_dims}], "
+                f"got {tuple(queries.shape)}"
+            )
+        return self.querys2feat(queries), queries
+
+    def _predict(
+        self, queries: Tensor, mask_features: Tensor, attn_size: tuple[int, int] | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Class logits, mask logits, and (when ``attn_size``) the next layer's attention mask ``[B*heads, Q, S]``."""
+        queries = self.transformer_decoder.post_norm(queries)
+        class_logits = self.cls_embed(queries)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(queries), mask_features)
+        if attn_size is None:
+            return class_logits, mask_logits, None
+        return class_logits, mask_logits, attention_mask(mask_logits, attn_size, self.num_heads)
+
+    def forward(
+        self,
+        features: list[Tensor],
+        queries: Tensor | None = None,
+        text_embeddings: Tensor | None = None,
+    ) -> dict[str, Any]:
+        """``seg_logits`` ``[B, K, H/4, W/4]``, the last ``mask_cls``/``mask_pred``, and ``all_mask_cls`` /
+        ``all_mask_pred``: the ``dec_layers + 1`` intermediate predictions (deep supervision)."""
+        del text_embeddings  # closed-set decoder; language guidance enters through wider in_channels
+        if len(features) != len(self.in_channels):
+            raise ValueError(
+                f"mask2former expects {len(self.in_channels)} feature maps (strides 4/8/16/32), got {len(features)}"
+            )
+        batch = features[0].shape[0]
+        mask_features, multi_scale = self.pixel_decoder(features)
+        memories, memory_pos, sizes = [], [], []
+        for level, x in enumerate(multi_scale):
+            height, width = x.shape[-2:]
+            memories.append(x.flatten(2).transpose(1, 2) + self.level_embed.weight[level])
+            pos = sine_positional_encoding(height, width, self.hidden_dim // 2, device=x.device).to(x.dtype)
+            memory_pos.append(pos.flatten(2).transpose(1, 2))
+            sizes.append((int(height), int(width)))
+
+        content, query_pos = self.initial_queries(queries, batch)
+        layers = self.transformer_decoder.layers
+        class_logits, mask_logits, attn_mask = self._predict(content, mask_features, sizes[0])
+        all_cls, all_masks = [class_logits], [mask_logits]
+        for i, layer in enumerate(layers):
+            level = i % self.num_levels
+            content = layer(content, query_pos, memories[level], memory_pos[level], attn_mask)
+            next_size = sizes[(i + 1) % self.num_levels] if i + 1 < len(layers) else None
+            class_logits, mask_logits, attn_mask = self._predict(content, mask_features, next_size)
+            all_cls.append(class_logits)
+            all_masks.append(mask_logits)
+        return {
+            "seg_logits": self.semantic_scores(class_logits, mask_logits),
+            "mask_cls": class_logits,
+            "mask_pred": mask_logits,
+            "all_mask_cls": all_cls,
+            "all_mask_pred": all_masks,
+        }
+
+    @staticmethod
+    def semantic_scores(class_logits: Tensor, mask_logits: Tensor) -> Tensor:
+        """``Σ_q softmax(class_q)[k] · sigmoid(mask_q)``, the "no object" probability dropped: ``[B, K, h, w]``."""
+        return torch.einsum("bqk,bqhw->bkhw", class_logits.softmax(-1)[..., :-1], mask_logits.sigmoid())
+
+    # ------------------------------------------------------------------------------------------------ loss
+
+    def loss(self, outputs: dict[str, Any], targets: Tensor) -> dict[str, Tensor]:
+        """Set loss (see :mod:`.criterion`) on every intermediate prediction (``d{i}.loss_*``) and the last one
+        (``loss_cls``/``loss_mask``/``loss_dice``); ``loss`` is the sum."""
+        targets = as_label_map(targets)
+        all_cls, all_masks = outputs["all_mask_cls"], outputs["all_mask_pred"]
+        if not self.deep_supervision:
+            all_cls, all_masks = all_cls[-1:], all_masks[-1:]
+        return self.criterion(all_cls, all_masks, targets)
+
+    def predict(self, outputs: dict[str, Any], image_size: tuple[int, int]) -> Tensor:
+        """mmseg's semantic inference: mask logits upsampled to ``image_size`` *before* the sigmoid, then combined
+        with the class probabilities. One image at a time keeps the peak at ``Q x H x W``."""
+        scores = []
+        for class_logits, mask_logits in zip(outputs["mask_cls"], outputs["mask_pred"], strict=True):
+            masks = F.interpolate(mask_logits[None], size=image_size, mode="bilinear", align_corners=False)
+            scores.append(self.semantic_scores(class_logits[None], masks))
+        return torch.cat(scores)
+
+
+def build_mask2former(options: Mask2FormerOptions | None = None, **context: Any) -> Mask2Former:
+    """Factory registered as decoder ``mask2former``.
+
+    Context used: ``in_channels`` (4 widths; default ``[embed_dim] * 4``), ``num_classes`` (required),
+    ``ignore_index`` (default 255), ``query_dims`` (the adapter's query width, or None/absent for learned
+    queries). Other keys are ignored.
+    """
+    options = coerce_options(options, Mask2FormerOptions, "mask2former")
+    in_channels = context.get("in_channels")
+    if in_channels is None:
+        embed_dim = context.get("embed_dim")
+        if embed_dim is None:
+            raise Mask2FormerConfigError(
+                "decoder 'mask2former' needs the pyramid widths: pass in_channels=[c4, c8, c16, c32] (or embed_dim)"
+            )
+        in_channels = [int(embed_dim)] * len(DEFAULT_FEATURE_STRIDES)
+    elif isinstance(in_channels, int):
+        in_channels = [in_channels] * len(DEFAULT_FEATURE_STRIDES)
+    num_classes = context.get("num_classes")
+    if num_classes is None:
+        raise Mask2FormerConfigError("decoder 'mask2former' needs num_classes (the number of semantic classes)")
+    ignore_index = context.get("ignore_index")
+    query_dims = context.get("query_dims")
+    return Mask2Former(
+        list(in_channels),
+        int(num_classes),
+        query_dims=None if query_dims is None else int(query_dims),
+        ignore_index=255 if ignore_index is None else int(ignore_index),
+        **options.model_dump(),
+    )
+
+
+__all__ = ["DEFAULT_FEATURE_STRIDES", "Mask2Former", "Mask2FormerConfigError", "attention_mask", "build_mask2former"]

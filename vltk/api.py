@@ -1,0 +1,109 @@
+"""The public surface plugins import from — and nothing else of ``vltk``.
+
+A plugin (built-in or third-party) writes ``from vltk.api import ...``; everything else in ``vltk`` is internal
+and may change. ``tests/core/test_layering.py`` walks the import graph and fails on any plugin module importing
+another ``vltk`` module.
+
+Importing this module stays light (no torch): the light names (hook markers, options, errors, the build
+context) are imported eagerly; the torch-backed ones (component base classes, dataset contracts, loss helpers)
+resolve on first access, so an entry-point module can write ``from vltk.api import hookimpl, lazy_factory`` and
+``vltk --help`` still starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from vltk.context import BuildContext
+from vltk.errors import UserError, did_you_mean
+from vltk.hookspecs import Register, hookimpl
+from vltk.options import NoOptions, Options, coerce_options
+from vltk.registry import lazy_factory
+
+if TYPE_CHECKING:
+    from vltk.data.base import SPLITS, DenseDataSource, DenseSample, colorize
+    from vltk.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IGNORE_INDEX
+    from vltk.data.detection import BOX_COLOURS, DetectionDataSource, DetectionSample, collate_detection
+    from vltk.interfaces import (
+        Adapter,
+        Augmenter,
+        Backbone,
+        BlockHook,
+        Decoder,
+        Prompter,
+        count_trainable,
+        named_trainable,
+    )
+    from vltk.models.losses import as_label_map, logits_at_label_size
+
+#: name -> module for the names resolved on first access (they import torch).
+_LAZY: dict[str, str] = {
+    "Adapter": "vltk.interfaces",
+    "Augmenter": "vltk.interfaces",
+    "Backbone": "vltk.interfaces",
+    "BlockHook": "vltk.interfaces",
+    "Decoder": "vltk.interfaces",
+    "Prompter": "vltk.interfaces",
+    "count_trainable": "vltk.interfaces",
+    "named_trainable": "vltk.interfaces",
+    "SPLITS": "vltk.data.base",
+    "DenseDataSource": "vltk.data.base",
+    "DenseSample": "vltk.data.base",
+    "colorize": "vltk.data.base",
+    "CITYSCAPES_CLASSES": "vltk.data.cityscapes",
+    "CITYSCAPES_PALETTE": "vltk.data.cityscapes",
+    "IGNORE_INDEX": "vltk.data.cityscapes",
+    "BOX_COLOURS": "vltk.data.detection",
+    "DetectionDataSource": "vltk.data.detection",
+    "DetectionSample": "vltk.data.detection",
+    "collate_detection": "vltk.data.detection",
+    "as_label_map": "vltk.models.losses",
+    "logits_at_label_size": "vltk.models.losses",
+}
+
+__all__ = [
+    "BOX_COLOURS",
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_PALETTE",
+    "IGNORE_INDEX",
+    "SPLITS",
+    "Adapter",
+    "Augmenter",
+    "Backbone",
+    "BlockHook",
+    "BuildContext",
+    "Decoder",
+    "DenseDataSource",
+    "DenseSample",
+    "DetectionDataSource",
+    "DetectionSample",
+    "NoOptions",
+    "Options",
+    "Prompter",
+    "Register",
+    "UserError",
+    "as_label_map",
+    "coerce_options",
+    "colorize",
+    "collate_detection",
+    "count_trainable",
+    "did_you_mean",
+    "hookimpl",
+    "lazy_factory",
+    "logits_at_label_size",
+    "named_trainable",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vltk.api' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

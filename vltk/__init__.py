@@ -27,15 +27,26 @@ def list_components(kind: str) -> list[str]:
 
 
 def create(kind: str, name: str, **kwargs: Any) -> Any:
-    """Build one component: keyword arguments that are options of the component are validated by its options
-    model; the rest is context (``embed_dim``, ``num_layers``, ``num_classes``...) passed to its factory."""
+    """Build one component outside a run (notebooks, tests): keyword arguments that are options of the component
+    are validated by its options model; the others are build-context facts (``embed_dim``, ``num_layers``,
+    ``num_classes``, ``class_names``, ``backbone``...; see :class:`vltk.context.BuildContext`)."""
+    from vltk.context import BuildContext
     from vltk.plugins import get_registry
 
     spec = get_registry().get(kind, name)
     option_names = set(spec.options.model_fields)
-    options = {key: value for key, value in kwargs.items() if key in option_names}
-    context = {key: value for key, value in kwargs.items() if key not in option_names}
-    return spec.build(options, **context)
+    options = spec.validate({key: value for key, value in kwargs.items() if key in option_names})
+    facts = {key: value for key, value in kwargs.items() if key not in option_names}
+    unknown = sorted(set(facts) - set(BuildContext.field_names()))
+    if unknown:
+        from vltk.errors import UserError, did_you_mean
+
+        hint = did_you_mean(unknown[0], [*option_names, *BuildContext.field_names()])
+        raise UserError(
+            f"{kind} '{name}': {unknown[0]!r} is neither an option nor a build-context fact;{hint} "
+            f"options: {', '.join(sorted(option_names)) or 'none'}"
+        )
+    return spec.build(options, BuildContext.from_facts(facts))
 
 
 def build_model(config: Any, **kwargs: Any) -> Any:

@@ -31,9 +31,15 @@ if TYPE_CHECKING:
         Backbone,
         BlockHook,
         Decoder,
+        DetectionDecoder,
         Prompter,
+        SplitBackbone,
+        TextSpaceBackbone,
         count_trainable,
         named_trainable,
+        require_adapter_fits,
+        require_split_backbone,
+        require_text_space,
     )
     from vltk.models.losses import as_label_map, logits_at_label_size
 
@@ -44,6 +50,12 @@ _LAZY: dict[str, str] = {
     "Backbone": "vltk.interfaces",
     "BlockHook": "vltk.interfaces",
     "Decoder": "vltk.interfaces",
+    "DetectionDecoder": "vltk.interfaces",
+    "SplitBackbone": "vltk.interfaces",
+    "TextSpaceBackbone": "vltk.interfaces",
+    "require_adapter_fits": "vltk.interfaces",
+    "require_split_backbone": "vltk.interfaces",
+    "require_text_space": "vltk.interfaces",
     "Prompter": "vltk.interfaces",
     "count_trainable": "vltk.interfaces",
     "named_trainable": "vltk.interfaces",
@@ -77,11 +89,14 @@ __all__ = [
     "DenseDataSource",
     "DenseSample",
     "DetectionDataSource",
+    "DetectionDecoder",
     "DetectionSample",
     "NoOptions",
     "Options",
     "Prompter",
     "Register",
+    "SplitBackbone",
+    "TextSpaceBackbone",
     "UserError",
     "as_label_map",
     "coerce_options",
@@ -93,6 +108,9 @@ __all__ = [
     "lazy_factory",
     "logits_at_label_size",
     "named_trainable",
+    "require_adapter_fits",
+    "require_split_backbone",
+    "require_text_space",
 ]
 
 

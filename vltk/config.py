@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vltk.errors import UserError, did_you_mean
 from vltk.registry import Registry, format_validation_error
+from vltk.resolved import ResolvedComponent, ResolvedRun
 
 CORE_RECIPES = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "default"
@@ -101,17 +102,21 @@ class EvalConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    """One training or evaluation run. Component sections are ``{name: ..., <options>}``."""
+    """One training or evaluation run. Component sections are ``{name: ..., <options>}``.
+
+    No field default names a component (those belong to plugins): a recipe that leaves out ``adapter`` or
+    ``dataset`` gets the default recipe's section (:func:`build_config`).
+    """
 
     task: Literal["segmentation", "detection"] = Field(
         "segmentation", description="what the model predicts: label maps (segmentation) or boxes (detection)"
     )
     backbone: ComponentConfig
-    adapter: ComponentConfig = ComponentConfig(name="frozen")
+    adapter: ComponentConfig
     prompter: ComponentConfig | None = None
     decoder: ComponentConfig
     augmenters: list[ComponentConfig] = Field(default_factory=list)
-    dataset: ComponentConfig = ComponentConfig(name="synthetic")
+    dataset: ComponentConfig
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     seed: int = Field(0, description="seed for weights, data order and augmentation")
@@ -238,6 +243,12 @@ def _normalise_sections(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+#: Sections a recipe may leave out: they come from the default recipe (the core's defaults are data, not code).
+DEFAULTED_SECTIONS: tuple[str, ...] = ("adapter", "dataset")
+#: ``<task>.yaml`` here says what that task changes on a recipe written for another task (see :func:`_task_defaults`).
+TASK_DEFAULTS = CORE_RECIPES / "tasks"
+
+
 def build_config(
     recipe: str | None = None,
     *,
@@ -249,7 +260,7 @@ def build_config(
     """Recipe (or ``base``) + component flags + ``key=value`` overrides -> validated :class:`RunConfig`.
 
     ``components`` maps section names to component names (``{"adapter": "rein", "augmenters": [...]}``).
-    Component options are not checked here: :func:`resolve` does that against the registry.
+    Component options are not checked here: :func:`resolve` does that against the registry, once.
     """
     if base is None:
         data, name = load_recipe(recipe, recipe_dirs or [])
@@ -257,6 +268,7 @@ def build_config(
     else:
         data = copy.deepcopy(base)
     data = _normalise_sections(data)
+    _default_sections(data)
     for section, value in (components or {}).items():
         if value is None or value == () or value == []:
             continue
@@ -270,32 +282,45 @@ def build_config(
             ]
         else:
             set_component(data, section, value)
+    parsed = [parse_override(token) for token in overrides]  # each token is read once
     given = {key for key, value in (components or {}).items() if value not in (None, (), [])}
-    given |= {parts[0] for parts, _ in map(parse_override, overrides) if parts in (["dataset"], ["dataset", "name"])}
+    given |= {parts[0] for parts, _ in parsed if parts in (["dataset"], ["dataset", "name"])}
     _task_defaults(data, given=given)  # before the overrides, so `dataset.size=...` lands in the swapped dataset
-    for token in overrides:
-        parts, value = parse_override(token)
+    for parts, value in parsed:
         apply_override(data, parts, value)
     data = _normalise_sections(data)
     _task_defaults(data, given=given)  # again, for `task=detection` given as an override
     return validate_run_config(data)
 
 
-#: What a detection run uses when the recipe (a segmentation one, e.g. ``default``) does not say.
-DETECTION_DEFAULTS: dict[str, str] = {"dataset": "synthetic-det", "prompter": "clip-template"}
+def _default_sections(data: dict[str, Any]) -> None:
+    """Fill the :data:`DEFAULTED_SECTIONS` a recipe left out from the default recipe."""
+    missing = [section for section in DEFAULTED_SECTIONS if not data.get(section)]
+    if missing:
+        default, _ = load_recipe(DEFAULT_RECIPE, [])
+        default = _normalise_sections(default)
+        for section in missing:
+            data[section] = copy.deepcopy(default[section])
 
 
 def _task_defaults(data: dict[str, Any], given: set[str]) -> None:
-    """``task: detection`` on top of a segmentation recipe: the label-map ``synthetic`` dataset becomes its boxed
-    twin ``synthetic-det`` (unless a flag or a ``dataset=`` override named the dataset) and a missing prompter
-    becomes ``clip-template`` (text-classified detection heads need class embeddings)."""
-    if data.get("task") != "detection":
+    """A task's changes to a recipe written for another task, read from ``recipes/tasks/<task>.yaml``.
+
+    ``task: detection`` on top of a segmentation recipe (e.g. ``default``): the file's ``datasets`` mapping swaps
+    a label-map dataset for its boxed twin (``synthetic`` -> ``synthetic-det``) unless a flag or a ``dataset=``
+    override named the dataset, and its ``prompter`` section fills a missing prompter (text-classified detection
+    heads need class embeddings). The names are data, so the core names no plugin component.
+    """
+    path = TASK_DEFAULTS / f"{data.get('task', 'segmentation')}.yaml"
+    if not path.is_file():
         return
-    dataset = data.get("dataset") or {"name": "synthetic"}
-    if "dataset" not in given and dataset.get("name") == "synthetic":
-        data["dataset"] = {"name": DETECTION_DEFAULTS["dataset"]}
-    if not data.get("prompter"):
-        data["prompter"] = {"name": DETECTION_DEFAULTS["prompter"]}
+    defaults = yaml.safe_load(path.read_text()) or {}
+    dataset = data.get("dataset") or {}
+    swap = (defaults.get("datasets") or {}).get(dataset.get("name"))
+    if "dataset" not in given and swap:
+        data["dataset"] = {"name": swap}
+    if not data.get("prompter") and defaults.get("prompter"):
+        data["prompter"] = copy.deepcopy(defaults["prompter"])
 
 
 def validate_run_config(data: dict[str, Any]) -> RunConfig:
@@ -305,31 +330,49 @@ def validate_run_config(data: dict[str, Any]) -> RunConfig:
         raise UserError(format_validation_error(error, "config").replace("config.", "", 1)) from None
 
 
-def resolve(config: RunConfig, registry: Registry) -> RunConfig:
-    """Look every component up (did-you-mean on typos), validate its options, fill in their defaults."""
+def resolve(config: RunConfig | ResolvedRun, registry: Registry) -> ResolvedRun:
+    """Look every component up (did-you-mean on typos) and validate its options — the one validation of a run.
+
+    Returns a frozen :class:`~vltk.resolved.ResolvedRun`: per section the component's spec and validated options
+    object (what factories get), and the :class:`RunConfig` with every default written back (what
+    ``config.resolved.yaml`` holds). A run that is already resolved is returned as it is.
+    """
+    if isinstance(config, ResolvedRun):
+        return config
     data = config.to_dict()
-    for section in ("backbone", "adapter", "prompter", "decoder", "dataset"):
+    resolved: dict[str, Any] = {}
+    for section, kind in SECTION_KINDS.items():
         component: ComponentConfig | None = getattr(config, section)
         if component is None:
+            resolved[section] = None
             continue
-        data[section] = _resolve_component(registry, section, component, section)
-    data["augmenters"] = [
+        resolved[section] = _resolve_component(registry, kind, component, section)
+        data[section] = resolved[section].to_dict()
+    augmenters = tuple(
         _resolve_component(registry, "augmenter", item, f"augmenters.{index}")
         for index, item in enumerate(config.augmenters)
-    ]
-    return validate_run_config(data)
+    )
+    data["augmenters"] = [item.to_dict() for item in augmenters]
+    return ResolvedRun(config=validate_run_config(data), augmenters=augmenters, **resolved)
 
 
-def _resolve_component(registry: Registry, kind: str, component: ComponentConfig, where: str) -> dict[str, Any]:
+#: Component sections of a run config and the kind of component each holds (``augmenters`` is a list of them).
+SECTION_KINDS: dict[str, str] = {
+    "backbone": "backbone",
+    "adapter": "adapter",
+    "prompter": "prompter",
+    "decoder": "decoder",
+    "dataset": "dataset",
+}
+
+
+def _resolve_component(registry: Registry, kind: str, component: ComponentConfig, where: str) -> ResolvedComponent:
     spec = registry.get(kind, component.name)
-    options = spec.validate(component.options(), where=where)
-    return {"name": component.name, **options.model_dump(mode="json")}
+    return ResolvedComponent(section=where, spec=spec, options=spec.validate(component.options(), where=where))
 
 
-def component_options(registry: Registry, kind: str, component: ComponentConfig) -> Any:
-    """The validated options object of one component section."""
-    return registry.get(kind, component.name).validate(component.options(), where=kind)
-
-
-def to_yaml(config: RunConfig) -> str:
+def to_yaml(config: RunConfig | ResolvedRun) -> str:
+    """The YAML of ``config.resolved.yaml`` and ``--dry-run``."""
+    if isinstance(config, ResolvedRun):
+        config = config.config
     return yaml.safe_dump(config.to_dict(), sort_keys=False)

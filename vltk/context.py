@@ -100,6 +100,32 @@ class BuildContext:
                 f"{component} needs {', '.join(missing)} from the build context, which this run lacks{extra}"
             )
 
+    def with_backbone(self, backbone: Any) -> BuildContext:
+        """This context plus the facts of a built backbone (what the pipeline does after building it): the
+        :class:`vltk.interfaces.Backbone` facts and, for a split backbone, ``channels_a``, ``channels_b`` and
+        ``stride_a``."""
+        facts: dict[str, Any] = {
+            "backbone": backbone,
+            "embed_dim": int(backbone.embed_dim),
+            "num_layers": int(backbone.num_layers),
+            "patch_size": int(backbone.patch_size),
+            "has_cls_token": bool(backbone.has_cls_token),
+            "is_vit": bool(backbone.is_vit),
+            "text_dim": None if backbone.text_dim is None else int(backbone.text_dim),
+            "in_channels": tuple(backbone.pyramid_channels()),
+            "strides": tuple(int(stride) for stride in backbone.strides),
+        }
+        for name in ("channels_a", "channels_b", "stride_a"):
+            value = getattr(backbone, name, None)
+            if value is not None:
+                facts[name] = int(value)
+        return self.evolve(**facts)
+
+    @classmethod
+    def from_backbone(cls, backbone: Any, **facts: Any) -> BuildContext:
+        """A context holding ``facts`` and the facts of ``backbone`` (tests, notebooks, ``vltk.create``)."""
+        return cls(**facts).with_backbone(backbone)
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(item.name for item in dataclasses.fields(cls))

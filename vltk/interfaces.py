@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
+
+from vltk.errors import UserError
 
 
 class BlockHook(Protocol):
@@ -50,6 +52,8 @@ class Backbone(nn.Module, ABC):
     is_vit: bool = True
     text_dim: int | None = None
     out_indices: tuple[int, ...]
+    #: Per-level widths when they differ (a CNN: 256/512/1024/2048); None means every level is ``embed_dim``.
+    out_channels: tuple[int, ...] | None = None
 
     @abstractmethod
     def forward_features(
@@ -107,6 +111,12 @@ class Backbone(nn.Module, ABC):
     def strides(self) -> tuple[int, int, int, int]:
         return (4, 8, 16, 32)
 
+    def pyramid_channels(self) -> tuple[int, ...]:
+        """Width of each pyramid level: ``out_channels`` when the backbone states them, else ``embed_dim`` each."""
+        if self.out_channels is not None:
+            return tuple(int(width) for width in self.out_channels)
+        return (int(self.embed_dim),) * len(self.strides)
+
 
 class Adapter(nn.Module):
     """Decides what of the backbone trains and may refine every block's output (a :class:`BlockHook`).
@@ -118,6 +128,9 @@ class Adapter(nn.Module):
     """
 
     freezes_backbone: bool = True
+    #: True when the adapter's own weights also work on a CNN backbone (``is_vit`` False: no token blocks).
+    #: Adapters without weights of their own (``frozen``, ``full``) fit every backbone whatever this says.
+    supports_cnn: bool = False
 
     def setup(self, backbone: Backbone) -> None:
         """Called once by the pipeline after construction: set ``requires_grad`` on the backbone."""
@@ -173,6 +186,95 @@ class Decoder(nn.Module, ABC):
         return nn.functional.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)
 
 
+class DetectionDecoder(nn.Module, ABC):
+    """A two-stage detection head on a split backbone (``task: detection``), e.g. ``clip-faster-rcnn``.
+
+    ``forward(features, image_sizes, *, backbone, text_embeddings, targets=None, padded_size=None)`` takes the
+    stage-a map ``[B, C_a, H/s, W/s]`` (after feature augmenters), the unpadded ``(h, w)`` of every image, the split
+    backbone (its ``stage_b``/``pool`` run on the RoIs) and the prompter's class embeddings ``[K, D]``; it returns
+    ``(detections, losses)``: per image ``boxes [N, 4]``, ``scores [N]``, 0-based ``labels [N]`` in eval mode, and
+    the loss terms (``"loss"`` the total) in training mode.
+    """
+
+    @abstractmethod
+    def forward(
+        self,
+        features: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        *,
+        backbone: SplitBackbone,
+        text_embeddings: Tensor | None,
+        targets: Sequence[dict[str, Tensor]] | None = None,
+        padded_size: tuple[int, int] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Detections (eval) or losses (training); see the class docstring."""
+
+
+@runtime_checkable
+class SplitBackbone(Protocol):
+    """A backbone split for a two-stage detector (CLIP the Gap's C4 layout): ``stage_a`` gives the map the RPN and
+    feature augmenters see, ``stage_b`` runs on RoI features and ``pool`` embeds them in the text space.
+    ``channels_a``/``channels_b``/``stride_a`` size the detection head."""
+
+    channels_a: int
+    channels_b: int
+    stride_a: int
+
+    def stage_a(self, x: Tensor) -> Tensor: ...
+
+    def stage_b(self, x: Tensor) -> Tensor: ...
+
+    def pool(self, x: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class TextSpaceBackbone(Protocol):
+    """A vision-language backbone: image embeddings in a text space of width ``text_dim``, and that space's text
+    side (what prompters and text-guided augmenters encode class names and prompts with)."""
+
+    text_dim: int | None
+
+    def text_tower(self) -> nn.Module: ...
+
+    def tokenizer(self) -> Any: ...
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor: ...
+
+
+def require_split_backbone(backbone: Any, *, needed_by: str, backbone_name: str | None = None) -> SplitBackbone:
+    """``backbone`` when it is a :class:`SplitBackbone`, else one :class:`UserError` saying who needs it."""
+    missing = [name for name in ("stage_a", "stage_b", "pool") if not callable(getattr(backbone, name, None))]
+    if missing:
+        name = backbone_name or type(backbone).__name__
+        raise UserError(
+            f"{needed_by} needs a backbone split into stage_a/stage_b/pool; '{name}' has no {', '.join(missing)} "
+            "(use backbone=clip-resnet)"
+        )
+    return backbone
+
+
+def require_text_space(backbone: Any, *, needed_by: str, backbone_name: str | None = None) -> TextSpaceBackbone:
+    """``backbone`` when it has a text space and text side, else one :class:`UserError` saying who needs it."""
+    has_side = all(callable(getattr(backbone, name, None)) for name in ("text_tower", "tokenizer", "encode_text"))
+    if getattr(backbone, "text_dim", None) is None or not has_side:
+        name = backbone_name or type(backbone).__name__
+        raise UserError(
+            f"{needed_by} needs a vision-language backbone with a text tower; '{name}' is vision-only "
+            "(use eva02, clip-vit or clip-resnet)"
+        )
+    return backbone
+
+
+def require_adapter_fits(adapter: Adapter, backbone: Backbone, *, adapter_name: str, backbone_name: str) -> None:
+    """Adapters with weights of their own refine a ViT's token blocks unless they declare ``supports_cnn``."""
+    has_weights = any(True for _ in adapter.parameters())
+    if not getattr(backbone, "is_vit", True) and has_weights and not adapter.supports_cnn:
+        raise UserError(
+            f"adapter '{adapter_name}' refines the token blocks of a ViT, but backbone '{backbone_name}' is a CNN; "
+            "use adapter=frozen or adapter=full with it"
+        )
+
+
 class Prompter(nn.Module, ABC):
     """Class names (and optional learned context / visual context) -> text embeddings ``[K, D]`` or ``[B, K, D]``.
 
@@ -197,6 +299,15 @@ class Prompter(nn.Module, ABC):
     def set_class_names(self, names: Sequence[str]) -> None:
         """Swap the label set (open-vocabulary inference); learned context is kept."""
         raise TypeError(f"{type(self).__name__} has a fixed label set")
+
+    def score_map(self, dense: Tensor, text: Tensor) -> Tensor:
+        """Pixel-text score map ``[B, K, h, w]`` of dense image embeddings ``[B, D, h, w]`` and the class
+        embeddings ``[K, D]`` / ``[B, K, D]``: cosine similarity in [-1, 1] (DenseCLIP's score map, no temperature).
+
+        A method of the prompter rather than of the core because it is where a fused op is called (components
+        call ops; the core calls components): the built-in prompters use ``vltk_kernels.pixel_text_similarity``.
+        """
+        raise TypeError(f"{type(self).__name__} provides no pixel-text score map")
 
 
 class Augmenter(nn.Module):
@@ -237,7 +348,13 @@ __all__ = [
     "Backbone",
     "BlockHook",
     "Decoder",
+    "DetectionDecoder",
     "Prompter",
+    "SplitBackbone",
+    "TextSpaceBackbone",
     "count_trainable",
     "named_trainable",
+    "require_adapter_fits",
+    "require_split_backbone",
+    "require_text_space",
 ]

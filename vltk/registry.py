@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vltk.errors import UserError, did_you_mean
 from vltk.options import NoOptions, Options
+
+if TYPE_CHECKING:
+    from vltk.context import BuildContext
 
 #: Component kinds in the order ``vltk list`` shows them. Plurals are accepted on the command line.
 KINDS: tuple[str, ...] = ("backbone", "adapter", "prompter", "decoder", "augmenter", "dataset")
@@ -27,16 +30,16 @@ def normalise_kind(kind: str) -> str:
 
 
 def lazy_factory(module: str, attribute: str) -> Callable[..., Any]:
-    """A factory that imports ``module.attribute`` on its first call and forwards ``(options, **context)``.
+    """A factory that imports ``module.attribute`` on its first call and forwards ``(options, context)``.
 
     Entry-point modules register components with it so that loading plugins (``vltk list``, ``vltk --help``)
     never imports torch or the component's module; only a run that builds the component pays for the import.
     """
 
-    def factory(options: Any, **context: Any) -> Any:
+    def factory(options: Any, context: Any = None) -> Any:
         import importlib
 
-        return getattr(importlib.import_module(module), attribute)(options, **context)
+        return getattr(importlib.import_module(module), attribute)(options, context)
 
     factory.__qualname__ = f"{module}.{attribute}"
     return factory
@@ -65,10 +68,17 @@ class ComponentSpec:
         except ValidationError as error:
             raise UserError(format_validation_error(error, prefix, self)) from None
 
-    def build(self, values: dict[str, Any] | Options | None = None, **context: Any) -> Any:
-        """Validate ``values`` (unless already an options object) and call the factory with the context."""
-        options = values if isinstance(values, Options) else self.validate(values)
-        return self.factory(options, **context)
+    def build(self, options: Options, context: BuildContext | None = None) -> Any:
+        """Call the factory with an already validated options object (see :func:`vltk.config.resolve`) and the
+        build context; validating here again would validate every option twice per run."""
+        if not isinstance(options, self.options):
+            raise TypeError(
+                f"{self.kind} '{self.name}': build() takes a validated {self.options.__name__}, got "
+                f"{type(options).__name__}; call spec.validate(values) first"
+            )
+        from vltk.context import BuildContext
+
+        return self.factory(options, context if context is not None else BuildContext())
 
 
 def format_validation_error(error: Any, prefix: str, spec: ComponentSpec | None = None) -> str:

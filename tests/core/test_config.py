@@ -16,7 +16,7 @@ def manager():
 
 
 def test_default_recipe_resolves_with_all_defaults(manager) -> None:
-    config = resolve(build_config(recipe_dirs=manager.recipe_dirs()), manager.get_registry())
+    config = resolve(build_config(recipe_dirs=manager.recipe_dirs()), manager.get_registry()).config
     assert config.recipe == "default"
     assert config.backbone.name == "eva02" and config.backbone.options()["variant"] == "tiny"
     assert config.decoder.name == "fpn" and "head_channels" in config.decoder.options()
@@ -32,7 +32,7 @@ def test_plugin_recipe_and_flags_and_overrides(manager) -> None:
         overrides=["adapter.lora_dim=8", "train.lr=1e-4", "dataset.domains=[synthetic,fog]"],
         recipe_dirs=manager.recipe_dirs(),
     )
-    config = resolve(config, manager.get_registry())
+    config = resolve(config, manager.get_registry()).config
     assert config.adapter.options()["lora_dim"] == 8
     assert config.adapter.options()["token_length"] == 32  # kept: same adapter name as the recipe
     assert config.train.lr == pytest.approx(1e-4)  # '1e-4' is a string to PyYAML; we coerce it
@@ -41,7 +41,7 @@ def test_plugin_recipe_and_flags_and_overrides(manager) -> None:
 
 def test_switching_component_drops_the_old_options(manager) -> None:
     config = build_config("rein/synthetic", components={"adapter": "frozen"}, recipe_dirs=manager.recipe_dirs())
-    assert resolve(config, manager.get_registry()).adapter.options() == {}
+    assert resolve(config, manager.get_registry()).config.adapter.options() == {}
 
 
 def test_bad_option_key_is_named(manager) -> None:
@@ -124,4 +124,41 @@ def test_resolved_options_validate_again_for_every_component(manager) -> None:
 def test_resolution_is_idempotent(manager, recipe: str) -> None:
     registry = manager.get_registry()
     once = resolve(build_config(recipe, recipe_dirs=manager.recipe_dirs()), registry)
-    assert resolve(build_config(base=once.to_dict()), registry) == once
+    again = resolve(build_config(base=once.config.to_dict()), registry)
+    assert again.config == once.config
+    assert [item.options for item in again.components()] == [item.options for item in once.components()]
+
+
+def test_resolved_run_carries_validated_options_objects(manager) -> None:
+    from vltk.resolved import ResolvedRun
+
+    config = build_config("rein/synthetic", overrides=["adapter.lora_dim=8"], recipe_dirs=manager.recipe_dirs())
+    run = resolve(config, manager.get_registry())
+    assert isinstance(run, ResolvedRun) and resolve(run, manager.get_registry()) is run
+    assert run.adapter.name == "rein" and run.adapter.options.lora_dim == 8  # the object factories get
+    assert run.adapter.section == "adapter" and run.adapter.spec.plugin == "rein"
+    assert run.config.adapter.options()["lora_dim"] == 8  # and the YAML side, every default written back
+    with pytest.raises(AttributeError):
+        run.adapter = run.decoder  # type: ignore[misc]
+    moved = run.with_settings(output="runs/elsewhere", seed=3)
+    assert (moved.config.output, moved.config.seed, moved.adapter) == ("runs/elsewhere", 3, run.adapter)
+    with pytest.raises(ValueError, match="component sections"):
+        run.with_settings(adapter={"name": "frozen"})
+
+
+def test_sections_a_recipe_leaves_out_come_from_the_default_recipe(manager, tmp_path) -> None:
+    recipe = tmp_path / "mini.yaml"
+    recipe.write_text("backbone: {name: clip-vit, variant: tiny}\ndecoder: fpn\n")
+    config = build_config(str(recipe))
+    default = build_config(recipe_dirs=manager.recipe_dirs())
+    assert config.adapter == default.adapter and config.dataset == default.dataset
+    assert config.backbone.name == "clip-vit"
+
+
+def test_task_defaults_are_data(manager) -> None:
+    detection = build_config(components={"task": "detection"}, recipe_dirs=manager.recipe_dirs())
+    assert (detection.dataset.name, detection.prompter.name) == ("synthetic-det", "clip-template")
+    named = build_config(
+        components={"task": "detection"}, overrides=["dataset=synthetic"], recipe_dirs=manager.recipe_dirs()
+    )
+    assert named.dataset.name == "synthetic"  # named on the command line: kept

@@ -93,8 +93,8 @@ def test_a_few_training_steps_lower_the_loss(adapter: str) -> None:
     overrides = ["adapter.token_length=8"] if adapter == "rein" else []
     config = _config(*overrides, adapter=adapter)
     model = build_model(config).train()
-    from vltk.engine.trainer import collate
     from vltk.pipeline import build_data_source
+    from vltk.tasks.segmentation import collate_segmentation as collate
 
     source = build_data_source(config)
     batch = collate([source.split("train", "synthetic")[i] for i in range(4)])

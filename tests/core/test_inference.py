@@ -95,9 +95,10 @@ def test_bad_windows_are_rejected() -> None:
 
 def test_evaluate_uses_the_eval_mode() -> None:
     from vltk.config import build_config
-    from vltk.engine.trainer import evaluate
+    from vltk.engine.evaluation import evaluate
     from vltk.pipeline import build_data_source, build_model
     from vltk.plugins import get_plugin_manager
+    from vltk.tasks import get_task
 
     base = ["dataset.size=64", "dataset.num_train=2", "dataset.num_val=2", "dataset.domains=[synthetic]"]
     recipe_dirs = get_plugin_manager().recipe_dirs()
@@ -108,7 +109,8 @@ def test_evaluate_uses_the_eval_mode() -> None:
     model = build_model(whole)
     source = build_data_source(whole)
     device = torch.device("cpu")
-    reference = evaluate(model, source, whole, device)["domains"]["synthetic"]
-    assert evaluate(model, source, covering, device)["domains"]["synthetic"] == reference
-    windowed = evaluate(model, source, small, device)["domains"]["synthetic"]
+    task = get_task("segmentation")
+    reference = evaluate(model, source, task, whole.eval, device)["domains"]["synthetic"]
+    assert evaluate(model, source, task, covering.eval, device)["domains"]["synthetic"] == reference
+    windowed = evaluate(model, source, task, small.eval, device)["domains"]["synthetic"]
     assert windowed["images"] == 2 and windowed["iou"] != reference["iou"]  # 9 windows of 32: other predictions

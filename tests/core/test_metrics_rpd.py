@@ -50,9 +50,10 @@ def test_domain_table_shows_rpd() -> None:
 
 def test_evaluate_reports_rpd_for_targets_only() -> None:
     from vltk.config import build_config
-    from vltk.engine.trainer import evaluate
+    from vltk.engine.evaluation import evaluate
     from vltk.pipeline import build_data_source, build_model
     from vltk.plugins import get_plugin_manager
+    from vltk.tasks import get_task
 
     config = build_config(
         overrides=["dataset.size=64", "dataset.num_train=2", "dataset.num_val=2", "dataset.domains=[synthetic,fog]"],
@@ -61,7 +62,7 @@ def test_evaluate_reports_rpd_for_targets_only() -> None:
     torch.manual_seed(0)
     source = build_data_source(config)
     model = build_model(config)
-    results = evaluate(model, source, config, torch.device("cpu"))
+    results = evaluate(model, source, get_task("segmentation"), config.eval, torch.device("cpu"))
     domains, summary = results["domains"], results["summary"]
     assert "rpd" not in domains["synthetic"]
     expected = relative_drop(domains["synthetic"]["miou"], domains["fog"]["miou"])

@@ -62,7 +62,7 @@ def _untrained(output: Path, recipe: str, *overrides: str, **components: str) ->
     config = _config(recipe, overrides, components)
     torch.manual_seed(0)
     model = build_model(config)
-    state = {"model": model.state_dict(), "config": config.to_dict(), "class_names": list(model.class_names)}
+    state = {"model": model.state_dict(), "config": config.config.to_dict(), "class_names": list(model.class_names)}
     return save_atomic(state, output / "model.pt")
 
 

@@ -8,6 +8,7 @@ import pytest
 from pydantic import Field
 
 from vltk import hookimpl
+from vltk.context import BuildContext
 from vltk.errors import UserError
 from vltk.options import Options
 from vltk.plugins import PluginLoadError, VltkPluginManager
@@ -21,7 +22,7 @@ class _Opts(Options):
 def _plugin(name: str, adapter: str = "demo") -> types.SimpleNamespace:
     @hookimpl
     def vltk_register_adapters(register):
-        register(adapter, lambda options, **context: ("built", options, context), options=_Opts, summary=name)
+        register(adapter, lambda options, context: ("built", options, context), options=_Opts, summary=name)
 
     return types.SimpleNamespace(vltk_register_adapters=vltk_register_adapters)
 
@@ -73,8 +74,11 @@ def test_lookup_suggests_the_closest_name_and_builds_with_validated_options() ->
     registry = manager.get_registry()
     with pytest.raises(UserError, match="did you mean 'rein'"):
         registry.get("adapter", "reins")
-    built, options, context = registry.get("adapter", "rein").build({"rank": "8"}, embed_dim=3)
-    assert built == "built" and options.rank == 8 and context == {"embed_dim": 3}
+    spec = registry.get("adapter", "rein")
+    built, options, context = spec.build(spec.validate({"rank": "8"}), BuildContext(embed_dim=3))
+    assert built == "built" and options.rank == 8 and context.embed_dim == 3
+    with pytest.raises(TypeError, match="validated"):
+        spec.build({"rank": 8})  # the registry never validates a second time: build takes the options object
     with pytest.raises(UserError, match=r"adapter\.rnak: unknown option; did you mean 'rank'"):
         registry.get("adapter", "rein").validate({"rnak": 8})
 

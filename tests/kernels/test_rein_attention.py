@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vltk.context import BuildContext
 from vltk_kernels import rein_attention, use_backend
 from vltk_kernels.rein_attention import rein_attention_reference
 
@@ -63,7 +64,9 @@ def test_rein_adapter_runs_the_kernel_under_auto() -> None:
     from vltk_plugins.rein.adapter import build_rein
 
     torch.manual_seed(0)
-    rein = build_rein({"token_length": 7, "lora_dim": 4, "query_dims": 8}, embed_dim=24, num_layers=2, patch_size=4)
+    rein = build_rein(
+        {"token_length": 7, "lora_dim": 4, "query_dims": 8}, BuildContext(embed_dim=24, num_layers=2, patch_size=4)
+    )
     x = torch.randn(2, 1 + 9, 24)
     with use_backend("auto"):
         fused = rein(x, 1)

@@ -163,12 +163,19 @@ def predict_images(
 
     paths = collect_images([str(path) for path in images])
     check_images(paths)
-    state, config = load_checkpoint_config(checkpoint, (), backbone_weights)
+    from vltk.tasks import get_task
+
+    state, run = load_checkpoint_config(checkpoint, (), backbone_weights)
     trained = list(state.get("class_names") or [])
     if not trained:
         raise UserError(f"checkpoint '{checkpoint}' records no class names; it was not written by `vltk train`")
-    model = build_checkpoint_model(state, config, trained, 255)
-    target = pick_device(device or config.device)
+    if not get_task(run.task).predicts_label_maps:
+        raise UserError(
+            f"checkpoint '{checkpoint}' is a {run.task} model; vltk predict writes label maps of segmentation "
+            "models (evaluate it with `vltk eval --checkpoint ...`)"
+        )
+    model = build_checkpoint_model(state, run, trained, 255)
+    target = pick_device(device or run.config.device)
     model = model.to(target)
     predict = model.predict
     names = trained
@@ -180,7 +187,7 @@ def predict_images(
     if len(names) > 65535:
         raise UserError(f"{len(names)} labels do not fit a 16-bit label PNG (at most 65535)")
     dtype = np.uint8 if len(names) <= 256 else np.uint16
-    eval_config = config.eval
+    eval_config = run.config.eval
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, dict[str, str]] = {}

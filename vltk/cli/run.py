@@ -74,19 +74,19 @@ def train_command(
         "dataset": dataset,
         "augmenters": list(augmenters),
     }
-    config = _resolved_config(recipe, components, overrides)
-    out = Path(output or config.output or Path("runs") / (config.recipe or "run").replace("/", "-"))
-    config = config.model_copy(update={"output": str(out)})
+    run = _resolved_config(recipe, components, overrides)
+    out = Path(output or run.config.output or Path("runs") / (run.config.recipe or "run").replace("/", "-"))
+    run = run.with_settings(output=str(out))
     if dry_run:
         from vltk.config import to_yaml
 
-        click.echo(to_yaml(config), nl=False)
+        click.echo(to_yaml(run), nl=False)
         return
     if (out / "last.pt").is_file() and not resume:
         click.echo(f"note: {out} already holds last.pt; starting over (pass --resume to continue it)", err=True)
-    from vltk.engine.detection import make_trainer
+    from vltk.engine.trainer import Trainer
 
-    trainer = make_trainer(config, out, resume=resume, quiet=quiet)
+    trainer = Trainer(run, out, resume=resume, quiet=quiet)
     try:
         trainer.fit()
     except KeyboardInterrupt:
@@ -102,7 +102,7 @@ def train_command(
 def load_checkpoint_config(
     checkpoint: str | Path, overrides: tuple[str, ...] | list[str] = (), backbone_weights: str | None = None
 ) -> tuple[dict[str, Any], Any]:
-    """A checkpoint's state and the resolved run config it was trained with (plus ``overrides``).
+    """A checkpoint's state and the resolved run it was trained with (plus ``overrides``).
 
     Shared by ``vltk eval`` and ``vltk predict``. A checkpoint saved without its frozen backbone needs that
     backbone's weights file: the one recorded in its config, or ``backbone_weights``.
@@ -122,16 +122,16 @@ def load_checkpoint_config(
                 f"checkpoint '{checkpoint}' holds no backbone weights (the backbone was frozen) and its "
                 f"pretrained file {pretrained!r} is not available; pass --backbone-weights FILE"
             )
-    config = resolve(build_config(base=state["config"], overrides=extra), get_plugin_manager().get_registry())
-    return state, config
+    run = resolve(build_config(base=state["config"], overrides=extra), get_plugin_manager().get_registry())
+    return state, run
 
 
-def build_checkpoint_model(state: dict[str, Any], config: Any, class_names: list[str], ignore_index: int) -> Any:
-    """The model of ``config`` with the checkpoint's weights loaded (on the CPU, in eval mode)."""
+def build_checkpoint_model(state: dict[str, Any], run: Any, class_names: list[str], ignore_index: int) -> Any:
+    """The model of ``run`` with the checkpoint's weights loaded (on the CPU, in eval mode)."""
     from vltk.engine.trainer import load_model_state
     from vltk.pipeline import build_model
 
-    model = build_model(config, class_names=class_names, ignore_index=ignore_index)
+    model = build_model(run, class_names=class_names, ignore_index=ignore_index)
     load_model_state(model, state)
     return model.eval()
 
@@ -162,24 +162,20 @@ def eval_command(
     """Evaluate a checkpoint on every domain of its dataset: per-domain mIoU, target average and gap."""
     from rich.console import Console
 
-    from vltk.engine.report import domain_table, to_json
-    from vltk.engine.trainer import evaluate, pick_device
+    from vltk.engine.evaluation import evaluate
+    from vltk.engine.report import to_json
+    from vltk.engine.trainer import pick_device
     from vltk.pipeline import build_data_source
+    from vltk.tasks import get_task
 
-    state, config = load_checkpoint_config(checkpoint, overrides, backbone_weights)
-    source = build_data_source(config)
+    state, run = load_checkpoint_config(checkpoint, overrides, backbone_weights)
+    source = build_data_source(run)
     if list(source.classes) != list(state.get("class_names", source.classes)):
         raise UserError("the dataset's classes differ from the checkpoint's; evaluate on the dataset it was trained on")
-    device = pick_device(config.device)
-    model = build_checkpoint_model(state, config, list(source.classes), source.ignore_index)
-    table = domain_table
-    if config.task == "detection":
-        from vltk.engine.detection import detection_table, evaluate_detection
-
-        results = evaluate_detection(model.to(device), source, config, device)
-        table = detection_table
-    else:
-        results = evaluate(model.to(device), source, config, device)
+    device = pick_device(run.config.device)
+    task = get_task(run.task)
+    model = build_checkpoint_model(state, run, list(source.classes), source.ignore_index)
+    results = evaluate(model.to(device), source, task, run.config.eval, device)
     results["checkpoint"] = str(checkpoint)
     out = Path(output) if output else Path(checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -187,4 +183,4 @@ def eval_command(
     if as_json:
         click.echo(to_json(results))
     else:
-        Console().print(table(results, source.train_domains, title=f"eval {checkpoint}"))
+        Console().print(task.result_table(results, source.train_domains, title=f"eval {checkpoint}"))

@@ -67,34 +67,37 @@ def _number(value: float | None) -> str:
 
 def plot_history(history: dict[str, Any], path: str | Path, train_domains: Sequence[str]) -> Path:
     """Training loss (left) and per-domain mIoU over iterations (right) as one PNG."""
+    return plot_curves(history, path, train_domains, score_key="miou", score_label="mIoU")
+
+
+def plot_curves(
+    history: dict[str, Any], path: str | Path, train_domains: Sequence[str], *, score_key: str, score_label: str
+) -> Path:
+    """Training loss (left) and the per-domain score ``score_key`` (mIoU, AP50...) with the target average over
+    iterations (right) as one PNG: the curves every task draws, whatever its metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (loss_axis, miou_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [entry["iter"] for entry in history["train"]]
     losses = [entry["loss"] for entry in history["train"]]
     loss_axis.plot(steps, losses, color="tab:blue", linewidth=1)
-    loss_axis.set_xlabel("iteration")
-    loss_axis.set_ylabel("training loss")
-    loss_axis.set_title("loss")
+    loss_axis.set(xlabel="iteration", ylabel="training loss", title="loss")
     loss_axis.grid(alpha=0.3)
     evals = history["eval"]
     if evals:
         eval_steps = [entry["iter"] for entry in evals]
         for domain in evals[-1]["domains"]:
-            values = [100 * entry["domains"][domain]["miou"] for entry in evals]
+            values = [100 * (entry["domains"][domain][score_key] or 0.0) for entry in evals]
             style = "-" if domain in train_domains else "--"
-            miou_axis.plot(eval_steps, values, style, marker="o", label=domain)
-        miou_axis.plot(
-            eval_steps, [100 * e["summary"]["target_avg"] for e in evals], "k-", linewidth=2, label="target avg"
-        )
-        miou_axis.legend(fontsize=8)
-    miou_axis.set_xlabel("iteration")
-    miou_axis.set_ylabel("mIoU (%)")
-    miou_axis.set_title("mIoU per domain (solid: source)")
-    miou_axis.grid(alpha=0.3)
+            score_axis.plot(eval_steps, values, style, marker="o", label=domain)
+        averages = [100 * (entry["summary"]["target_avg"] or 0.0) for entry in evals]
+        score_axis.plot(eval_steps, averages, "k-", linewidth=2, label="target avg")
+        score_axis.legend(fontsize=8)
+    score_axis.set(xlabel="iteration", ylabel=f"{score_label} (%)", title=f"{score_label} per domain (solid: source)")
+    score_axis.grid(alpha=0.3)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=100)

@@ -8,7 +8,6 @@ end, ``best.pt`` when the target-domain mIoU improves, ``metrics.json`` (history
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import time
@@ -19,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from vltk.config import RunConfig, to_yaml
 from vltk.engine.checkpoint import load_checkpoint, model_state_for_checkpoint, save_atomic
-from vltk.engine.metrics import ConfusionMatrix, nanmean, relative_drops, summarise_domains
-from vltk.engine.report import domain_table, plot_history, to_json, write_overlay
+from vltk.engine.report import to_json
 from vltk.errors import UserError
+from vltk.resolved import ResolvedRun
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 NO_DECAY_NAME_PARTS = (
@@ -72,13 +71,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """uint8 images -> float [0, 1]; labels stacked as int64."""
-    images = torch.stack([item["image"] for item in items]).float().div_(255.0)
-    labels = torch.stack([item["label"] for item in items]).long()
-    return {"image": images, "label": labels, "domain": [item["domain"] for item in items]}
 
 
 def build_param_groups(model: nn.Module, config: RunConfig) -> list[dict[str, Any]]:
@@ -149,8 +141,8 @@ def infinite_batches(
     batch_size: int,
     seed: int,
     num_workers: int,
+    collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]],
     start_epoch: int = 0,
-    collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate,
 ) -> Iterator[dict[str, Any]]:
     """Endless shuffled batches; epoch ``e`` is shuffled with seed ``(seed, e)`` so resuming replays the order."""
     epoch = start_epoch
@@ -174,17 +166,23 @@ def infinite_batches(
 
 
 class Trainer:
-    """Owns a run folder: builds data and model, trains, evaluates, writes everything a run leaves behind."""
+    """Owns a run folder: builds data and model, trains, evaluates, writes everything a run leaves behind.
 
-    #: How training batches are put together (the detection trainer keeps images as a list).
-    collate_fn = staticmethod(collate)
+    Task-agnostic: batching, losses, the per-domain metric, the selection score and the report are the run's
+    :class:`~vltk.tasks.base.Task`'s; the loop, schedule, checkpoints and resume are the same for every task.
+    """
 
-    def __init__(self, config: RunConfig, output: Path, *, resume: bool = False, quiet: bool = False) -> None:
+    def __init__(self, run: ResolvedRun, output: Path, *, resume: bool = False, quiet: bool = False) -> None:
         from rich.console import Console
 
         from vltk.pipeline import build_data_source, build_model
+        from vltk.tasks import get_task
 
+        config = run.config
+        self.run = run
         self.config = config
+        self.task = get_task(run.task)
+        self.collate_fn = self.task.collate
         self.output = Path(output)
         self.quiet = quiet
         self.console = Console(stderr=True)
@@ -194,10 +192,10 @@ class Trainer:
         (self.output / "environment.json").write_text(to_json(environment()))
         seed_everything(config.seed)
         self.device = pick_device(config.device)
-        self.source = build_data_source(config)
-        self.model = build_model(
-            config, class_names=list(self.source.classes), ignore_index=self.source.ignore_index
-        ).to(self.device)
+        self.source = build_data_source(run)
+        self.model = build_model(run, class_names=list(self.source.classes), ignore_index=self.source.ignore_index).to(
+            self.device
+        )
         self.optimizer = build_optimizer(self.model, config)
         self.step = 0
         self.history: dict[str, Any] = {"train": [], "eval": []}
@@ -258,8 +256,8 @@ class Trainer:
             train.batch_size,
             config.seed,
             train.num_workers,
+            self.collate_fn,
             start_epoch=self.step // steps_per_epoch,
-            collate_fn=self.collate_fn,
         )
         for _ in range(self.step % steps_per_epoch):
             next(batches)
@@ -302,10 +300,8 @@ class Trainer:
         if not pending:
             return
         train = self.config.train
-        batches = infinite_batches(
-            dataset, train.batch_size, self.config.seed + 1, train.num_workers, collate_fn=self.collate_fn
-        )
-        images = (batch["images"] if "images" in batch else batch["image"] for batch in batches)
+        batches = infinite_batches(dataset, train.batch_size, self.config.seed + 1, train.num_workers, self.collate_fn)
+        images = (self.task.batch_images(batch) for batch in batches)
         log = None if self.quiet else self.console.print
         for augmenter in pending:
             name = type(augmenter).__name__
@@ -319,8 +315,8 @@ class Trainer:
                 log(f"fit phase of {name} done in {summary['seconds']:.1f}s")
 
     def _batch_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The model's loss terms for one collated batch (``"loss"`` is the total)."""
-        return self.model.loss(batch["image"].to(self.device), batch["label"].to(self.device))
+        """The model's loss terms for one collated batch (``"loss"`` is the total), as the task computes them."""
+        return self.task.batch_losses(self.model, batch, self.device)
 
     def _train_step(self, batch: dict[str, Any], trainable: list[nn.Parameter]) -> dict[str, float]:
         """One optimisation step at the current schedule position; returns the logged loss terms."""
@@ -346,27 +342,12 @@ class Trainer:
             **{name: float(value.detach()) for name, value in losses.items()},
         }
 
-    #: key under which metrics.json records the best selection score (see :meth:`_selection_score`)
-    best_key = "best_target_miou"
-
     def _run_evaluation(self, overlays: bool) -> dict[str, Any]:
         """Per-domain results of the current model (the task decides what is measured)."""
-        return evaluate(
-            self.model,
-            self.source,
-            self.config,
-            self.device,
-            overlay_dir=self.output / "overlays" if overlays else None,
-        )
+        from vltk.engine.evaluation import evaluate
 
-    def _selection_score(self, results: dict[str, Any]) -> float:
-        """best.pt follows the target-domain average (the DG number), the source when there is no target."""
-        score = results["summary"]["target_avg"]
-        return results["summary"]["source"] if math.isnan(score) else score
-
-    def _progress_message(self, results: dict[str, Any]) -> str:
-        summary = results["summary"]
-        return f"iter {self.step}: target mIoU {100 * summary['target_avg']:.1f}, rPD {summary['rpd_avg']:.1f}%"
+        overlay_dir = self.output / "overlays" if overlays else None
+        return evaluate(self.model, self.source, self.task, self.config.eval, self.device, overlay_dir=overlay_dir)
 
     def _evaluate_and_record(self, progress: _Progress | None, overlays: bool = False) -> dict[str, Any]:
         if progress is not None:
@@ -375,29 +356,25 @@ class Trainer:
         results["iter"] = self.step
         if not self.history["eval"] or self.history["eval"][-1]["iter"] != self.step:
             self.history["eval"].append(results)
-        score = self._selection_score(results)
+        score = self.task.selection_score(results)
         if self.best is None or score > self.best:
             self.best = score
             save_atomic(self._state(), self.output / "best.pt")
         if progress is not None:
-            progress.note(self._progress_message(results))
+            progress.note(self.task.progress_message(self.step, results))
         return results
-
-    def _plot_and_table(self, results: dict[str, Any]) -> Any:
-        """Write curves.png and return the rich table printed at the end of a run."""
-        plot_history(self.history, self.output / "curves.png", self.source.train_domains)
-        return domain_table(results, self.source.train_domains)
 
     def _write_reports(self, results: dict[str, Any]) -> None:
         metrics = {
             "final": results,
-            self.best_key: self.best,
+            self.task.best_key: self.best,
             "history": self.history,
             "train_domains": list(self.source.train_domains),
             "recipe": self.config.recipe,
         }
         (self.output / "metrics.json").write_text(to_json(metrics))
-        self.stdout.print(self._plot_and_table(results))
+        self.task.plot_history(self.history, self.output / "curves.png", self.source.train_domains)
+        self.stdout.print(self.task.result_table(results, self.source.train_domains))
 
 
 def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:
@@ -412,58 +389,6 @@ def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:
             f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
         )
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, source: Any, config: RunConfig, device: torch.device, overlay_dir: Path | None = None
-) -> dict[str, Any]:
-    """mIoU (and pixel accuracy, per-class IoU) for every domain of the data source, plus the DG summary.
-
-    Target domains also get ``rpd`` (relative performance drop vs the source mIoU, percent) and the summary
-    ``rpd_avg``; ``config.eval.mode`` picks whole-image or sliding-window inference.
-    """
-    from vltk.models.inference import inference_from_config
-
-    model.eval()
-    domains: dict[str, Any] = {}
-    for domain in source.domains:
-        dataset = source.split("val", domain)
-        if config.eval.max_images is not None and len(dataset) > config.eval.max_images:
-            dataset = Subset(dataset, range(config.eval.max_images))
-        loader = DataLoader(dataset, batch_size=config.eval.batch_size, collate_fn=collate)
-        matrix = ConfusionMatrix(len(source.classes), source.ignore_index)
-        written = 0
-        for batch in loader:
-            prediction = inference_from_config(model, batch["image"].to(device), config.eval).argmax(1).cpu()
-            matrix.update(prediction, batch["label"])
-            if overlay_dir is not None and written < config.eval.overlays:
-                overlay_dir.mkdir(parents=True, exist_ok=True)
-                for i in range(min(config.eval.overlays - written, prediction.shape[0])):
-                    image = (batch["image"][i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-                    write_overlay(
-                        overlay_dir / f"{domain}_{written}.png",
-                        image,
-                        batch["label"][i].numpy(),
-                        prediction[i].numpy(),
-                        source.palette,
-                        source.ignore_index,
-                    )
-                    written += 1
-        iou = matrix.iou()
-        domains[domain] = {
-            "miou": matrix.miou(),
-            "accuracy": matrix.accuracy(),
-            "iou": dict(zip(source.classes, iou, strict=True)),
-            "images": len(dataset),
-        }
-    miou = {domain: entry["miou"] for domain, entry in domains.items()}
-    summary = summarise_domains(miou, source.train_domains)
-    drops = relative_drops(miou, source.train_domains)  # rPD (percent) of every target domain
-    for domain, drop in drops.items():
-        domains[domain]["rpd"] = drop
-    summary["rpd_avg"] = nanmean(drops.values())
-    return {"domains": domains, "summary": summary}
 
 
 class _Progress:

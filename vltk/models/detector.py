@@ -20,13 +20,12 @@ Images are float tensors in [0, 1]; targets are dicts with ``boxes [N, 4]`` (xyx
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from vltk.errors import UserError
-from vltk.interfaces import Adapter, Augmenter, Backbone
+from vltk.interfaces import Adapter, Augmenter, Backbone, DetectionDecoder, require_split_backbone
 
 
 class Detector(nn.Module):
@@ -38,7 +37,7 @@ class Detector(nn.Module):
         self,
         backbone: Backbone,
         adapter: Adapter,
-        decoder: nn.Module,
+        decoder: DetectionDecoder,
         *,
         prompter: nn.Module | None = None,
         augmenters: Sequence[Augmenter] = (),
@@ -46,12 +45,7 @@ class Detector(nn.Module):
         size_divisor: int = 32,
     ) -> None:
         super().__init__()
-        missing = [name for name in ("stage_a", "stage_b", "pool") if not callable(getattr(backbone, name, None))]
-        if missing:
-            raise UserError(
-                f"detection needs a backbone split into stage_a/stage_b/pool (e.g. clip-resnet); "
-                f"{type(backbone).__name__} has no {', '.join(missing)}"
-            )
+        require_split_backbone(backbone, needed_by="a detector")
         self.backbone = backbone
         self.adapter = adapter
         self.decoder = decoder
@@ -159,13 +153,4 @@ class Detector(nn.Module):
                 yield name, parameter
 
 
-def detector_facts(backbone: Any) -> dict[str, Any]:
-    """What the pipeline hands detection components about a split backbone."""
-    return {
-        "channels_a": getattr(backbone, "channels_a", None),
-        "channels_b": getattr(backbone, "channels_b", None),
-        "stride_a": getattr(backbone, "stride_a", None),
-    }
-
-
-__all__ = ["Detector", "detector_facts"]
+__all__ = ["Detector"]

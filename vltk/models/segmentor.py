@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from vltk.errors import UserError
 from vltk.interfaces import Adapter, Augmenter, Backbone, Decoder
-from vltk.models.text_guidance import concat_score_map, pixel_text_loss, score_map
+from vltk.models.text_guidance import concat_score_map, pixel_text_loss
 
 
 class DensePredictor(nn.Module):
@@ -135,7 +135,7 @@ class DensePredictor(nn.Module):
             text = prompter((global_embedding, dense))
         else:
             text = prompter()
-        return features, text, score_map(dense, text)
+        return features, text, prompter.score_map(dense, text)
 
     def set_class_names(self, names: Sequence[str]) -> None:
         """Swap the label set of the prompter (open vocabulary; learned context is kept), e.g. for

@@ -1,11 +1,13 @@
-"""Text guidance as paper-agnostic parts: the pixel-text score map, its concatenation to a pyramid level, and the
+"""Text guidance as paper-agnostic parts: the concatenation of the pixel-text score map to a pyramid level and the
 auxiliary pixel-text loss (DenseCLIP, Rao et al. 2022, §3.3-3.4; notes: shared/papers/denseclip_lseg_vltseg.md §A.2,
 §A.6).
 
-Any decoder gets these without changes: :class:`~vltk.models.DensePredictor` appends the K-channel score map to one
-level and the pipeline widens that level's entry of the decoders' ``in_channels`` by K; the loss is added beside the
-decoder's own. The score map is a cosine similarity in [-1, 1] (no temperature before concatenation, as DenseCLIP's
-segmentation code); the loss and open-vocabulary logits divide it by τ.
+The score map itself is the prompter's (:meth:`vltk.interfaces.Prompter.score_map`): computing it calls a fused op,
+and the core never imports the kernels. Any decoder gets text guidance without changes:
+:class:`~vltk.models.DensePredictor` appends the K-channel score map to one level and the pipeline widens that
+level's entry of the decoders' ``in_channels`` by K; the loss is added beside the decoder's own. The score map is a
+cosine similarity in [-1, 1] (no temperature before concatenation, as DenseCLIP's segmentation code); the loss and
+open-vocabulary logits divide it by τ.
 """
 
 from __future__ import annotations
@@ -17,13 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vltk.models.losses import logits_at_label_size
-from vltk_kernels import pixel_text_similarity
-
-
-def score_map(dense: Tensor, text: Tensor) -> Tensor:
-    """Cosine similarity of dense image embeddings ``[B, D, h, w]`` with text ``[K, D]`` / ``[B, K, D]``:
-    ``[B, K, h, w]``."""
-    return pixel_text_similarity(dense, text.to(dense.dtype))
 
 
 def concat_score_map(levels: Sequence[Tensor], scores: Tensor, index: int) -> list[Tensor]:
@@ -56,4 +51,4 @@ def widen_in_channels(in_channels: Sequence[int], index: int | None, num_classes
     return widths
 
 
-__all__ = ["concat_score_map", "pixel_text_loss", "score_map", "widen_in_channels"]
+__all__ = ["concat_score_map", "pixel_text_loss", "widen_in_channels"]

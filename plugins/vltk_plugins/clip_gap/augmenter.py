@@ -35,19 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vltk.api import Augmenter, UserError, coerce_options
+from vltk.api import Augmenter, BuildContext, UserError, coerce_options, require_split_backbone
 from vltk_plugins.clip_gap.options import ClipGapOptions
-
-_NEEDS = ("stage_a", "stage_b", "pool")
-
-
-def _check_split_backbone(backbone: Any) -> None:
-    missing = [name for name in _NEEDS if not callable(getattr(backbone, name, None))]
-    if missing:
-        raise UserError(
-            f"clip-gap needs a backbone split into stage_a/stage_b/pool (e.g. clip-resnet); "
-            f"{type(backbone).__name__} has no {', '.join(missing)}"
-        )
 
 
 def _encode_text(model: nn.Module, backbone: Any, texts: Sequence[str]) -> Tensor:
@@ -213,7 +202,7 @@ class ClipGapAugmenter(Augmenter):
         Backbone and prompter stay untouched: they run in eval mode with gradients off; only ``A`` is updated.
         """
         backbone = getattr(model, "backbone", model)
-        _check_split_backbone(backbone)
+        require_split_backbone(backbone, needed_by="augmenter 'clip-gap'")
         steps = self.options.fit_steps if steps is None else int(steps)
         device = torch.device(device) if device is not None else self.offsets.device
         directions = self.text_directions(model, backbone).to(device)
@@ -263,19 +252,17 @@ class ClipGapAugmenter(Augmenter):
         return f"offsets={tuple(self.offsets.shape)}, probability={self.options.probability}, fitted={self.is_fitted}"
 
 
-def build_clip_gap(options: ClipGapOptions | dict[str, Any] | None = None, **context: Any) -> ClipGapAugmenter:
-    """Factory of the ``clip-gap`` augmenter. Channels and stride come from the backbone (``channels_a``,
-    ``stride_a``) when the pipeline passes it, else from ``options.channels`` (stride 16)."""
+def build_clip_gap(options: ClipGapOptions | dict[str, Any] | None, context: BuildContext) -> ClipGapAugmenter:
+    """Factory of the ``clip-gap`` augmenter. Channels and stride of the stage-a map come from the build context
+    (``channels_a``, ``stride_a`` of a split backbone), else from ``options.channels`` (stride 16)."""
     options = coerce_options(options, ClipGapOptions, "clip-gap")
-    backbone = context.get("backbone")
-    channels = options.channels or getattr(backbone, "channels_a", None) or context.get("channels_a")
+    channels = options.channels or context.channels_a
     if channels is None:
         raise UserError(
             "clip-gap needs the width of the stage-a feature map: use a backbone with channels_a (clip-resnet) "
             "or set augmenter channels"
         )
-    stride = int(getattr(backbone, "stride_a", None) or context.get("stride_a") or 16)
-    return ClipGapAugmenter(options, channels=int(channels), stride=stride)
+    return ClipGapAugmenter(options, channels=int(channels), stride=context.stride_a or 16)
 
 
 __all__ = ["ClipGapAugmenter", "build_clip_gap"]

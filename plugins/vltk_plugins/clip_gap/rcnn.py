@@ -35,7 +35,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import roi_align
 
-from vltk.api import UserError, coerce_options
+from vltk.api import BuildContext, DetectionDecoder, UserError, coerce_options
 from vltk_plugins.clip_gap.options import ClipFasterRCNNOptions
 
 
@@ -85,10 +85,8 @@ class TextClassifier(nn.Module):
         return torch.cat([background, logits], dim=1)
 
 
-class ClipFasterRCNN(nn.Module):
+class ClipFasterRCNN(DetectionDecoder):
     """RPN + text-classified RoI head over a split backbone (``stage_b``, ``pool`` given to :meth:`forward`)."""
-
-    task = "detection"
 
     def __init__(
         self, options: ClipFasterRCNNOptions, *, num_classes: int, in_channels: int, box_channels: int, text_dim: int
@@ -221,40 +219,28 @@ class ClipFasterRCNN(nn.Module):
 
 
 def build_clip_faster_rcnn(
-    options: ClipFasterRCNNOptions | dict[str, Any] | None = None, **context: Any
+    options: ClipFasterRCNNOptions | dict[str, Any] | None, context: BuildContext
 ) -> ClipFasterRCNN:
-    """Factory of the ``clip-faster-rcnn`` decoder. Needs ``num_classes`` and the backbone (or ``channels_a``,
-    ``channels_b`` and ``text_dim``) from the pipeline context."""
+    """Factory of the ``clip-faster-rcnn`` decoder: ``num_classes``, ``text_dim`` and the split facts
+    ``channels_a``/``channels_b``/``stride_a`` (of a backbone split into stage_a/stage_b/pool) from the context.
+    The pipeline has already checked that this is a detection run on a split backbone."""
     options = coerce_options(options, ClipFasterRCNNOptions, "clip-faster-rcnn")
-    if context.get("task", "detection") != "detection":
-        raise UserError("clip-faster-rcnn is a detection decoder: set task=detection (vltk train --task detection)")
-    backbone = context.get("backbone")
-
-    def fact(name: str) -> int:
-        value = getattr(backbone, name, None) if backbone is not None else None
-        value = value if value is not None else context.get(name)
-        if value is None:
-            raise UserError(
-                "clip-faster-rcnn is a detection decoder: it needs task=detection and a backbone split into "
-                f"stage_a/stage_b/pool (e.g. clip-resnet); no '{name}' was given"
-            )
-        return int(value)
-
-    if backbone is not None and not all(callable(getattr(backbone, n, None)) for n in ("stage_a", "stage_b", "pool")):
-        raise UserError(
-            f"clip-faster-rcnn needs a backbone split into stage_a/stage_b/pool (e.g. clip-resnet), "
-            f"not {type(backbone).__name__}"
-        )
-    if "num_classes" not in context:
-        raise UserError("clip-faster-rcnn needs num_classes")
-    if backbone is not None and int(getattr(backbone, "stride_a", 16)) != 16:
+    context.require(
+        "num_classes",
+        "channels_a",
+        "channels_b",
+        "text_dim",
+        component="decoder 'clip-faster-rcnn'",
+        hint="it needs task=detection and a backbone split into stage_a/stage_b/pool (e.g. clip-resnet)",
+    )
+    if (context.stride_a or 16) != 16:
         raise UserError("clip-faster-rcnn expects a stage-a stride of 16 (the C4 layout)")
     return ClipFasterRCNN(
         options,
-        num_classes=int(context["num_classes"]),
-        in_channels=fact("channels_a"),
-        box_channels=fact("channels_b"),
-        text_dim=fact("text_dim"),
+        num_classes=context.num_classes,
+        in_channels=context.channels_a,
+        box_channels=context.channels_b,
+        text_dim=context.text_dim,
     )
 
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vltk.api import UserError, coerce_options
+from vltk.api import BuildContext, UserError, coerce_options
 from vltk_plugins.denseclip.options import DenseCLIPOptions
-from vltk_plugins.prompters.clip_prompts.model import CoOpPrompter, guidance_kwargs, require_class_names
+from vltk_plugins.prompters.clip_prompts.model import CoOpPrompter, guidance_kwargs, require_text_side
 
 
 class _Attention(nn.Module):
@@ -149,14 +149,13 @@ class DenseCLIPPrompter(CoOpPrompter):
         return text + self.gamma.to(text.dtype) * self.context_decoder(text, memory)
 
 
-def build_denseclip(
-    options: DenseCLIPOptions | Mapping[str, Any] | None = None, *, backbone: Any = None, **context: Any
-) -> DenseCLIPPrompter:
-    """Factory for ``denseclip``; context: ``backbone`` and ``class_names`` (others ignored)."""
+def build_denseclip(options: DenseCLIPOptions | Mapping[str, Any] | None, context: BuildContext) -> DenseCLIPPrompter:
+    """Factory for ``denseclip``; context: ``backbone`` and ``class_names``."""
     opts = coerce_options(options, DenseCLIPOptions, "denseclip")
+    require_text_side(context, "denseclip")
     return DenseCLIPPrompter(
-        backbone,
-        require_class_names(context, "denseclip"),
+        context.backbone,
+        context.class_names,
         n_ctx=opts.n_ctx,
         context_length=opts.context_length,
         init_std=opts.init_std,
@@ -165,7 +164,7 @@ def build_denseclip(
         decoder_heads=opts.decoder_heads,
         dropout=opts.dropout,
         gamma_init=opts.gamma_init,
-        **guidance_kwargs(opts, backbone, context),
+        **guidance_kwargs(opts, context),
     )
 
 

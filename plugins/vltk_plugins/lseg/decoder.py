@@ -27,12 +27,11 @@ share one block, so permuting the labels permutes the outputs and nothing else.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vltk.api import Decoder, UserError, coerce_options, logits_at_label_size
+from vltk.api import BuildContext, Decoder, UserError, coerce_options, logits_at_label_size
 from vltk_kernels import pixel_text_similarity
 from vltk_plugins.lseg.options import TEMPERATURE, LSegOptions
 
@@ -139,12 +138,7 @@ class LSegDecoder(Decoder):
             raise LSegConfigError(f"lseg needs 4 positive pyramid widths (strides 4/8/16/32), got {in_channels}")
         if text_dim <= 0:
             raise LSegConfigError(f"lseg needs a positive text dimension, got {text_dim}")
-        if output_stride not in (2, 4):
-            raise LSegConfigError(f"output_stride must be 2 or 4, got {output_stride}")
-        if not 0 <= num_spatial_blocks <= 2:
-            raise LSegConfigError(f"num_spatial_blocks must be 0, 1 or 2, got {num_spatial_blocks}")
-        if norm not in ("bn", "none"):
-            raise LSegConfigError(f"unknown norm {norm!r}: expected 'bn' or 'none'")
+        # output_stride, num_spatial_blocks and norm are validated once, by LSegOptions (see vltk.config.resolve)
         self.in_channels = in_channels
         self.text_dim = int(text_dim)
         self.output_stride = int(output_stride)
@@ -215,32 +209,23 @@ class LSegDecoder(Decoder):
         )
 
 
-def build_lseg(options: LSegOptions | None = None, **context: Any) -> LSegDecoder:
+def build_lseg(options: LSegOptions | None, context: BuildContext) -> LSegDecoder:
     """Factory registered as decoder ``lseg``.
 
-    Context used: ``in_channels`` (4 widths; default ``[embed_dim] * 4``), ``text_dim`` (required: the width of the
-    backbone's text space, which the prompter's embeddings have), ``ignore_index``. ``num_classes`` is not used: the
-    number of outputs follows the text embeddings.
+    Context used: ``in_channels`` (4 widths), ``text_dim`` (the width of the backbone's text space, which the
+    prompter's embeddings have) and ``ignore_index``. ``num_classes`` is not used: the number of outputs follows
+    the text embeddings.
     """
     options = coerce_options(options, LSegOptions, "lseg")
-    text_dim = context.get("text_dim")
-    if text_dim is None:
+    if context.text_dim is None:
         raise LSegConfigError(
             "decoder 'lseg' needs a vision-language backbone with a text space (text_dim), e.g. --backbone eva02 or "
             "clip-vit; the backbone in this run is vision-only"
         )
-    in_channels = context.get("in_channels")
-    if in_channels is None:
-        embed_dim = context.get("embed_dim")
-        if embed_dim is None:
-            raise LSegConfigError("decoder 'lseg' needs the pyramid widths: pass in_channels=[c4, c8, c16, c32]")
-        in_channels = [int(embed_dim)] * 4
-    elif isinstance(in_channels, int):
-        in_channels = [in_channels] * 4
-    ignore_index = context.get("ignore_index")
+    context.require("in_channels", component="decoder 'lseg'")
     return LSegDecoder(
-        list(in_channels),
-        int(text_dim),
+        list(context.in_channels),
+        context.text_dim,
         width=options.width,
         norm=options.norm,
         output_stride=options.output_stride,
@@ -248,7 +233,7 @@ def build_lseg(options: LSegOptions | None = None, **context: Any) -> LSegDecode
         spatial_block=options.spatial_block,
         activation=options.activation,
         loss_weight=options.loss_weight,
-        ignore_index=255 if ignore_index is None else int(ignore_index),
+        ignore_index=context.ignore_index,
     )
 
 

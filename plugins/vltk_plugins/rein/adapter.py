@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vltk.api import Adapter, coerce_options
+from vltk.api import Adapter, BuildContext, coerce_options
 from vltk_kernels import rein_attention
 from vltk_plugins.rein.options import ReinOptions
 
@@ -178,31 +178,16 @@ class Rein(Adapter):
         )
 
 
-def _positive_int(context: Mapping[str, Any], key: str, component: str) -> int:
-    value = context[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{component}: context '{key}' must be a positive int, got {value!r}")
-    return value
-
-
-def build_rein(options: ReinOptions | Mapping[str, Any] | None = None, **context: Any) -> Rein:
-    """Build Rein from its options and the backbone's facts.
-
-    ``context`` must hold ``embed_dim``, ``num_layers`` and ``patch_size``; ``has_cls_token`` defaults to True.
-    Other keys (``num_classes``, ``text_dim``, ...) are ignored, so the pipeline can pass every fact it has.
-    """
+def build_rein(options: ReinOptions | Mapping[str, Any] | None, context: BuildContext) -> Rein:
+    """Build Rein from its options and the backbone's facts ``embed_dim``, ``num_layers``, ``patch_size`` and
+    ``has_cls_token`` (typed and checked by :class:`~vltk.api.BuildContext`)."""
     options = coerce_options(options, ReinOptions, "rein")
-    missing = [key for key in ("embed_dim", "num_layers", "patch_size") if context.get(key) is None]
-    if missing:
-        raise TypeError(f"rein: missing backbone facts in context: {', '.join(missing)}")
-    has_cls_token = context.get("has_cls_token", True)
-    if not isinstance(has_cls_token, bool):
-        raise TypeError(f"rein: context 'has_cls_token' must be a bool, got {has_cls_token!r}")
+    context.require("embed_dim", "num_layers", "patch_size", component="adapter 'rein'")
     return Rein(
-        embed_dim=_positive_int(context, "embed_dim", "rein"),
-        num_layers=_positive_int(context, "num_layers", "rein"),
-        patch_size=_positive_int(context, "patch_size", "rein"),
-        has_cls_token=has_cls_token,
+        embed_dim=context.embed_dim,
+        num_layers=context.num_layers,
+        patch_size=context.patch_size,
+        has_cls_token=context.has_cls_token,
         **options.model_dump(),
     )
 

@@ -11,6 +11,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from vltk.context import BuildContext
 from vltk.interfaces import Adapter, count_trainable
 from vltk_plugins.adapters.finetune.model import FrozenAdapter, FullAdapter, build_frozen, build_full
 from vltk_plugins.adapters.finetune.options import FrozenOptions, FullOptions
@@ -96,7 +97,7 @@ def _x() -> torch.Tensor:
 def test_frozen_freezes_and_is_identity() -> None:
     torch.manual_seed(0)
     backbone = _TimmLike()
-    adapter = build_frozen(FrozenOptions(), **CONTEXT)
+    adapter = build_frozen(FrozenOptions(), BuildContext(**CONTEXT))
     assert isinstance(adapter, FrozenAdapter) and isinstance(adapter, Adapter)
     assert adapter.freezes_backbone
     assert list(adapter.parameters()) == []
@@ -128,7 +129,7 @@ def test_full_trains_everything() -> None:
     backbone = _TimmLike()
     for p in backbone.blocks[1].parameters():
         p.requires_grad_(False)
-    adapter = build_full(FullOptions(), **CONTEXT)
+    adapter = build_full(FullOptions(), BuildContext(**CONTEXT))
     assert isinstance(adapter, FullAdapter)
     assert not adapter.freezes_backbone
     assert list(adapter.parameters()) == []
@@ -148,7 +149,7 @@ def test_full_without_decay_returns_empty() -> None:
 def test_full_layer_decay_timm_names() -> None:
     decay, depth = 0.65, 3
     backbone = _TimmLike(depth=depth, num_layers=depth)
-    multipliers = build_full(FullOptions(layer_decay=decay), **CONTEXT).backbone_lr_multipliers(backbone)
+    multipliers = build_full(FullOptions(layer_decay=decay), BuildContext(**CONTEXT)).backbone_lr_multipliers(backbone)
     assert multipliers.keys() == dict(backbone.named_parameters()).keys()
     for name in ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"):
         assert multipliers[name] == pytest.approx(decay ** (depth + 1))
@@ -209,7 +210,7 @@ def test_options_validation() -> None:
 
 
 def test_factories_ignore_context_and_check_options_type() -> None:
-    assert build_full({"layer_decay": 0.7}, embed_dim=8, text_dim=None, in_channels=3).layer_decay == 0.7
+    assert build_full({"layer_decay": 0.7}, BuildContext(embed_dim=8, text_dim=None, in_channels=3)).layer_decay == 0.7
     with pytest.raises(TypeError, match="FullOptions"):
         build_full(FrozenOptions())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="FrozenOptions"):

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from torch.nn.utils import parametrize
 
 import vltk
+from vltk.context import BuildContext
 from vltk.errors import UserError
 from vltk.interfaces import count_trainable
 from vltk_plugins.adapters.peft.model import attention_weights, build_lora, build_vpt
@@ -62,10 +63,10 @@ def name(request: pytest.FixtureRequest) -> str:
 # ------------------------------------------------------------------------------------------------------- LoRA
 def test_lora_counts_reproduce_table3() -> None:
     # DINOv2-L 0.79M: rank 8 on q and v (the default)
-    assert count_trainable(build_lora(None, **LARGE)) == 24 * 2 * 8 * (1024 + 1024) == 786_432
+    assert count_trainable(build_lora(None, BuildContext(**LARGE))) == 24 * 2 * 8 * (1024 + 1024) == 786_432
     # EVA02-L 1.18M: rank 8 on q, k and v
-    assert count_trainable(build_lora({"targets": ["q", "k", "v"]}, **LARGE)) == 1_179_648
-    assert count_trainable(build_lora({"rank": 4, "targets": ["proj"]}, **LARGE)) == 24 * 4 * 2048
+    assert count_trainable(build_lora({"targets": ["q", "k", "v"]}, BuildContext(**LARGE))) == 1_179_648
+    assert count_trainable(build_lora({"rank": 4, "targets": ["proj"]}, BuildContext(**LARGE))) == 24 * 4 * 2048
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ def test_lora_on_real_size_models(variant: str, targets: list[str], installed: i
             if variant == "dinov2"
             else build_eva02({"variant": "large", "patch_size": 16})
         )
-        adapter = build_lora({"targets": targets}, **_facts(backbone))
+        adapter = build_lora({"targets": targets}, BuildContext(**_facts(backbone)))
         adapter.setup(backbone)
         features = _forward(backbone, torch.empty(1, 3, 64, 64), (adapter,))
     assert count_trainable(adapter) == {"dinov2": 786_432, "eva02": 1_179_648}[variant]
@@ -90,7 +91,7 @@ def test_lora_on_real_size_models(variant: str, targets: list[str], installed: i
 
 def test_lora_exact_counts_on_tiny_models(name: str) -> None:
     backbone = _backbone(name)
-    adapter = build_lora({"rank": 4, "targets": ["q", "k", "v", "proj"]}, **_facts(backbone))
+    adapter = build_lora({"rank": 4, "targets": ["q", "k", "v", "proj"]}, BuildContext(**_facts(backbone)))
     adapter.setup(backbone)
     width, depth = backbone.embed_dim, backbone.num_layers
     assert count_trainable(adapter) == depth * 4 * 4 * 2 * width
@@ -105,7 +106,7 @@ def test_lora_is_identity_at_init_and_trains_only_its_factors(name: str) -> None
     with torch.no_grad():
         before = _forward(backbone, x)
     frozen = {key: value.clone() for key, value in backbone.state_dict().items()}
-    adapter = build_lora({"targets": ["q", "k", "v", "proj"]}, **_facts(backbone))
+    adapter = build_lora({"targets": ["q", "k", "v", "proj"]}, BuildContext(**_facts(backbone)))
     adapter.setup(backbone)
     with torch.no_grad():
         for a, b in zip(before, _forward(backbone, x, (adapter,)), strict=True):
@@ -133,7 +134,7 @@ def test_lora_is_identity_at_init_and_trains_only_its_factors(name: str) -> None
 def test_lora_fused_rows_follow_targets() -> None:
     backbone = _backbone("dinov2")
     original = backbone.trunk.blocks[1].attn.qkv.weight.detach().clone()
-    adapter = build_lora({"targets": ["v"]}, **_facts(backbone))
+    adapter = build_lora({"targets": ["v"]}, BuildContext(**_facts(backbone)))
     adapter.setup(backbone)
     with torch.no_grad():
         adapter.lora_b["v"].normal_()
@@ -147,7 +148,7 @@ def test_lora_fused_rows_follow_targets() -> None:
 def test_lora_state_dict_merge_and_reload() -> None:
     backbone = _backbone("clip-vit")
     plain = {key: value.clone() for key, value in backbone.state_dict().items()}
-    adapter = build_lora({"targets": ["q", "proj"], "alpha": 16}, **_facts(backbone))
+    adapter = build_lora({"targets": ["q", "proj"], "alpha": 16}, BuildContext(**_facts(backbone)))
     adapter.setup(backbone)
     assert adapter.scaling == 2.0
     backbone.load_state_dict(plain, strict=True)  # the usual layout still loads into the adapted backbone
@@ -166,7 +167,7 @@ def test_lora_state_dict_merge_and_reload() -> None:
 
 def test_lora_dropout_only_in_training() -> None:
     backbone = _backbone("dinov2")
-    adapter = build_lora({"dropout": 0.5}, **_facts(backbone))
+    adapter = build_lora({"dropout": 0.5}, BuildContext(**_facts(backbone)))
     adapter.setup(backbone)
     with torch.no_grad():
         for parameter in adapter.lora_b.values():
@@ -185,9 +186,9 @@ def test_lora_dropout_only_in_training() -> None:
 def test_lora_errors() -> None:
     backbone = _backbone("dinov2")
     with pytest.raises(UserError, match="built for 12 blocks"):
-        build_lora(None, embed_dim=192, num_layers=12).setup(backbone)
+        build_lora(None, BuildContext(embed_dim=192, num_layers=12)).setup(backbone)
     with pytest.raises(UserError, match=r"shape \(576, 192\), expected \(192, 64\)"):
-        build_lora(None, embed_dim=64, num_layers=4).setup(_backbone("dinov2"))
+        build_lora(None, BuildContext(embed_dim=64, num_layers=4)).setup(_backbone("dinov2"))
     with pytest.raises(ValidationError):
         LoRAOptions(targets=[])
     with pytest.raises(ValidationError):
@@ -195,13 +196,13 @@ def test_lora_errors() -> None:
     assert LoRAOptions(targets=["v", "q", "v"]).targets == ["q", "v"]
     with pytest.raises(UserError, match="no attention"):
         attention_weights(torch.nn.Linear(2, 2))
-    with pytest.raises(UserError, match="not one"):
-        build_lora(None, embed_dim=8, num_layers=2, is_vit=False)
+    with pytest.raises(UserError, match="refines the token blocks of a ViT"):  # the pipeline's one fit check
+        vltk.build_model({"backbone": {"name": "clip-resnet", "variant": "tiny"}, "adapter": "lora", "decoder": "fpn"})
 
 
 # -------------------------------------------------------------------------------------------------------- VPT
 def test_vpt_count_and_init_reproduce_table3() -> None:
-    adapter = build_vpt(None, **LARGE)
+    adapter = build_vpt(None, BuildContext(**LARGE))
     assert count_trainable(adapter) == 24 * 150 * 1024 == 3_686_400
     bound = math.sqrt(6.0 / (3 * 16**2 + 1024))
     assert adapter.init_bound == pytest.approx(bound)
@@ -214,7 +215,7 @@ def test_vpt_shapes_gradients_and_frozen_backbone(name: str) -> None:
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         frozen = _forward(backbone, x)
-    adapter = build_vpt({"num_tokens": 5}, **_facts(backbone))
+    adapter = build_vpt({"num_tokens": 5}, BuildContext(**_facts(backbone)))
     adapter.setup(backbone)
     seen: list[tuple[int, ...]] = []
 
@@ -232,7 +233,7 @@ def test_vpt_shapes_gradients_and_frozen_backbone(name: str) -> None:
 
 
 def test_vpt_needs_before_block_and_backbone_checks_removal() -> None:
-    adapter = build_vpt({"num_tokens": 3}, embed_dim=8, num_layers=2, patch_size=4)
+    adapter = build_vpt({"num_tokens": 3}, BuildContext(embed_dim=8, num_layers=2, patch_size=4))
     with pytest.raises(RuntimeError, match="before_block"):
         adapter(torch.zeros(1, 5, 8), 0)
     backbone = _backbone("clip-vit")

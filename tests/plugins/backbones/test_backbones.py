@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 
+from vltk.context import BuildContext
 from vltk.errors import UserError
 from vltk_plugins.backbones.open_clip_vit.model import (
     ClipViTBackbone,
@@ -26,7 +27,7 @@ from vltk_plugins.backbones.open_clip_vit.options import ClipViTOptions, Eva02Op
 def _quiet(build, options, **context):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build(options, **context)
+        return build(options, BuildContext(**context)) if context else build(options)
 
 
 @pytest.fixture(scope="module")

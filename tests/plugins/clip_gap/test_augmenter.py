@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from vltk.context import BuildContext
 from vltk.errors import UserError
 from vltk_plugins.clip_gap.augmenter import ClipGapAugmenter, build_clip_gap
 from vltk_plugins.clip_gap.options import SOURCE_PROMPT, VOC_STYLE_PROMPTS, ClipGapOptions, diverse_weather_prompts
@@ -41,7 +42,7 @@ def test_prompts_reproduce_the_paper() -> None:
     # paper parity defaults
     assert (options.probability, options.fit_steps, options.fit_lr) == (0.5, 1000, 0.01)
     assert (options.crops_per_image, options.crop_size, options.offset_size) == (15, 400, 14)
-    augmenter = build_clip_gap(options, channels_a=1024)
+    augmenter = build_clip_gap(options, BuildContext(channels_a=1024))
     assert augmenter.offsets.shape == (15, 1024, 14, 14) and augmenter.offsets.numel() == 3_010_560
     assert augmenter.stage == "feature" and augmenter.crop_resolution == 224
     with pytest.raises(ValueError, match="empty"):
@@ -49,7 +50,9 @@ def test_prompts_reproduce_the_paper() -> None:
 
 
 def augmenter(channels: int = 8, **options: object) -> ClipGapAugmenter:
-    return build_clip_gap({"target_prompts": ["a", "b", "c"], "offset_size": 4, **options}, channels_a=channels)
+    return build_clip_gap(
+        {"target_prompts": ["a", "b", "c"], "offset_size": 4, **options}, BuildContext(channels_a=channels)
+    )
 
 
 def test_zero_offsets_are_an_identity_and_eval_is_identity() -> None:
@@ -108,7 +111,7 @@ class Holder(nn.Module):
 def test_fit_lowers_l_opt_and_leaves_backbone_and_prompter_untouched(make_backbone) -> None:
     torch.manual_seed(0)
     backbone = make_backbone(trainable=["layer3", "layer4", "attnpool"])
-    prompter = build_clip_template(backbone=backbone, class_names=["car", "person"])
+    prompter = build_clip_template(None, BuildContext.from_backbone(backbone, class_names=["car", "person"]))
     aug = build_clip_gap(
         {
             "target_prompts": PAPER_TARGETS[:4],
@@ -118,7 +121,7 @@ def test_fit_lowers_l_opt_and_leaves_backbone_and_prompter_untouched(make_backbo
             "fit_lr": 0.05,
             "fit_steps": 8,
         },
-        backbone=backbone,
+        BuildContext.from_backbone(backbone),
     )
     assert aug.offsets.shape == (4, backbone.channels_a, 4, 4)
     model = Holder(backbone, prompter, aug).train()
@@ -143,26 +146,28 @@ def test_fit_lowers_l_opt_and_leaves_backbone_and_prompter_untouched(make_backbo
     assert model.training and backbone.training  # modes restored
     assert all(p.grad is None for p in backbone.parameters())
     # the fitted flag is state: a resumed run knows the phase is done
-    fresh = build_clip_gap(aug.options, backbone=backbone)
+    fresh = build_clip_gap(aug.options, BuildContext.from_backbone(backbone))
     fresh.load_state_dict(aug.state_dict())
     assert fresh.is_fitted
 
 
 def test_chunked_passes_give_the_same_objective(backbone) -> None:
-    aug = build_clip_gap({"target_prompts": PAPER_TARGETS[:5], "offset_size": 4}, backbone=backbone)
+    aug = build_clip_gap({"target_prompts": PAPER_TARGETS[:5], "offset_size": 4}, BuildContext.from_backbone(backbone))
     with torch.no_grad():
         aug.offsets.normal_(std=0.5)
     crops = torch.randn(3, 3, 64, 64)
     directions = aug.text_directions(backbone)
     whole = aug.objective(backbone, crops, directions)
-    small = build_clip_gap({**aug.options.model_dump(), "fit_chunk": 4}, backbone=backbone)  # one offset per pass
+    small = build_clip_gap(
+        {**aug.options.model_dump(), "fit_chunk": 4}, BuildContext.from_backbone(backbone)
+    )  # one offset per pass
     small.load_state_dict(aug.state_dict())
     assert len(small._chunks(3)) == 5
     torch.testing.assert_close(small.objective(backbone, crops, directions), whole)
 
 
 def test_segmentation_pyramid_only_the_stage_a_level_moves(backbone) -> None:
-    aug = build_clip_gap({"probability": 1.0, "offset_size": 4}, backbone=backbone).train()
+    aug = build_clip_gap({"probability": 1.0, "offset_size": 4}, BuildContext.from_backbone(backbone)).train()
     with torch.no_grad():
         aug.offsets.normal_()
         levels = backbone.forward_features(torch.randn(1, 3, 64, 64))
@@ -173,7 +178,7 @@ def test_segmentation_pyramid_only_the_stage_a_level_moves(backbone) -> None:
 
 def test_build_errors() -> None:
     with pytest.raises(UserError, match="channels_a"):
-        build_clip_gap({})
+        build_clip_gap({}, BuildContext())
     aug = augmenter()
     with pytest.raises(UserError, match="stage_a"):
         aug.fit(nn.Linear(2, 2), iter([]))

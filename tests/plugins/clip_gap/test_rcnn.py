@@ -7,7 +7,10 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
+import vltk
+from vltk.context import BuildContext
 from vltk.errors import UserError
+from vltk.interfaces import DetectionDecoder
 from vltk.models.detector import Detector
 from vltk_plugins.adapters.finetune.model import build_frozen, build_full
 from vltk_plugins.clip_gap.options import ClipFasterRCNNOptions
@@ -26,7 +29,7 @@ def test_parity_defaults_are_set_explicitly(backbone) -> None:
     assert (options.roi_size, options.sampling_ratio, options.aligned) == (14, 0, True)
     assert (options.logit_scale, options.background) == (100.0, "zero")
     assert options.bbox_reg_weights == (10.0, 10.0, 5.0, 5.0)
-    decoder = build_clip_faster_rcnn(options, backbone=backbone, num_classes=7, text_dim=backbone.text_dim)
+    decoder = build_clip_faster_rcnn(options, BuildContext.from_backbone(backbone, num_classes=7))
     rpn = decoder.rpn
     assert rpn._pre_nms_top_n == {"training": 12000, "testing": 6000} and rpn.smooth_l1_beta == 0.0
     assert rpn.anchor_generator.num_anchors_per_location() == [15]
@@ -49,7 +52,7 @@ def test_background_logit_is_constant_zero() -> None:
 
 
 def test_roi_and_logit_shapes(backbone) -> None:
-    decoder = build_clip_faster_rcnn({}, backbone=backbone, num_classes=K, text_dim=backbone.text_dim).eval()
+    decoder = build_clip_faster_rcnn({}, BuildContext.from_backbone(backbone, num_classes=K)).eval()
     features = torch.randn(2, backbone.channels_a, 6, 8)  # a 96 x 128 image at stride 16
     proposals = [
         torch.tensor([[0.0, 0.0, 40.0, 30.0], [10.0, 5.0, 90.0, 60.0]]),
@@ -66,9 +69,7 @@ def test_roi_and_logit_shapes(backbone) -> None:
         logits, deltas = decoder.box_head(rois, backbone, text)
     assert logits.shape == (3, K + 1) and deltas.shape == (3, 4 * (K + 1))
     assert torch.equal(logits[:, 0], torch.zeros(3))
-    agnostic = build_clip_faster_rcnn(
-        {"class_agnostic_box": True}, backbone=backbone, num_classes=K, text_dim=backbone.text_dim
-    )
+    agnostic = build_clip_faster_rcnn({"class_agnostic_box": True}, BuildContext.from_backbone(backbone, num_classes=K))
     assert agnostic.bbox_pred.out_features == 4
     with torch.no_grad():
         assert agnostic.box_head(rois, backbone, text)[1].shape == (3, 4 * (K + 1))
@@ -77,10 +78,13 @@ def test_roi_and_logit_shapes(backbone) -> None:
 def make_detector(backbone, adapter=None, **decoder_options: object) -> Detector:
     names = ["car", "person", "sign"]
     decoder = build_clip_faster_rcnn(
-        {**SMALL, **decoder_options}, backbone=backbone, num_classes=K, text_dim=backbone.text_dim, task="detection"
+        {**SMALL, **decoder_options},
+        BuildContext.from_backbone(backbone, num_classes=K, text_dim=backbone.text_dim, task="detection"),
     )
-    prompter = build_clip_template(backbone=backbone, class_names=names, templates=["a photo of a {}"])
-    return Detector(backbone, adapter or build_full(), decoder, prompter=prompter, class_names=names)
+    prompter = build_clip_template(
+        {"templates": ["a photo of a {}"]}, BuildContext.from_backbone(backbone, class_names=names)
+    )
+    return Detector(backbone, adapter or build_full(None), decoder, prompter=prompter, class_names=names)
 
 
 def targets() -> list[dict[str, torch.Tensor]]:
@@ -136,21 +140,23 @@ def test_difficult_boxes_are_dropped_from_training_targets(backbone) -> None:
 
 def test_frozen_adapter_keeps_backbone_in_eval(make_backbone) -> None:
     backbone = make_backbone()
-    adapter = build_frozen()
+    adapter = build_frozen(None)
     adapter.setup(backbone)
     model = make_detector(backbone, adapter=adapter).train()
     assert not backbone.training and model.decoder.training
 
 
 def test_errors(backbone) -> None:
-    decoder = build_clip_faster_rcnn(SMALL, backbone=backbone, num_classes=K, text_dim=backbone.text_dim)
+    decoder = build_clip_faster_rcnn(SMALL, BuildContext.from_backbone(backbone, num_classes=K))
     features = torch.randn(1, backbone.channels_a, 4, 4)
     with pytest.raises(UserError, match="text embeddings"):
         decoder.eval()(features, [(64, 64)], backbone=backbone, text_embeddings=torch.randn(K + 1, backbone.text_dim))
-    with pytest.raises(UserError, match="detection decoder"):
-        build_clip_faster_rcnn({}, num_classes=K)  # segmentation-style context: no split facts
-    with pytest.raises(UserError, match="task=detection"):
-        build_clip_faster_rcnn({}, backbone=backbone, num_classes=K, task="segmentation")
+    with pytest.raises(UserError, match="split into stage_a/stage_b/pool"):
+        build_clip_faster_rcnn({}, BuildContext(num_classes=K))  # segmentation-style context: no split facts
+    with pytest.raises(UserError, match="does not predict label maps; task segmentation"):  # the task's one check
+        vltk.build_model(
+            {"backbone": {"name": "clip-resnet", "variant": "tiny"}, "adapter": "full", "decoder": "clip-faster-rcnn"}
+        )
     with pytest.raises(UserError, match="stage_a"):
-        Detector(torch.nn.Linear(2, 2), build_full(), decoder)  # type: ignore[arg-type]
-    assert isinstance(decoder, ClipFasterRCNN) and decoder.task == "detection"
+        Detector(torch.nn.Linear(2, 2), build_full(None), decoder)  # type: ignore[arg-type]
+    assert isinstance(decoder, ClipFasterRCNN) and isinstance(decoder, DetectionDecoder)

@@ -11,6 +11,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from vltk.context import BuildContext
 from vltk.errors import UserError
 from vltk.interfaces import Decoder
 from vltk_plugins.decoders.fpn.model import FPNConfigError, SemanticFPN, build_fpn
@@ -45,14 +46,14 @@ def expected_num_params(in_channels: list[int], num_classes: int, channels: int,
 
 def small(**overrides: object) -> SemanticFPN:
     options = {"channels": 32, "head_channels": 32, **overrides}
-    return build_fpn(FPNOptions(**options), in_channels=[16, 24, 40, 48], num_classes=5)
+    return build_fpn(FPNOptions(**options), BuildContext(in_channels=[16, 24, 40, 48], num_classes=5))
 
 
 def test_is_a_decoder_with_mmseg_defaults() -> None:
     options = FPNOptions()
     assert (options.channels, options.head_channels, options.dropout, options.norm) == (256, 128, 0.1, "bn")
     assert (options.loss_weight, options.class_weight) == (1.0, None)
-    model = build_fpn(options, in_channels=[8] * 4, num_classes=3)
+    model = build_fpn(options, BuildContext(in_channels=[8] * 4, num_classes=3))
     assert isinstance(model, Decoder)
     assert model.ignore_index == 255
     assert isinstance(model.dropout, nn.Dropout2d)
@@ -123,7 +124,9 @@ def test_all_ignored_target_gives_zero_loss_and_zero_gradient_not_nan() -> None:
 
 
 def test_custom_ignore_index_from_context() -> None:
-    model = build_fpn(FPNOptions(channels=32, head_channels=32), in_channels=[8] * 4, num_classes=3, ignore_index=-1)
+    model = build_fpn(
+        FPNOptions(channels=32, head_channels=32), BuildContext(in_channels=[8] * 4, num_classes=3, ignore_index=-1)
+    )
     assert model.ignore_index == -1
     loss = model.loss({"seg_logits": torch.randn(1, 3, 4, 4)}, torch.full((1, 16, 16), -1))["loss"]
     assert loss.item() == 0.0
@@ -160,14 +163,14 @@ def test_gradient_reaches_every_parameter() -> None:
     ],
 )
 def test_parameter_count_matches_closed_form(in_channels: list[int], num_classes: int, options: FPNOptions) -> None:
-    model = build_fpn(options, in_channels=in_channels, num_classes=num_classes)
+    model = build_fpn(options, BuildContext(in_channels=in_channels, num_classes=num_classes))
     count = sum(p.numel() for p in model.parameters())
     assert count == expected_num_params(in_channels, num_classes, options.channels, options.head_channels)
 
 
 def test_rein_semfpn_head_is_1_63m() -> None:
     """Rein reports a 1.63M SemFPN head (ViT-L, 19 classes): that is the FPNHead without the FPN neck."""
-    model = build_fpn(FPNOptions(), in_channels=[1024] * 4, num_classes=19)
+    model = build_fpn(FPNOptions(), BuildContext(in_channels=[1024] * 4, num_classes=19))
     head = sum(p.numel() for m in (model.scale_heads, model.conv_seg) for p in m.parameters())
     neck = sum(p.numel() for m in (model.lateral_convs, model.fpn_convs) for p in m.parameters())
     assert head == expected_num_params([1024] * 4, 19, 256, 128) - neck
@@ -227,7 +230,7 @@ def test_gn_needs_channels_divisible_by_32() -> None:
 
 def test_class_weight_length_is_checked_at_build_time() -> None:
     with pytest.raises(ValueError, match="class_weight has 3 entries but num_classes=5") as error:
-        build_fpn(FPNOptions(class_weight=[1.0, 1.0, 1.0]), in_channels=[8] * 4, num_classes=5)
+        build_fpn(FPNOptions(class_weight=[1.0, 1.0, 1.0]), BuildContext(in_channels=[8] * 4, num_classes=5))
     assert isinstance(error.value, UserError)  # the CLI prints it as one line
     with pytest.raises(ValueError, match="3 entries but there are 5 classes"):
         SemanticFPN([8] * 4, 5, class_weight=[1.0, 1.0, 1.0])
@@ -236,23 +239,20 @@ def test_class_weight_length_is_checked_at_build_time() -> None:
 
 
 def test_missing_context_is_a_clear_error() -> None:
-    with pytest.raises(FPNConfigError, match="num_classes"):
-        build_fpn(FPNOptions(), in_channels=[8] * 4)
-    with pytest.raises(FPNConfigError, match="in_channels"):
-        build_fpn(FPNOptions(), num_classes=3)
+    with pytest.raises(UserError, match="decoder 'fpn' needs num_classes"):
+        build_fpn(FPNOptions(), BuildContext(in_channels=[8] * 4))
+    with pytest.raises(UserError, match="decoder 'fpn' needs in_channels"):
+        build_fpn(FPNOptions(), BuildContext(num_classes=3))
     with pytest.raises(FPNConfigError, match="4 pyramid widths"):
-        build_fpn(FPNOptions(), in_channels=[8] * 3, num_classes=3)
+        build_fpn(FPNOptions(), BuildContext(in_channels=[8] * 3, num_classes=3))
 
 
 def test_factory_ignores_unrelated_context_and_falls_back_to_embed_dim() -> None:
     model = build_fpn(
         FPNOptions(channels=32, head_channels=32),
-        num_classes=3,
-        embed_dim=24,
-        num_layers=12,
-        text_dim=512,
-        query_dims=None,
-        class_names=["a", "b", "c"],
+        BuildContext(
+            num_classes=3, embed_dim=24, num_layers=12, text_dim=512, query_dims=None, class_names=["a", "b", "c"]
+        ),
     )
     assert model.in_channels == [24] * 4
     assert model.eval()(pyramid(1, [24] * 4, 32, 32))["seg_logits"].shape == (1, 3, 8, 8)

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 import vltk
 import vltk_kernels
+from vltk.context import BuildContext
 from vltk.errors import UserError
 from vltk.interfaces import Decoder
 from vltk_kernels import use_backend
@@ -70,7 +71,7 @@ def pyramid(batch: int, in_channels: list[int], height: int, width: int, seed: i
 def tiny(**overrides: object) -> Mask2Former:
     context = {"in_channels": [16, 24, 32, 40], "num_classes": 4}
     context.update({k: overrides.pop(k) for k in list(overrides) if k in ("in_channels", "num_classes", "query_dims")})
-    return build_mask2former(Mask2FormerOptions(**{**TINY, **overrides}), **context)
+    return build_mask2former(Mask2FormerOptions(**{**TINY, **overrides}), BuildContext(**context))
 
 
 # ------------------------------------------------------------------------------------------------ targets / points
@@ -340,7 +341,7 @@ def _expected_params(in_ch: int, classes: int, queries: int | None, query_dims: 
 
 @pytest.mark.parametrize(("query_dims", "expected"), [(None, 20_565_204), (256, 20_579_796)])
 def test_head_parameter_count_is_the_papers_20_6m(query_dims: int | None, expected: int) -> None:
-    model = build_mask2former(None, in_channels=[1024] * 4, num_classes=19, query_dims=query_dims)
+    model = build_mask2former(None, BuildContext(in_channels=[1024] * 4, num_classes=19, query_dims=query_dims))
     count = sum(p.numel() for p in model.parameters())
     assert count == expected
     assert count == _expected_params(1024, 19, None if query_dims else 100, query_dims)
@@ -468,13 +469,15 @@ def test_options_defaults_and_validation() -> None:
 
 
 def test_missing_context_is_a_clear_error() -> None:
-    with pytest.raises(Mask2FormerConfigError, match="num_classes"):
-        build_mask2former(TINY, in_channels=[8] * 4)
-    with pytest.raises(Mask2FormerConfigError, match="in_channels"):
-        build_mask2former(TINY, num_classes=3)
+    with pytest.raises(UserError, match="decoder 'mask2former' needs num_classes"):
+        build_mask2former(TINY, BuildContext(in_channels=[8] * 4))
+    with pytest.raises(UserError, match="decoder 'mask2former' needs in_channels"):
+        build_mask2former(TINY, BuildContext(num_classes=3))
     with pytest.raises(Mask2FormerConfigError, match="4 positive pyramid widths"):
-        build_mask2former(TINY, in_channels=[8] * 3, num_classes=3)
-    model = build_mask2former(TINY, embed_dim=24, num_classes=3, query_dims=None, text_dim=512, ignore_index=-1)
+        build_mask2former(TINY, BuildContext(in_channels=[8] * 3, num_classes=3))
+    model = build_mask2former(
+        TINY, BuildContext(embed_dim=24, num_classes=3, query_dims=None, text_dim=512, ignore_index=-1)
+    )
     assert model.in_channels == [24] * 4 and model.ignore_index == -1
 
 

@@ -10,6 +10,7 @@ import torch
 from pydantic import ValidationError
 
 import vltk
+from vltk.context import BuildContext
 from vltk.errors import UserError
 from vltk_kernels import use_backend
 from vltk_plugins.backbones.clip_resnet.model import build_clip_resnet
@@ -60,7 +61,7 @@ def test_context_decoder_size_and_init() -> None:
 
 def test_output_shape_and_gamma_init_keeps_text_embeddings(resnet) -> None:
     torch.manual_seed(0)
-    prompter = build_denseclip(None, backbone=resnet, class_names=NAMES).eval()
+    prompter = build_denseclip(None, BuildContext.from_backbone(resnet, class_names=NAMES)).eval()
     assert isinstance(prompter, DenseCLIPPrompter) and prompter.needs_visual_context
     assert torch.all(prompter.gamma == 1e-4) and tuple(prompter.gamma.shape) == (64,)
     visual = _visual_context(resnet)
@@ -75,7 +76,7 @@ def test_output_shape_and_gamma_init_keeps_text_embeddings(resnet) -> None:
 
 def test_gradients_reach_context_decoder_gamma_and_context_not_tower(resnet) -> None:
     torch.manual_seed(0)
-    prompter = build_denseclip(None, backbone=resnet, class_names=NAMES)
+    prompter = build_denseclip(None, BuildContext.from_backbone(resnet, class_names=NAMES))
     out = prompter(_visual_context(resnet))
     out.pow(2).sum().backward()
     trainable = dict(prompter.named_parameters())
@@ -85,7 +86,7 @@ def test_gradients_reach_context_decoder_gamma_and_context_not_tower(resnet) -> 
 
 
 def test_label_swap_keeps_learned_parts(resnet) -> None:
-    prompter = build_denseclip(None, backbone=resnet, class_names=NAMES).eval()
+    prompter = build_denseclip(None, BuildContext.from_backbone(resnet, class_names=NAMES)).eval()
     state = {k: v.clone() for k, v in prompter.state_dict().items()}
     prompter.set_class_names(["tree", "bus"])
     assert tuple(prompter(_visual_context(resnet, batch=1)).shape) == (1, 2, 64)
@@ -106,7 +107,9 @@ def test_options_and_registration() -> None:
 
 def test_width_not_divisible_by_heads(resnet) -> None:
     with pytest.raises(UserError, match="divisible"):
-        build_denseclip({"decoder_width": 30, "decoder_heads": 4}, backbone=resnet, class_names=NAMES)
+        build_denseclip(
+            {"decoder_width": 30, "decoder_heads": 4}, BuildContext.from_backbone(resnet, class_names=NAMES)
+        )
 
 
 def test_denseclip_model_trains() -> None:

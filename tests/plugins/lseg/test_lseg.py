@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vltk.context import BuildContext
 from vltk.errors import UserError
 from vltk.interfaces import Decoder
 from vltk_plugins.lseg.decoder import LSegDecoder, build_lseg
@@ -27,7 +28,9 @@ def pyramid(batch: int, height: int, width: int, seed: int = 0) -> list[torch.Te
 
 def small(**options: object) -> LSegDecoder:
     torch.manual_seed(0)
-    return build_lseg(LSegOptions(width=16, **options), in_channels=IN_CHANNELS, text_dim=TEXT_DIM, num_classes=3)
+    return build_lseg(
+        LSegOptions(width=16, **options), BuildContext(in_channels=IN_CHANNELS, text_dim=TEXT_DIM, num_classes=3)
+    )
 
 
 def test_defaults_and_contract() -> None:
@@ -147,7 +150,7 @@ def test_errors_are_clear() -> None:
     with pytest.raises(UserError, match="12-d text embeddings"):
         decoder(pyramid(1, 32, 32), text_embeddings=torch.randn(3, 7))
     with pytest.raises(UserError, match="text space"):
-        build_lseg(None, in_channels=IN_CHANNELS, text_dim=None)
+        build_lseg(None, BuildContext(in_channels=IN_CHANNELS, text_dim=None))
     with pytest.raises(ValueError, match="class indices outside"):
         decoder.loss({"seg_logits": torch.randn(1, 3, 4, 4)}, torch.full((1, 4, 4), 5))
     with pytest.raises(ValueError):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 import vltk
+from vltk.context import BuildContext
 from vltk.errors import UserError
 from vltk.interfaces import Prompter
 from vltk_plugins.backbones.clip_resnet.model import build_clip_resnet
@@ -87,7 +88,7 @@ def test_encode_token_embeddings_on_plain_clip() -> None:
 
 def test_clip_template_matches_zero_shot_recipe(resnet) -> None:
     templates = ["a photo of a {}.", "a blurry photo of the {}."]
-    prompter = build_clip_template({"templates": templates}, backbone=resnet, class_names=NAMES)
+    prompter = build_clip_template({"templates": templates}, BuildContext.from_backbone(resnet, class_names=NAMES))
     assert isinstance(prompter, Prompter) and not prompter.needs_visual_context
     text = prompter()
     per_template = [F.normalize(resnet.encode_text([t.format(n) for n in NAMES]), dim=-1) for t in templates]
@@ -110,7 +111,7 @@ def test_clip_template_matches_zero_shot_recipe(resnet) -> None:
 
 def test_coop_structure_and_init(resnet) -> None:
     torch.manual_seed(0)
-    prompter = build_coop(None, backbone=resnet, class_names=NAMES)
+    prompter = build_coop(None, BuildContext.from_backbone(resnet, class_names=NAMES))
     assert isinstance(prompter, CoOpPrompter)
     assert tuple(prompter.contexts.shape) == (1, 8, 64)
     # trunc_normal_(std=0.02) with timm/torch's absolute bounds [-2, 2], as DenseCLIP: in effect N(0, 0.02)
@@ -132,14 +133,16 @@ def test_coop_with_word_context_equals_hand_written_prompt(resnet) -> None:
     tower = resnet.text_tower()
     words = resnet.tokenizer()(["a photo of a"])[0]
     n_ctx = int(words.argmax()) - 1  # tokens between SOT and EOT
-    prompter = build_coop({"n_ctx": n_ctx, "context_length": n_ctx + 5}, backbone=resnet, class_names=NAMES)
+    prompter = build_coop(
+        {"n_ctx": n_ctx, "context_length": n_ctx + 5}, BuildContext.from_backbone(resnet, class_names=NAMES)
+    )
     with torch.no_grad():
         prompter.contexts.copy_(tower.token_embedding(words[1 : 1 + n_ctx]).unsqueeze(0))
         torch.testing.assert_close(prompter(), resnet.encode_text([f"a photo of a {n}" for n in NAMES]))
 
 
 def test_coop_long_names_and_label_swap(resnet) -> None:
-    prompter = build_coop(None, backbone=resnet, class_names=NAMES)
+    prompter = build_coop(None, BuildContext.from_backbone(resnet, class_names=NAMES))
     contexts = prompter.contexts.detach().clone()
     long_name = "a very long class name with many words"
     prompter.set_class_names(["car", long_name])
@@ -155,7 +158,7 @@ def test_coop_long_names_and_label_swap(resnet) -> None:
 
 def test_frozen_tower_gets_no_update_while_context_does(resnet) -> None:
     torch.manual_seed(0)
-    prompter = build_coop(None, backbone=resnet, class_names=NAMES)
+    prompter = build_coop(None, BuildContext.from_backbone(resnet, class_names=NAMES))
     tower = prompter.text_tower
     assert not any(p.requires_grad for p in tower.parameters())
     before = {name: p.detach().clone() for name, p in tower.named_parameters()}
@@ -174,22 +177,27 @@ def test_frozen_tower_gets_no_update_while_context_does(resnet) -> None:
 
 
 def test_score_concat_index_auto(resnet, vit) -> None:
-    assert build_coop(None, backbone=resnet, class_names=NAMES).score_concat_index == 3
-    assert build_coop(None, backbone=vit, class_names=NAMES).score_concat_index == 2
-    prompter = build_clip_template({"score_concat_index": None, "aux_loss_weight": 0}, backbone=vit, class_names=NAMES)
+    assert build_coop(None, BuildContext.from_backbone(resnet, class_names=NAMES)).score_concat_index == 3
+    assert build_coop(None, BuildContext.from_backbone(vit, class_names=NAMES)).score_concat_index == 2
+    prompter = build_clip_template(
+        {"score_concat_index": None, "aux_loss_weight": 0}, BuildContext.from_backbone(vit, class_names=NAMES)
+    )
     assert (prompter.score_concat_index, prompter.aux_loss_weight, prompter.temperature) == (None, 0.0, 0.07)
-    assert build_coop({"score_concat_index": 1}, backbone=vit, class_names=NAMES).score_concat_index == 1
+    assert (
+        build_coop({"score_concat_index": 1}, BuildContext.from_backbone(vit, class_names=NAMES)).score_concat_index
+        == 1
+    )
 
 
 def test_factory_errors(resnet) -> None:
     with pytest.raises(UserError, match="text tower"):
-        build_coop(None, backbone=torch.nn.Linear(2, 2), class_names=NAMES)
+        build_coop(None, BuildContext(backbone=torch.nn.Linear(2, 2), class_names=NAMES))
     with pytest.raises(UserError, match="backbone"):
-        build_clip_template(None, class_names=NAMES)
+        build_clip_template(None, BuildContext(class_names=NAMES))
     with pytest.raises(UserError, match="class_names"):
-        build_coop(None, backbone=resnet)
+        build_coop(None, BuildContext.from_backbone(resnet))
     with pytest.raises(UserError, match="positions"):
-        build_coop({"context_length": 100}, backbone=resnet, class_names=NAMES)
+        build_coop({"context_length": 100}, BuildContext.from_backbone(resnet, class_names=NAMES))
 
 
 def test_options() -> None:

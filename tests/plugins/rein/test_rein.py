@@ -12,6 +12,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from vltk.context import BuildContext
+from vltk.errors import UserError
 from vltk.interfaces import count_trainable
 from vltk_plugins.rein.adapter import Rein, build_rein, rein_token_update
 from vltk_plugins.rein.options import ReinOptions
@@ -25,7 +27,7 @@ def small(**overrides: object) -> Rein:
     context = {"embed_dim": 32, "num_layers": 3, "patch_size": 4}
     for key, value in overrides.items():
         (context if key in context or key == "has_cls_token" else options)[key] = value
-    return build_rein(ReinOptions(**options), **context)
+    return build_rein(ReinOptions(**options), BuildContext(**context))
 
 
 def expected_count(layers: int, c: int, m: int, r: int | None, cq: int, link: bool = True, zero: bool = False) -> int:
@@ -42,12 +44,12 @@ def expected_count(layers: int, c: int, m: int, r: int | None, cq: int, link: bo
 
 def test_paper_count_dinov2_large() -> None:
     torch.manual_seed(0)
-    assert count_trainable(build_rein(ReinOptions(), **LARGE)) == 2_990_081
+    assert count_trainable(build_rein(ReinOptions(), BuildContext(**LARGE))) == 2_990_081
 
 
 def test_paper_count_without_query_link() -> None:
     torch.manual_seed(0)
-    rein = build_rein(ReinOptions(link_token_to_query=False), **LARGE)
+    rein = build_rein(ReinOptions(link_token_to_query=False), BuildContext(**LARGE))
     assert count_trainable(rein) == 2_530_817
     assert rein.queries() is None
     assert rein.query_dims is None
@@ -66,7 +68,7 @@ def test_paper_count_without_query_link() -> None:
 )
 def test_count_formula(layers: int, c: int, m: int, r: int | None, cq: int, link: bool) -> None:
     options = ReinOptions(token_length=m, lora_dim=r, query_dims=cq, link_token_to_query=link)
-    rein = build_rein(options, embed_dim=c, num_layers=layers, patch_size=16)
+    rein = build_rein(options, BuildContext(embed_dim=c, num_layers=layers, patch_size=16))
     assert count_trainable(rein) == expected_count(layers, c, m, r, cq, link)
 
 
@@ -118,7 +120,7 @@ def test_no_weight_decay_names_are_real_parameters() -> None:
 
 def test_lora_token_init_bound_and_uniformity() -> None:
     torch.manual_seed(0)
-    rein = build_rein(ReinOptions(link_token_to_query=False), **LARGE)
+    rein = build_rein(ReinOptions(link_token_to_query=False), BuildContext(**LARGE))
     v = math.sqrt(6.0 / (3 * 16**2 + math.sqrt(1024 * 16)))
     assert v == pytest.approx(0.0818, abs=5e-5)  # the value quoted in rein.md §1.1
     assert rein.init_bound == pytest.approx(v)
@@ -133,7 +135,7 @@ def test_lora_token_init_bound_and_uniformity() -> None:
 
 def test_plain_token_init_bound() -> None:
     torch.manual_seed(0)
-    rein = build_rein(ReinOptions(lora_dim=None, token_length=20, link_token_to_query=False), **LARGE)
+    rein = build_rein(ReinOptions(lora_dim=None, token_length=20, link_token_to_query=False), BuildContext(**LARGE))
     v0 = math.sqrt(6.0 / (3 * 16**2 + 1024))
     assert v0 == pytest.approx(0.0579, abs=5e-5)
     tokens = rein.learnable_tokens.detach()
@@ -333,7 +335,7 @@ def test_queries_shape() -> None:
     assert q is not None and q.shape == (6, 16)
     assert rein.query_dims == 16
     torch.manual_seed(0)
-    assert build_rein(ReinOptions(), **LARGE).queries().shape == (100, 256)
+    assert build_rein(ReinOptions(), BuildContext(**LARGE)).queries().shape == (100, 256)
 
 
 @pytest.mark.parametrize(("pick", "reduce"), [(0, "max"), (1, "mean"), (2, "last")])
@@ -387,12 +389,7 @@ def test_rein_freezes_backbone_and_trains_itself() -> None:
     backbone = _FakeBackbone()
     rein = build_rein(
         ReinOptions(token_length=6, lora_dim=4, query_dims=16),
-        embed_dim=32,
-        num_layers=3,
-        patch_size=4,
-        num_classes=19,
-        text_dim=None,
-        in_channels=3,
+        BuildContext(embed_dim=32, num_layers=3, patch_size=4, num_classes=19, text_dim=None, in_channels=3),
     )
     assert rein.freezes_backbone
     rein.setup(backbone)
@@ -404,22 +401,25 @@ def test_rein_freezes_backbone_and_trains_itself() -> None:
 
 
 def test_build_rein_requires_backbone_facts() -> None:
-    with pytest.raises(TypeError, match="num_layers, patch_size"):
-        build_rein(ReinOptions(), embed_dim=32)
+    with pytest.raises(UserError, match="adapter 'rein' needs num_layers, patch_size"):
+        build_rein(ReinOptions(), BuildContext(embed_dim=32))
+    with pytest.raises(UserError, match="needs embed_dim"):
+        build_rein(ReinOptions(), BuildContext(num_layers=2, patch_size=16))
+    # the facts' types are checked once, when the context is made, not by every factory
     with pytest.raises(TypeError, match="embed_dim"):
-        build_rein(ReinOptions(), num_layers=2, patch_size=16)
-    with pytest.raises(ValueError, match="embed_dim"):
-        build_rein(ReinOptions(), embed_dim=0, num_layers=2, patch_size=16)
+        BuildContext(embed_dim=0, num_layers=2, patch_size=16)
     with pytest.raises(TypeError, match="has_cls_token"):
-        build_rein(ReinOptions(), embed_dim=8, num_layers=2, patch_size=16, has_cls_token="yes")
+        BuildContext(embed_dim=8, num_layers=2, patch_size=16, has_cls_token="yes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="ReinOptions"):
-        build_rein(42, embed_dim=8, num_layers=2, patch_size=16)  # type: ignore[arg-type]
+        build_rein(42, BuildContext(embed_dim=8, num_layers=2, patch_size=16))  # type: ignore[arg-type]
+    rein = build_rein(None, BuildContext(embed_dim=8, num_layers=2, patch_size=16, has_cls_token=False))
+    assert rein.has_cls_token is False
 
 
 def test_build_rein_accepts_mapping_and_none() -> None:
-    rein = build_rein({"token_length": 4, "lora_dim": None}, embed_dim=8, num_layers=2, patch_size=16)
+    rein = build_rein({"token_length": 4, "lora_dim": None}, BuildContext(embed_dim=8, num_layers=2, patch_size=16))
     assert rein.learnable_tokens.shape == (2, 4, 8)
-    assert build_rein(None, embed_dim=8, num_layers=1, patch_size=16).token_length == 100
+    assert build_rein(None, BuildContext(embed_dim=8, num_layers=1, patch_size=16)).token_length == 100
 
 
 def test_options_defaults_and_validation() -> None:

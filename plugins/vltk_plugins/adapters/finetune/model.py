@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from vltk.api import Adapter, coerce_options
+from vltk.api import Adapter, BuildContext, coerce_options
 from vltk_plugins.adapters.finetune.options import FrozenOptions, FullOptions
 
 #: ``blocks.{i}.`` (timm, DINOv2, EVA), ``resblocks.{i}.`` (open_clip / OpenAI CLIP), ``layers.{i}.`` (mmseg BEiT)
@@ -107,14 +107,16 @@ class FullAdapter(Adapter):
         return f"layer_decay={self.layer_decay}"
 
 
-def build_frozen(options: FrozenOptions | Mapping[str, Any] | None = None, **context: Any) -> FrozenAdapter:
-    """Factory for ``frozen``; the backbone facts in ``context`` are not needed and ignored."""
+def build_frozen(
+    options: FrozenOptions | Mapping[str, Any] | None, context: BuildContext | None = None
+) -> FrozenAdapter:
+    """Factory for ``frozen``; it needs no build-context facts."""
     coerce_options(options, FrozenOptions, "frozen")
     return FrozenAdapter()
 
 
-def build_full(options: FullOptions | Mapping[str, Any] | None = None, **context: Any) -> FullAdapter:
-    """Factory for ``full``; the backbone facts in ``context`` are not needed (layer count is read at use time)."""
+def build_full(options: FullOptions | Mapping[str, Any] | None, context: BuildContext | None = None) -> FullAdapter:
+    """Factory for ``full``; it needs no build-context facts (the layer count is read at use time)."""
     opts = coerce_options(options, FullOptions, "full")
     return FullAdapter(layer_decay=opts.layer_decay)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from vltk.api import Adapter, Backbone, UserError, coerce_options
+from vltk.api import Adapter, Backbone, BuildContext, UserError, coerce_options
 from vltk_plugins.adapters.peft.options import LORA_TARGETS, LoRAOptions, VPTOptions
 
 #: One adapted weight: (module, parameter name, the target of each ``embed_dim``-row block of the weight).
@@ -277,27 +277,13 @@ class VPT(Adapter):
         return f"layers={layers}, num_tokens={tokens}, embed_dim={width}, init_bound={self.init_bound:.4f}"
 
 
-def _fact(context: Mapping[str, Any], key: str, component: str) -> int:
-    value = context.get(key)
-    if value is None:
-        raise TypeError(f"{component}: missing backbone fact '{key}' in context")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{component}: context '{key}' must be a positive int, got {value!r}")
-    return value
-
-
-def _require_vit(context: Mapping[str, Any], component: str) -> None:
-    if context.get("is_vit", True) is False:
-        raise UserError(f"{component}: needs a ViT backbone (eva02, clip-vit, dinov2); this backbone is not one")
-
-
-def build_lora(options: LoRAOptions | Mapping[str, Any] | None = None, **context: Any) -> LoRA:
-    """Build LoRA from its options and the backbone facts ``embed_dim`` and ``num_layers`` (others ignored)."""
+def build_lora(options: LoRAOptions | Mapping[str, Any] | None, context: BuildContext) -> LoRA:
+    """Build LoRA from its options and the backbone facts ``embed_dim`` and ``num_layers``."""
     opts = coerce_options(options, LoRAOptions, "lora")
-    _require_vit(context, "lora")
+    context.require("embed_dim", "num_layers", component="adapter 'lora'")
     return LoRA(
-        embed_dim=_fact(context, "embed_dim", "lora"),
-        num_layers=_fact(context, "num_layers", "lora"),
+        embed_dim=context.embed_dim,
+        num_layers=context.num_layers,
         rank=opts.rank,
         alpha=opts.alpha,
         targets=opts.targets,
@@ -305,14 +291,14 @@ def build_lora(options: LoRAOptions | Mapping[str, Any] | None = None, **context
     )
 
 
-def build_vpt(options: VPTOptions | Mapping[str, Any] | None = None, **context: Any) -> VPT:
+def build_vpt(options: VPTOptions | Mapping[str, Any] | None, context: BuildContext) -> VPT:
     """Build deep VPT from its options and the facts ``embed_dim``, ``num_layers``, ``patch_size``."""
     opts = coerce_options(options, VPTOptions, "vpt")
-    _require_vit(context, "vpt")
+    context.require("embed_dim", "num_layers", "patch_size", component="adapter 'vpt'")
     return VPT(
-        embed_dim=_fact(context, "embed_dim", "vpt"),
-        num_layers=_fact(context, "num_layers", "vpt"),
-        patch_size=_fact(context, "patch_size", "vpt"),
+        embed_dim=context.embed_dim,
+        num_layers=context.num_layers,
+        patch_size=context.patch_size,
         num_tokens=opts.num_tokens,
         dropout=opts.dropout,
     )

@@ -306,7 +306,7 @@ def clip_resnet_config(options: ClipResNetOptions) -> dict[str, Any]:
 
 
 def build_clip_resnet(
-    options: ClipResNetOptions | Mapping[str, Any] | None = None, **context: Any
+    options: ClipResNetOptions | Mapping[str, Any] | None = None, context: Any = None
 ) -> ClipResNetBackbone:
     """Build the ``clip-resnet`` backbone; extra keyword ``context`` from the pipeline is accepted and ignored."""
     import open_clip

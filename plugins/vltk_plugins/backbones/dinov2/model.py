@@ -173,7 +173,7 @@ def build_trunk(options: Dinov2Options, *, initialise: bool = True) -> nn.Module
     )
 
 
-def build_dinov2(options: Dinov2Options | Mapping[str, Any] | None = None, **context: Any) -> Dinov2Backbone:
+def build_dinov2(options: Dinov2Options | Mapping[str, Any] | None = None, context: Any = None) -> Dinov2Backbone:
     """Build the ``dinov2`` backbone; extra keyword ``context`` from the pipeline is accepted and ignored."""
     options = coerce_options(options, Dinov2Options, "dinov2")
     label = f"dinov2 ({options.variant}{', reg4' if options.registers else ''})"

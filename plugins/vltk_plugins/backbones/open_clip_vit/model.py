@@ -781,7 +781,7 @@ def _initialise(clip: nn.Module, pretrained: str | None, label: str, **keys: Any
         load_pretrained(clip, pretrained, label=label, **keys)
 
 
-def build_eva02(options: Eva02Options, **context: Any) -> Eva02Backbone:
+def build_eva02(options: Eva02Options, context: Any = None) -> Eva02Backbone:
     """Build the ``eva02`` backbone; extra keyword ``context`` from the pipeline is accepted and ignored."""
     import open_clip
 
@@ -853,7 +853,7 @@ def clip_vit_config(options: ClipViTOptions) -> dict[str, Any]:
     return config
 
 
-def build_clip_vit(options: ClipViTOptions, **context: Any) -> ClipViTBackbone:
+def build_clip_vit(options: ClipViTOptions, context: Any = None) -> ClipViTBackbone:
     """Build the ``clip-vit`` backbone; extra keyword ``context`` from the pipeline is accepted and ignored."""
     import open_clip
 

@@ -176,7 +176,7 @@ class SyntheticDetection(DetectionDataSource):
         )
 
 
-def build_synthetic_detection(options: SyntheticDetectionOptions, **context: object) -> SyntheticDetection:
+def build_synthetic_detection(options: SyntheticDetectionOptions, context: Any = None) -> SyntheticDetection:
     """Factory registered as dataset ``synthetic-det``."""
     return SyntheticDetection(options)
 
@@ -364,7 +364,7 @@ class DiverseWeather(DetectionDataSource):
         return f"DiverseWeather(root={str(self.root)!r}, domains={self.domains}, train_domains={self.train_domains})"
 
 
-def build_dwd(options: DWDOptions, **context: object) -> DiverseWeather:
+def build_dwd(options: DWDOptions, context: Any = None) -> DiverseWeather:
     """Factory registered as dataset ``dwd``."""
     return DiverseWeather(options)
 

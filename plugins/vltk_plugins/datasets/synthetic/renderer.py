@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -1438,7 +1439,7 @@ class SyntheticScenes(DenseDataSource):
         )
 
 
-def build_synthetic(options: SyntheticOptions, **context: object) -> SyntheticScenes:
+def build_synthetic(options: SyntheticOptions, context: Any = None) -> SyntheticScenes:
     """Factory registered as dataset ``synthetic``; extra context (num_classes, ...) is not needed and ignored."""
     return SyntheticScenes(options)
 

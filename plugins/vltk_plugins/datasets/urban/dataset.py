@@ -339,7 +339,7 @@ class UrbanScenes(DenseDataSource):
         return f"UrbanScenes(train={list(self.train_domains)}, test={list(self.target_domains)})"
 
 
-def build_urban(options: UrbanOptions | dict[str, Any] | None = None, **context: Any) -> UrbanScenes:
+def build_urban(options: UrbanOptions | dict[str, Any] | None = None, context: Any = None) -> UrbanScenes:
     """Factory registered as dataset ``urban``."""
     if options is None:
         raise UserError("the urban dataset needs at least one train domain: dataset.train=[{name, kind, root}]")

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vltk.api import Decoder, UserError, coerce_options, logits_at_label_size
+from vltk.api import BuildContext, Decoder, UserError, coerce_options, logits_at_label_size
 from vltk_plugins.decoders.fpn.options import GN_GROUPS, FPNOptions
 
 DEFAULT_FEATURE_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
@@ -214,51 +213,32 @@ class SemanticFPN(Decoder):
         return {"loss": loss_ce, "loss_ce": loss_ce}
 
 
-def build_fpn(options: FPNOptions | None = None, **context: Any) -> SemanticFPN:
-    """Factory registered as decoder ``fpn``: options from the run config, sizes from the pipeline's context.
+def build_fpn(options: FPNOptions | None, context: BuildContext) -> SemanticFPN:
+    """Factory registered as decoder ``fpn``: options from the run config, sizes from the build context.
 
-    Context used: ``in_channels`` (list of 4 widths; when absent, ``[embed_dim] * 4`` as the backbone contract
-    gives 4 maps of ``embed_dim`` channels), ``num_classes`` (required), ``ignore_index`` (default 255). Other
-    keys (``text_dim``, ``query_dims``, ``class_names``, ``num_layers``...) are accepted and ignored.
+    Context used: ``in_channels`` (4 widths, strides 4/8/16/32), ``num_classes``, ``ignore_index``.
     """
     options = coerce_options(options, FPNOptions, "fpn")
-
-    in_channels = context.get("in_channels")
-    if in_channels is None:
-        embed_dim = context.get("embed_dim")
-        if embed_dim is None:
-            raise FPNConfigError(
-                "decoder 'fpn' needs the pyramid widths: pass in_channels=[c4, c8, c16, c32] (or embed_dim)"
-            )
-        in_channels = [int(embed_dim)] * len(DEFAULT_FEATURE_STRIDES)
-    elif isinstance(in_channels, int):
-        in_channels = [in_channels] * len(DEFAULT_FEATURE_STRIDES)
-    in_channels = list(in_channels)
+    context.require("in_channels", "num_classes", component="decoder 'fpn'")
+    in_channels = list(context.in_channels)
     if len(in_channels) != len(DEFAULT_FEATURE_STRIDES):
         raise FPNConfigError(f"decoder 'fpn' needs 4 pyramid widths (strides 4/8/16/32), got in_channels={in_channels}")
-
-    num_classes = context.get("num_classes")
-    if num_classes is None:
-        raise FPNConfigError("decoder 'fpn' needs num_classes (the number of semantic classes)")
-
     class_weight = options.class_weight
-    if class_weight is not None and len(class_weight) != int(num_classes):
+    if class_weight is not None and len(class_weight) != context.num_classes:
         raise FPNConfigError(
-            f"decoder.class_weight has {len(class_weight)} entries but num_classes={num_classes}: "
+            f"decoder.class_weight has {len(class_weight)} entries but num_classes={context.num_classes}: "
             "give exactly one weight per class"
         )
-
-    ignore_index = context.get("ignore_index")
     return SemanticFPN(
         in_channels,
-        int(num_classes),
+        context.num_classes,
         channels=options.channels,
         head_channels=options.head_channels,
         dropout=options.dropout,
         norm=options.norm,
         loss_weight=options.loss_weight,
         class_weight=class_weight,
-        ignore_index=255 if ignore_index is None else int(ignore_index),
+        ignore_index=context.ignore_index,
     )
 
 

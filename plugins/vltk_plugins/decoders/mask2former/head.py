@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vltk.api import Decoder, UserError, as_label_map, coerce_options
+from vltk.api import BuildContext, Decoder, UserError, as_label_map, coerce_options
 from vltk_plugins.decoders.mask2former.criterion import Mask2FormerCriterion
 from vltk_plugins.decoders.mask2former.options import NUM_FEATURE_LEVELS, Mask2FormerOptions
 from vltk_plugins.decoders.mask2former.pixel_decoder import MSDeformAttnPixelDecoder, sine_positional_encoding
@@ -260,34 +260,19 @@ class Mask2Former(Decoder):
         return torch.cat(scores)
 
 
-def build_mask2former(options: Mask2FormerOptions | None = None, **context: Any) -> Mask2Former:
+def build_mask2former(options: Mask2FormerOptions | None, context: BuildContext) -> Mask2Former:
     """Factory registered as decoder ``mask2former``.
 
-    Context used: ``in_channels`` (4 widths; default ``[embed_dim] * 4``), ``num_classes`` (required),
-    ``ignore_index`` (default 255), ``query_dims`` (the adapter's query width, or None/absent for learned
-    queries). Other keys are ignored.
+    Context used: ``in_channels`` (4 widths), ``num_classes``, ``ignore_index`` and ``query_dims`` (the adapter's
+    query width — Rein's link — or None for learned queries).
     """
     options = coerce_options(options, Mask2FormerOptions, "mask2former")
-    in_channels = context.get("in_channels")
-    if in_channels is None:
-        embed_dim = context.get("embed_dim")
-        if embed_dim is None:
-            raise Mask2FormerConfigError(
-                "decoder 'mask2former' needs the pyramid widths: pass in_channels=[c4, c8, c16, c32] (or embed_dim)"
-            )
-        in_channels = [int(embed_dim)] * len(DEFAULT_FEATURE_STRIDES)
-    elif isinstance(in_channels, int):
-        in_channels = [in_channels] * len(DEFAULT_FEATURE_STRIDES)
-    num_classes = context.get("num_classes")
-    if num_classes is None:
-        raise Mask2FormerConfigError("decoder 'mask2former' needs num_classes (the number of semantic classes)")
-    ignore_index = context.get("ignore_index")
-    query_dims = context.get("query_dims")
+    context.require("in_channels", "num_classes", component="decoder 'mask2former'")
     return Mask2Former(
-        list(in_channels),
-        int(num_classes),
-        query_dims=None if query_dims is None else int(query_dims),
-        ignore_index=255 if ignore_index is None else int(ignore_index),
+        list(context.in_channels),
+        context.num_classes,
+        query_dims=context.query_dims,
+        ignore_index=context.ignore_index,
         **options.model_dump(),
     )
 

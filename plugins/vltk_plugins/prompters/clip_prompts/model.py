@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vltk.api import Prompter, UserError, coerce_options
+from vltk.api import BuildContext, Prompter, UserError, coerce_options
+from vltk_kernels import pixel_text_similarity
 from vltk_plugins.prompters.clip_prompts.options import ClipTemplateOptions, CoOpOptions, TextGuidanceOptions
 
 
@@ -134,6 +135,11 @@ class TextGuidedPrompter(Prompter):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def score_map(self, dense: Tensor, text: Tensor) -> Tensor:
+        """Cosine similarity ``[B, K, h, w]`` of dense embeddings ``[B, D, h, w]`` with the class embeddings ``[K, D]``
+        or ``[B, K, D]``, through the fused ``pixel_text_similarity`` op (no normalised copies on the kernel path)."""
+        return pixel_text_similarity(dense, text.to(dense.dtype))
 
     def extra_repr(self) -> str:
         return (
@@ -249,49 +255,42 @@ class CoOpPrompter(TextGuidedPrompter):
 
 
 # ---------------------------------------------------------------------------------------------------- factories
-def guidance_kwargs(options: TextGuidanceOptions, backbone: Any, context: Mapping[str, Any]) -> dict[str, Any]:
+def guidance_kwargs(options: TextGuidanceOptions, context: BuildContext) -> dict[str, Any]:
     """The text-guidance constructor arguments, ``"auto"`` resolved from the backbone (``is_vit``)."""
-    is_vit = bool(context.get("is_vit", getattr(backbone, "is_vit", True)))
     return {
-        "score_concat_index": resolve_score_concat_index(options.score_concat_index, is_vit=is_vit),
+        "score_concat_index": resolve_score_concat_index(options.score_concat_index, is_vit=context.is_vit),
         "aux_loss_weight": options.aux_loss_weight,
         "temperature": options.temperature,
     }
 
 
-def require_class_names(context: Mapping[str, Any], prompter: str) -> Sequence[str]:
-    """The ``class_names`` a factory got as context, or a :class:`UserError` saying they are needed."""
-    names = context.get("class_names")
-    if names is None:
-        raise UserError(f"prompter '{prompter}' needs class_names=[...] (the pipeline passes the dataset's)")
-    return names
-
-
-def build_clip_template(
-    options: ClipTemplateOptions | Mapping[str, Any] | None = None, *, backbone: Any = None, **context: Any
-) -> ClipTemplatePrompter:
-    """Factory for ``clip-template``; context: ``backbone`` and ``class_names`` (others ignored)."""
-    opts = coerce_options(options, ClipTemplateOptions, "clip-template")
-    return ClipTemplatePrompter(
-        backbone,
-        require_class_names(context, "clip-template"),
-        opts.templates,
-        **guidance_kwargs(opts, backbone, context),
+def require_text_side(context: BuildContext, prompter: str) -> None:
+    """The facts every prompter needs: the built backbone (its text tower) and the class names."""
+    context.require(
+        "backbone", "class_names", component=f"prompter '{prompter}'", hint="the pipeline passes the dataset's"
     )
 
 
-def build_coop(
-    options: CoOpOptions | Mapping[str, Any] | None = None, *, backbone: Any = None, **context: Any
-) -> CoOpPrompter:
-    """Factory for ``coop``; context: ``backbone`` and ``class_names`` (others ignored)."""
+def build_clip_template(
+    options: ClipTemplateOptions | Mapping[str, Any] | None, context: BuildContext
+) -> ClipTemplatePrompter:
+    """Factory for ``clip-template``; context: ``backbone`` and ``class_names``."""
+    opts = coerce_options(options, ClipTemplateOptions, "clip-template")
+    require_text_side(context, "clip-template")
+    return ClipTemplatePrompter(context.backbone, context.class_names, opts.templates, **guidance_kwargs(opts, context))
+
+
+def build_coop(options: CoOpOptions | Mapping[str, Any] | None, context: BuildContext) -> CoOpPrompter:
+    """Factory for ``coop``; context: ``backbone`` and ``class_names``."""
     opts = coerce_options(options, CoOpOptions, "coop")
+    require_text_side(context, "coop")
     return CoOpPrompter(
-        backbone,
-        require_class_names(context, "coop"),
+        context.backbone,
+        context.class_names,
         n_ctx=opts.n_ctx,
         context_length=opts.context_length,
         init_std=opts.init_std,
-        **guidance_kwargs(opts, backbone, context),
+        **guidance_kwargs(opts, context),
     )
 
 
@@ -303,7 +302,7 @@ __all__ = [
     "build_coop",
     "encode_token_embeddings",
     "guidance_kwargs",
-    "require_class_names",
+    "require_text_side",
     "resolve_score_concat_index",
     "text_side",
     "validate_class_names",

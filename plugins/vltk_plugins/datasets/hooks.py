@@ -7,8 +7,9 @@ actually builds the component (:func:`vltk.api.lazy_factory`).
 from __future__ import annotations
 
 from vltk.api import Register, hookimpl, lazy_factory
-from vltk_plugins.datasets.detection.options import DWDOptions, SyntheticDetectionOptions
+from vltk_plugins.datasets.dwd.options import DWDOptions
 from vltk_plugins.datasets.synthetic.options import SyntheticOptions
+from vltk_plugins.datasets.synthetic_det.options import SyntheticDetectionOptions
 from vltk_plugins.datasets.urban.options import UrbanOptions
 
 
@@ -16,7 +17,7 @@ from vltk_plugins.datasets.urban.options import UrbanOptions
 def vltk_register_datasets(register: Register) -> None:
     register(
         "synthetic",
-        lazy_factory("vltk_plugins.datasets.synthetic.renderer", "build_synthetic"),
+        lazy_factory("vltk_plugins.datasets.synthetic.dataset", "build_synthetic"),
         options=SyntheticOptions,
         summary="embedded procedural street scenes in 6 domains (flat source -> textured/fog/night/rain/snow)",
         paper="mimics GTAV -> Cityscapes/ACDC; no files, no downloads",
@@ -30,14 +31,14 @@ def vltk_register_datasets(register: Register) -> None:
     )
     register(
         "synthetic-det",
-        lazy_factory("vltk_plugins.datasets.detection.datasets", "build_synthetic_detection"),
+        lazy_factory("vltk_plugins.datasets.synthetic_det.dataset", "build_synthetic_detection"),
         options=SyntheticDetectionOptions,
         summary="detection: instance boxes (cars, persons, signs) of the synthetic scenes in the same 6 domains",
         paper="boxes from the renderer's instances; a CPU stand-in for Diverse Weather",
     )
     register(
         "dwd",
-        lazy_factory("vltk_plugins.datasets.detection.datasets", "build_dwd"),
+        lazy_factory("vltk_plugins.datasets.dwd.dataset", "build_dwd"),
         options=DWDOptions,
         summary="detection: Diverse Weather Dataset (VOC XML, 7 classes, 5 weather domains) from a local folder",
         paper="Single-DGOD (Wu & Deng, CVPR 2022); the protocol of CLIP the Gap (CVPR 2023)",

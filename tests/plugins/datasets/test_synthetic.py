@@ -1,29 +1,21 @@
-"""The built-in ``synthetic`` dataset: determinism, shared layouts across domains, contract, options, speed sanity."""
+"""The built-in ``synthetic`` dataset: determinism, shared layouts across domains, contract, options.
+
+Render speed is measured by ``benchmarks/render_time.py``, not asserted here (timings flake on a loaded machine)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
+from vltk.api import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, BuildContext
 from vltk.data.base import DenseDataSource
 from vltk.errors import UserError
-from vltk_plugins.datasets.synthetic.options import SYNTHETIC_DOMAINS, SyntheticOptions
-from vltk_plugins.datasets.synthetic.renderer import (
-    CITYSCAPES_CLASSES,
-    CITYSCAPES_PALETTE,
-    VAL_INDEX_OFFSET,
-    SyntheticScenes,
-    build_synthetic,
-    colorize,
-    render_domains,
-    render_scene,
-)
+from vltk_plugins.datasets.synthetic.dataset import SyntheticScenes, build_synthetic, colorize
+from vltk_plugins.datasets.synthetic.domains import DOMAIN_PAINTERS
+from vltk_plugins.datasets.synthetic.options import SYNTHETIC_DOMAINS, VAL_INDEX_OFFSET, SyntheticOptions
+from vltk_plugins.datasets.synthetic.render import render_domains, render_scene
 
 SIZE = (64, 64)
 ROAD, SIDEWALK, BUILDING, SKY = 0, 1, 2, 10
@@ -103,8 +95,14 @@ def test_colorize_uses_the_palette() -> None:
     assert rgb.shape == (1, 2, 3) and tuple(rgb[0, 0]) == CITYSCAPES_PALETTE[ROAD]
 
 
+def test_every_domain_has_a_painter() -> None:
+    """The registry and the option names must stay in step: options accept exactly the domains that can paint."""
+    assert sorted(DOMAIN_PAINTERS) == sorted(SYNTHETIC_DOMAINS)
+
+
 def test_data_source_contract_and_items() -> None:
-    source = build_synthetic(SyntheticOptions(size=(64, 96), num_train=6, num_val=3), num_classes=19, extra="ignored")
+    context = BuildContext(num_classes=19)  # the factory needs nothing from the context, but must accept it
+    source = build_synthetic(SyntheticOptions(size=(64, 96), num_train=6, num_val=3), context)
     assert isinstance(source, SyntheticScenes) and isinstance(source, DenseDataSource)
     assert source.classes == CITYSCAPES_CLASSES and source.palette == CITYSCAPES_PALETTE
     assert source.train_domains == ("synthetic",)
@@ -194,21 +192,3 @@ def test_options_domain_validation() -> None:
         SyntheticOptions(szie=64)
     options = SyntheticOptions(domains=["fog", "synthetic", "fog"], train_domains=["synthetic"])
     assert options.domains == ["fog", "synthetic"]
-
-
-def test_options_module_does_not_import_torch() -> None:
-    code = (
-        "import sys; from vltk_plugins.datasets.synthetic.options import SyntheticOptions; SyntheticOptions(); "
-        "assert 'torch' not in sys.modules, 'torch imported'"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_render_time_sanity() -> None:
-    """Benchmarks measure speed; this only catches an accidental slow path (the budget is ~20 ms at 256²)."""
-    render_scene(0, 0, (256, 256), "night")  # warm caches (noise tile, grain)
-    for domain in SYNTHETIC_DOMAINS:
-        start = time.perf_counter()
-        for index in range(3):
-            render_scene(0, index, (256, 256), domain)
-        assert (time.perf_counter() - start) / 3 < 0.2, domain

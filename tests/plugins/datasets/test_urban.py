@@ -136,16 +136,35 @@ def test_fit_size_keeps_the_ratio() -> None:
     assert fit_size(720, 1280, 1024, 512) == (512, 910)  # BDD: the short side binds
 
 
-def test_random_crop_avoids_single_class_crops_and_pads() -> None:
+def _balanced_share(cat_max_ratio: float, crops: int = 200) -> float:
+    """Share of ``crops`` random 20x16 crops in which no class covers 75% or more of the pixels.
+
+    Only the right quarter of the 20x40 label holds a second class, so 6 of the 25 crop positions (left edge
+    19..24) are balanced: one draw is balanced 24% of the time, and up to 10 draws (mmseg's retries while one
+    class covers more than ``cat_max_ratio``) 1 - 0.76**10 = 94% of the time.
+    """
     label = np.zeros((20, 40), dtype=np.uint8)
-    label[:, 30:] = 5  # only the right quarter has a second class
+    label[:, 30:] = 5
     image = np.zeros((20, 40, 3), dtype=np.uint8)
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        _, crop = random_crop(image, label, (20, 16), 0.75, rng)
-        values, counts = np.unique(crop, return_counts=True)
-        assert len(values) == 2 or counts.max() / counts.sum() >= 0.75  # retried 10 times at most
-    _, padded = random_crop(image[:10, :10], label[:10, :10], (16, 16), 1.0, rng)
+    balanced = 0
+    for _ in range(crops):
+        _, crop = random_crop(image, label, (20, 16), cat_max_ratio, rng)
+        _, counts = np.unique(crop, return_counts=True)
+        balanced += int(counts.max() / counts.sum() < 0.75)
+    return balanced / crops
+
+
+def test_random_crop_retries_crops_dominated_by_one_class() -> None:
+    """cat_max_ratio makes balanced crops common: a crop function that drew once would score ~0.24, not ~0.94."""
+    assert _balanced_share(1.0) < 0.4  # no retries: the fixture really is dominated by one class
+    assert _balanced_share(0.75) > 0.85
+
+
+def test_random_crop_pads_smaller_images_with_ignore() -> None:
+    label = np.zeros((20, 40), dtype=np.uint8)
+    image = np.zeros((20, 40, 3), dtype=np.uint8)
+    _, padded = random_crop(image[:10, :10], label[:10, :10], (16, 16), 1.0, np.random.default_rng(0))
     assert padded.shape == (16, 16) and (padded == 255).sum() == 16 * 16 - 100
 
 

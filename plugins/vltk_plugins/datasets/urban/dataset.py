@@ -5,7 +5,7 @@ classes, so one reader with per-layout file discovery serves them all. Training 
 the papers use (random short-edge resize, crop with ``cat_max_ratio``, flip, photometric distortion); val items
 are resized to the evaluation size of the DG protocols (Cityscapes at 1024x512).
 
-Nothing is downloaded: a missing folder or an empty layout is a :class:`~vltk.errors.UserError` that says which
+Nothing is downloaded: a missing folder or an empty layout is a :class:`~vltk.api.UserError` that says which
 files were expected where.
 """
 
@@ -21,8 +21,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from vltk.api import DenseDataSource, DenseSample, UserError, coerce_options
-from vltk_plugins.datasets.synthetic.renderer import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IGNORE_INDEX
+from vltk.api import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    IGNORE_INDEX,
+    BuildContext,
+    DenseDataSource,
+    DenseSample,
+    UserError,
+    coerce_options,
+)
 from vltk_plugins.datasets.urban.options import UrbanDomain, UrbanOptions
 
 #: Cityscapes label id -> train id (the official table; everything else is ignored). GTAV labels use label ids.
@@ -339,8 +347,8 @@ class UrbanScenes(DenseDataSource):
         return f"UrbanScenes(train={list(self.train_domains)}, test={list(self.target_domains)})"
 
 
-def build_urban(options: UrbanOptions | dict[str, Any] | None = None, context: Any = None) -> UrbanScenes:
-    """Factory registered as dataset ``urban``."""
+def build_urban(options: UrbanOptions | dict[str, Any] | None, context: BuildContext | None = None) -> UrbanScenes:
+    """Factory registered as dataset ``urban``; Python callers may pass the options as a plain mapping."""
     if options is None:
         raise UserError("the urban dataset needs at least one train domain: dataset.train=[{name, kind, root}]")
     return UrbanScenes(coerce_options(options, UrbanOptions, "urban"))

@@ -1,0 +1,1 @@
+"""``dwd``: the Diverse Weather Dataset read from a local VOC-style folder (options beside the reader)."""

@@ -84,6 +84,7 @@ __all__ = [
     "Register",
     "UserError",
     "as_label_map",
+    "bench_cases",
     "coerce_options",
     "colorize",
     "collate_detection",
@@ -94,6 +95,17 @@ __all__ = [
     "logits_at_label_size",
     "named_trainable",
 ]
+
+
+def bench_cases() -> dict[str, tuple[str, Any]]:
+    """``{case name: (plugin name, case)}`` of every ``vltk_register_bench_cases`` registration (``vltk bench``).
+
+    Duplicate names are already a :class:`UserError` naming both plugins. Light: the cases' own modules are
+    imported by their plugins' hooks, not here.
+    """
+    from vltk.plugins import get_plugin_manager
+
+    return get_plugin_manager().bench_cases()
 
 
 def __getattr__(name: str) -> Any:

@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from vltk.engine.trainer import build_param_groups
 from vltk.interfaces import count_trainable
 from vltk.pipeline import build_model
 from vltk.plugins import get_plugin_manager
+from vltk_kernels.benchmarking.provenance import describe_device, git_commit
 
 TINY_MASK2FORMER = [
     "decoder.hidden_dim=64",
@@ -59,19 +59,6 @@ DECODERS: dict[str, tuple[str, list[str]]] = {
     "mask2former": ("mask2former", []),
     "mask2former-tiny": ("mask2former", TINY_MASK2FORMER),
 }
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)"
 
 
 def blocky_labels(batch: int, size: int, num_classes: int, cell: int, generator: torch.Generator) -> torch.Tensor:
@@ -190,7 +177,7 @@ def main() -> None:
         "device": describe_device(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "commit": git_commit(),
+        "commit": git_commit(Path(__file__).parent),
         "kernel_backend": os.environ.get("VLTK_KERNEL_BACKEND", "auto"),
         "settings": {
             "backbone": f"eva02-{args.variant}",

@@ -13,7 +13,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -25,21 +24,9 @@ from vltk.engine.trainer import build_param_groups
 from vltk.interfaces import count_trainable
 from vltk.pipeline import build_model
 from vltk.plugins import get_plugin_manager
+from vltk_kernels.benchmarking.provenance import describe_device, git_commit
 
 ADAPTERS = ("frozen", "rein", "full")
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def time_adapter(adapter: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -110,7 +97,7 @@ def main() -> None:
         "device": describe_device(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "commit": git_commit(),
+        "commit": git_commit(Path(__file__).parent),
         "settings": {
             "backbone": f"eva02-{args.variant}",
             "decoder": "fpn",

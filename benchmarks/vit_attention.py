@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vltk_kernels.bench import PeakTracker, environment
+from vltk_kernels.benchmarking import PeakTracker, environment
 
 BACKENDS = {"sdpa": None, "math": SDPBackend.MATH}
 

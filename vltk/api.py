@@ -99,6 +99,7 @@ __all__ = [
     "TextSpaceBackbone",
     "UserError",
     "as_label_map",
+    "bench_cases",
     "coerce_options",
     "colorize",
     "collate_detection",
@@ -112,6 +113,17 @@ __all__ = [
     "require_split_backbone",
     "require_text_space",
 ]
+
+
+def bench_cases() -> dict[str, tuple[str, Any]]:
+    """``{case name: (plugin name, case)}`` of every ``vltk_register_bench_cases`` registration (``vltk bench``).
+
+    Duplicate names are already a :class:`UserError` naming both plugins. Light: the cases' own modules are
+    imported by their plugins' hooks, not here.
+    """
+    from vltk.plugins import get_plugin_manager
+
+    return get_plugin_manager().bench_cases()
 
 
 def __getattr__(name: str) -> Any:

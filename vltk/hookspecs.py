@@ -146,17 +146,18 @@ def vltk_recipe_dirs() -> list[str]:
 
 @hookspec
 def vltk_register_bench_cases(register: Register) -> None:
-    """Add benchmark cases to ``vltk bench``: ``register(case)`` with a ``vltk_kernels.bench.BenchCase``.
+    """Add benchmark cases to ``vltk bench``: ``register(case)`` with a ``vltk_kernels.benchmarking.BenchCase``.
 
     A case names its shapes, builds inputs for a shape, and maps implementation names to callables; the one
     named ``torch`` (the case's ``baseline``) is what the others are timed and checked against. Imports belong
-    inside the hook (it only runs when ``vltk bench`` does). A name already taken (by a built-in op or another
-    plugin) is an error naming both. Example::
+    inside the hook (it only runs when ``vltk bench`` does). The built-in ops' cases arrive the same way (from
+    the ``kernels`` plugin); a name already taken (by a built-in op or another plugin) is an error naming both.
+    Example::
 
         @hookimpl
         def vltk_register_bench_cases(register):
             import torch
-            from vltk_kernels.bench import BenchCase, Shape
+            from vltk_kernels.benchmarking import BenchCase, Shape
 
             def make_inputs(dims, device, dtype):
                 return (torch.randn(dims["B"], dims["N"], dims["C"], device=device, dtype=dtype),)
@@ -168,4 +169,20 @@ def vltk_register_bench_cases(register: Register) -> None:
                 implementations={"torch": lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:]),
                                  "fused": my_fused_layernorm},
             ))
+    """
+
+
+@hookspec
+def vltk_user_error_types() -> list[type[BaseException]]:
+    """Return exception types a plugin's components raise that mean "fix your input"; the CLI prints them as one
+    ``Error: ...`` line with exit code 2, like :class:`vltk.errors.UserError`, instead of a traceback.
+
+    For libraries that stand alone and so cannot subclass ``UserError`` (the core may not import them either).
+    Import inside the hook to keep the hook module light. Example::
+
+        @hookimpl
+        def vltk_user_error_types():
+            from my_ops.errors import MyBackendError
+
+            return [MyBackendError]
     """

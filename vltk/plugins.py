@@ -12,6 +12,7 @@ fails loudly instead of being silently ignored.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from importlib import metadata
@@ -142,12 +143,59 @@ class VltkPluginManager:
     def register_commands(self, cli: Any) -> None:
         self.pm.hook.vltk_register_commands(cli=cli)
 
-    def bench_cases(self) -> list[tuple[str, Any]]:
-        """``(plugin name, case)`` for every case registered through ``vltk_register_bench_cases``."""
-        pairs: list[tuple[str, Any]] = []
-        for impl in self.pm.hook.vltk_register_bench_cases.get_hookimpls():
-            impl.function(register=lambda case, _plugin=impl.plugin_name: pairs.append((_plugin, case)))
-        return pairs
+    def _callers_per_plugin(self, hook_name: str) -> list[tuple[str, Any]]:
+        """``(plugin name, caller)`` per implementation of ``hook_name``: each caller goes through pluggy's call
+        path but reaches that one plugin only, so a result (or an error) can name the plugin it came from."""
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        return [
+            (
+                impl.plugin_name,
+                self.pm.subset_hook_caller(
+                    hook_name, remove_plugins=[other.plugin for other in impls if other.plugin is not impl.plugin]
+                ),
+            )
+            for impl in impls
+        ]
+
+    def bench_cases(self) -> dict[str, tuple[str, Any]]:
+        """``{case name: (plugin name, case)}`` for every case registered through ``vltk_register_bench_cases``.
+
+        A name taken twice is a :class:`UserError` naming both plugins. Only the case's ``name`` is read here
+        (the core does not import ``vltk_kernels``); ``vltk bench`` checks that each case is a ``BenchCase``.
+        """
+        cases: dict[str, tuple[str, Any]] = {}
+
+        def register(case: Any, *, plugin: str) -> None:
+            name = getattr(case, "name", None)
+            if not isinstance(name, str) or not name:
+                raise UserError(
+                    f"plugin '{plugin}' registered a bench case without a name: {case!r}; register a "
+                    "vltk_kernels.benchmarking.BenchCase"
+                )
+            if name in cases:
+                raise UserError(
+                    f"bench case '{name}' is registered twice: by '{cases[name][0]}' and by '{plugin}'; rename one, "
+                    "or skip a plugin with VLTK_BLOCK_PLUGINS"
+                )
+            cases[name] = (plugin, case)
+
+        for plugin, call in self._callers_per_plugin("vltk_register_bench_cases"):
+            call(register=functools.partial(register, plugin=plugin))
+        return cases
+
+    def user_error_types(self) -> tuple[type[BaseException], ...]:
+        """Every exception type plugins declare through ``vltk_user_error_types``: the CLI prints them as one
+        ``Error:`` line, like :class:`UserError`. Anything but exception classes is a :class:`PluginLoadError`."""
+        types: list[type[BaseException]] = []
+        for plugin, call in self._callers_per_plugin("vltk_user_error_types"):
+            for error_type in (error_type for result in call() for error_type in result or []):
+                if not (isinstance(error_type, type) and issubclass(error_type, BaseException)):
+                    raise PluginLoadError(
+                        f"plugin '{plugin}': vltk_user_error_types returned {error_type!r}, which is not an "
+                        "exception type; return a list of exception classes"
+                    )
+                types.append(error_type)
+        return tuple(types)
 
 
 _MANAGER: VltkPluginManager | None = None

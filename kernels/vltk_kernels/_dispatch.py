@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from vltk.errors import UserError
+from vltk_kernels.errors import KernelBackendError
 
 ENV_VAR = "VLTK_KERNEL_BACKEND"
 BACKENDS = ("auto", "triton", "torch")
@@ -41,10 +41,6 @@ _OVERRIDES: list[str] = []
 _KERNELS_INTERPRETED: bool | None = None
 _TRITON_IMPORT_ERROR: list[str | None] = []
 _CUDA_LAUNCH_ERROR: list[str | None] = []
-
-
-class KernelBackendError(UserError):
-    """A kernel backend was requested that cannot run here (or does not exist); the message says how to fix it."""
 
 
 def _check_name(name: str, source: str) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vltk.testing import invoke
+from vltk import hookimpl
+from vltk.testing import invoke, isolated_plugin_manager
 
 TINY = [
     "dataset.size=64",
@@ -142,6 +143,45 @@ def test_subprocess_user_error_has_no_traceback() -> None:
     )
     assert done.returncode == 2
     assert "did you mean 'rein'?" in done.stderr and "Traceback" not in done.stderr
+
+
+class DeclaredError(Exception):
+    """An error type of a library that cannot subclass UserError (like vltk_kernels' backend error)."""
+
+
+class DeclaresErrorType:
+    @hookimpl
+    def vltk_user_error_types(self) -> list[type[BaseException]]:
+        return [DeclaredError]
+
+
+def test_error_types_declared_by_plugins_print_one_line() -> None:
+    """``vltk_user_error_types``: a declared type is shown like a UserError; any other exception stays a bug."""
+    import click
+    from click.testing import CliRunner
+
+    from vltk.cli import LazyGroup
+
+    @click.group(cls=LazyGroup)
+    def group() -> None:
+        """A group with the vltk CLI's error handling."""
+
+    @group.command("declared")
+    def declared() -> None:
+        raise DeclaredError("bad backend 'x'; use 'y'")
+
+    @group.command("bug")
+    def bug() -> None:
+        raise DeclaredError.__base__("a bug")  # a plain Exception: not declared
+
+    with isolated_plugin_manager(autoload=False, extra={"declares": DeclaresErrorType()}):
+        shown = CliRunner().invoke(group, ["declared"])
+        crashed = CliRunner().invoke(group, ["bug"])
+    assert shown.exit_code == 2 and shown.output == "Error: bad backend 'x'; use 'y'\n"
+    assert crashed.exit_code == 1 and type(crashed.exception) is Exception
+    with isolated_plugin_manager(autoload=False):
+        undeclared = CliRunner().invoke(group, ["declared"])
+    assert undeclared.exit_code == 1 and isinstance(undeclared.exception, DeclaredError)
 
 
 def test_cli_import_does_not_import_torch() -> None:

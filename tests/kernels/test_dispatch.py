@@ -10,8 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from vltk.errors import UserError
-from vltk_kernels import KernelBackendError, pixel_text_similarity, rein_attention, use_backend
+from vltk_kernels import KernelBackendError, KernelError, pixel_text_similarity, rein_attention, use_backend
 from vltk_kernels import _dispatch as dispatch
 
 
@@ -66,7 +65,15 @@ def test_unknown_backend_names_the_choices(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv(dispatch.ENV_VAR, "tritonn")
     with pytest.raises(KernelBackendError, match="VLTK_KERNEL_BACKEND=tritonn"):
         rein_attention(*rein_inputs(), 0.5)
-    assert issubclass(KernelBackendError, UserError)  # the CLI prints it as one "Error:" line
+
+
+def test_backend_error_is_the_kernels_own_type() -> None:
+    """vltk_kernels owns its errors (it imports nothing from vltk): a KernelError and a ValueError, never a vltk
+    UserError. The vltk CLI learns the type from the kernels plugin's ``vltk_user_error_types`` hook instead
+    (tests/plugins/kernels/test_kernel_errors.py)."""
+    assert issubclass(KernelBackendError, KernelError) and issubclass(KernelBackendError, ValueError)
+    assert KernelBackendError.__module__ == "vltk_kernels.errors"
+    assert all(base.__module__.split(".")[0] != "vltk" for base in KernelBackendError.__mro__)
 
 
 def test_torch_backend_never_touches_triton(triton_forbidden: None) -> None:

@@ -2,8 +2,9 @@
 
 ``vltk --help`` must not pay for torch, so this module imports only click and the (light) plugin manager;
 each subcommand lives in its own module and imports the heavy parts inside its function. Plugins add commands
-through the ``vltk_register_commands`` hook. A :class:`vltk.errors.UserError` anywhere becomes one
-``Error: ...`` line and exit code 2 — never a traceback.
+through the ``vltk_register_commands`` hook. A :class:`vltk.errors.UserError` anywhere — or an exception of a
+type a plugin declares through ``vltk_user_error_types`` — becomes one ``Error: ...`` line and exit code 2, never
+a traceback.
 """
 
 from __future__ import annotations
@@ -72,8 +73,23 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
         except UserError as error:
             raise UserErrorExit(str(error)) from None
+        except Exception as error:
+            if isinstance(error, _plugin_user_error_types()):
+                raise UserErrorExit(str(error)) from None
+            raise
+
+
+def _plugin_user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception types plugins declare as user errors (``vltk_user_error_types``), e.g. the kernels' backend
+    error, which cannot subclass :class:`UserError` because ``vltk_kernels`` stands alone. Asked only once an
+    error is on its way out, so a run that succeeds never pays for it."""
+    from vltk.plugins import get_plugin_manager
+
+    return get_plugin_manager().user_error_types()
 
 
 EPILOG = """\b

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from vltk.api import UserError, did_you_mean
+from vltk.api import UserError, bench_cases, did_you_mean
 
 EPILOG = """\b
 Examples:
@@ -28,25 +28,20 @@ so only the reference's times and memory and the interpreter's correctness are m
 
 
 def _collect_cases() -> dict[str, Any]:
-    from vltk.plugins import get_plugin_manager
-    from vltk_kernels.bench import BenchCase, builtin_cases
-
-    cases: dict[str, Any] = {case.name: case for case in builtin_cases()}
-    for plugin, case in get_plugin_manager().bench_cases():
-        if not isinstance(case, BenchCase):
-            raise UserError(f"plugin '{plugin}' registered a bench case that is not a BenchCase: {case!r}")
-        if case.name in cases:
-            raise UserError(
-                f"bench case '{case.name}' is registered twice: by '{cases[case.name].plugin}' and by '{plugin}'"
-            )
-        cases[case.name] = _with_plugin(case, plugin)
-    return cases
-
-
-def _with_plugin(case: Any, plugin: str) -> Any:
+    """Every registered case (the built-in ops' come from this plugin's own hook), tagged with its plugin."""
     from dataclasses import replace
 
-    return replace(case, plugin=plugin)
+    from vltk_kernels.benchmarking import BenchCase
+
+    cases: dict[str, Any] = {}
+    for name, (plugin, case) in bench_cases().items():
+        if not isinstance(case, BenchCase):
+            raise UserError(
+                f"plugin '{plugin}' registered a bench case that is not a BenchCase: {case!r}; register a "
+                "vltk_kernels.benchmarking.BenchCase"
+            )
+        cases[name] = replace(case, plugin=plugin)
+    return cases
 
 
 def _pick_device(device: str) -> Any:
@@ -143,7 +138,7 @@ def bench_command(
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
 
-    from vltk_kernels.bench import CPU_NOTE, DTYPES, BenchSettings, environment, run_case
+    from vltk_kernels.benchmarking import CPU_NOTE, DTYPES, BenchSettings, environment, run_case
 
     cases = _collect_cases()
     if list_only:

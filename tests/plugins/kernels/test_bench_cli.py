@@ -1,4 +1,5 @@
-"""``vltk bench``: CliRunner runs on the tiny shapes (JSON content, errors, plugin cases) and the memory tracker."""
+"""``vltk bench``: CliRunner runs on the tiny shapes (JSON content, errors, plugin cases), the registration of
+cases through the plugin manager, and the memory tracker."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from vltk import hookimpl
+from vltk.errors import UserError
+from vltk.plugins import VltkPluginManager
 from vltk.testing import invoke, isolated_plugin_manager
+from vltk_plugins.kernels import hooks as kernels_hooks
 
 
 def run_json(args: list[str]) -> dict:
@@ -90,7 +95,7 @@ class DoublingPlugin:
     def vltk_register_bench_cases(self, register) -> None:  # noqa: ANN001 - the hook's callback
         import torch
 
-        from vltk_kernels.bench import BenchCase, Shape
+        from vltk_kernels.benchmarking import BenchCase, Shape
 
         register(
             BenchCase(
@@ -103,21 +108,69 @@ class DoublingPlugin:
 
 
 def test_plugin_case_runs_and_duplicates_fail() -> None:
-    with isolated_plugin_manager(autoload=False, extra={"myplugin": DoublingPlugin()}):
+    with isolated_plugin_manager(autoload=False, extra={"kernels": kernels_hooks, "myplugin": DoublingPlugin()}):
         payload = run_json(["double", "--shapes", "tiny", "--repeats", "1"])
         listing = invoke(["bench", "--list"]).output
-    assert "double [myplugin]" in listing
+    assert "double [myplugin]" in listing and "rein_attention [kernels]" in listing
     rows = {(row["impl"], row["pass"]): row for row in payload["results"]}
     assert rows[("added", "fwd+bwd")]["max_abs_err"] == 0 and rows[("added", "fwd")]["speedup_vs_baseline"] > 0
-    with isolated_plugin_manager(autoload=False, extra={"clash": DoublingPlugin("rein_attention")}):
+    with isolated_plugin_manager(
+        autoload=False, extra={"kernels": kernels_hooks, "clash": DoublingPlugin("rein_attention")}
+    ):
         result = invoke(["bench", "--list"])
-    assert result.exit_code == 2 and "registered twice" in result.output and "'clash'" in result.output
+    assert result.exit_code == 2 and "registered twice" in result.output
+    assert "'kernels'" in result.output and "'clash'" in result.output and "Traceback" not in result.output
+
+
+def test_built_in_cases_come_from_the_kernels_plugin_hook() -> None:
+    """The built-in ops are registered through ``vltk_register_bench_cases`` like any plugin's: blocking the
+    kernels plugin leaves no built-in case behind."""
+    built_in = ["rein_attention", "pixel_text_similarity", "ms_deform_attn"]
+    manager = VltkPluginManager(autoload=False)
+    manager.add_plugin(kernels_hooks, "kernels")
+    cases = manager.bench_cases()
+    assert list(cases) == built_in
+    assert {plugin for plugin, _ in cases.values()} == {"kernels"}
+    assert not set(VltkPluginManager(blocked={"kernels"}).bench_cases()) & set(built_in)
+
+
+class NamedCasePlugin:
+    """Registers any object as a case: the manager reads only its name (the core does not import vltk_kernels)."""
+
+    def __init__(self, *cases: object) -> None:
+        self.cases = cases
+
+    @hookimpl
+    def vltk_register_bench_cases(self, register) -> None:  # noqa: ANN001 - the hook's callback
+        for case in self.cases:
+            register(case)
+
+
+def test_duplicate_case_names_both_plugins() -> None:
+    manager = VltkPluginManager(autoload=False)
+    manager.add_plugin(NamedCasePlugin(SimpleNamespace(name="op")), "first")
+    manager.add_plugin(NamedCasePlugin(SimpleNamespace(name="other"), SimpleNamespace(name="op")), "second")
+    with pytest.raises(UserError, match="bench case 'op' is registered twice") as info:
+        manager.bench_cases()
+    message = str(info.value)
+    assert "'first'" in message and "'second'" in message and "\n" not in message
+
+
+def test_a_case_without_a_name_or_of_the_wrong_type_is_a_user_error() -> None:
+    nameless = VltkPluginManager(autoload=False)
+    nameless.add_plugin(NamedCasePlugin(object()), "nameless")
+    with pytest.raises(UserError, match="plugin 'nameless' registered a bench case without a name"):
+        nameless.bench_cases()
+    with isolated_plugin_manager(autoload=False, extra={"kernels": kernels_hooks, "odd": NamedCasePlugin(
+            SimpleNamespace(name="odd_case"))}):  # fmt: skip
+        result = invoke(["bench", "--list"])
+    assert result.exit_code == 2 and "plugin 'odd' registered a bench case that is not a BenchCase" in result.output
 
 
 def test_peak_tracker_counts_temporaries_not_inputs() -> None:
     import torch
 
-    from vltk_kernels.bench import PeakTracker
+    from vltk_kernels.benchmarking import PeakTracker
 
     x = torch.randn(256, 256)  # 256 KiB, an input: not counted
     tracker = PeakTracker()

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from vltk.api import hookimpl
+from vltk.api import Register, hookimpl, lazy_factory
 from vltk_plugins.denseclip.options import DenseCLIPOptions
 
 
-def _build_denseclip(options: Any, **context: Any) -> Any:
-    from vltk_plugins.denseclip.prompter import build_denseclip
-
-    return build_denseclip(options, **context)
-
-
 @hookimpl
-def vltk_register_prompters(register: Any) -> None:
+def vltk_register_prompters(register: Register) -> None:
     register(
         "denseclip",
-        _build_denseclip,
+        lazy_factory("vltk_plugins.denseclip.prompter", "build_denseclip"),
         options=DenseCLIPOptions,
         summary="CoOp context + context decoder over the global + dense image embeddings: t + γ·t_diff per image",
         paper="DenseCLIP (Rao et al., CVPR 2022), arXiv:2112.01518",

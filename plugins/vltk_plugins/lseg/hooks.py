@@ -6,23 +6,16 @@ Light on purpose: only the options model is imported here; the factory imports t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from vltk.api import hookimpl
+from vltk.api import Register, hookimpl, lazy_factory
 from vltk_plugins.lseg.options import LSegOptions
 
 
-def _build_lseg(options: Any, **context: Any) -> Any:
-    from vltk_plugins.lseg.decoder import build_lseg
-
-    return build_lseg(options, **context)
-
-
 @hookimpl
-def vltk_register_decoders(register: Any) -> None:
+def vltk_register_decoders(register: Register) -> None:
     register(
         "lseg",
-        _build_lseg,
+        lazy_factory("vltk_plugins.lseg.decoder", "build_lseg"),
         options=LSegOptions,
         summary="language-driven head: pixel embeddings x text embeddings / 0.07; any label list at inference",
         paper="LSeg: Language-driven Semantic Segmentation (Li et al., ICLR 2022), arXiv:2201.03546",

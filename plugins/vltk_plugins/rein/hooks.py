@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from vltk.api import hookimpl
+from vltk.api import Register, hookimpl, lazy_factory
 from vltk_plugins.rein.options import ReinOptions
 
 
-def _build_rein(options: Any, **context: Any) -> Any:
-    from vltk_plugins.rein.adapter import build_rein
-
-    return build_rein(options, **context)
-
-
 @hookimpl
-def vltk_register_adapters(register: Any) -> None:
+def vltk_register_adapters(register: Register) -> None:
     register(
         "rein",
-        _build_rein,
+        lazy_factory("vltk_plugins.rein.adapter", "build_rein"),
         options=ReinOptions,
         summary="learnable low-rank tokens refine every block of a frozen backbone; tokens -> decoder queries",
         paper="Rein: Stronger, Fewer & Superior (Wei et al., CVPR 2024), arXiv:2312.04265",

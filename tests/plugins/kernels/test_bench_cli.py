@@ -103,13 +103,17 @@ class DoublingPlugin:
 
 
 def test_plugin_case_runs_and_duplicates_fail() -> None:
-    with isolated_plugin_manager(autoload=False, extra={"myplugin": DoublingPlugin()}):
+    import vltk_plugins.kernels.hooks
+
+    # the kernels plugin provides the `vltk bench` command itself: the isolated manager must load it too
+    kernels = vltk_plugins.kernels.hooks
+    with isolated_plugin_manager(autoload=False, extra={"kernels": kernels, "myplugin": DoublingPlugin()}):
         payload = run_json(["double", "--shapes", "tiny", "--repeats", "1"])
         listing = invoke(["bench", "--list"]).output
     assert "double [myplugin]" in listing
     rows = {(row["impl"], row["pass"]): row for row in payload["results"]}
     assert rows[("added", "fwd+bwd")]["max_abs_err"] == 0 and rows[("added", "fwd")]["speedup_vs_baseline"] > 0
-    with isolated_plugin_manager(autoload=False, extra={"clash": DoublingPlugin("rein_attention")}):
+    with isolated_plugin_manager(autoload=False, extra={"kernels": kernels, "clash": DoublingPlugin("rein_attention")}):
         result = invoke(["bench", "--list"])
     assert result.exit_code == 2 and "registered twice" in result.output and "'clash'" in result.output
 

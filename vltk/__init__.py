@@ -6,6 +6,9 @@ The public Python API. ``import vltk`` stays light (no torch): components are bu
     vltk.list_components("adapter")                    # ['frozen', 'full', 'rein', ...]
     rein = vltk.create("adapter", "rein", embed_dim=1024, num_layers=24, patch_size=16, lora_dim=16)
     model = vltk.build_model("path/to/recipe.yaml")    # or a RunConfig, or a dict
+
+This module is the API for *using* vltk (``__all__`` below). Plugins that *extend* it import from
+:mod:`vltk.api` only; every other module is internal.
 """
 
 from __future__ import annotations

@@ -1,13 +1,37 @@
 """The public surface plugins import from — and nothing else of ``vltk``.
 
-A plugin (built-in or third-party) writes ``from vltk.api import ...``; everything else in ``vltk`` is internal
-and may change. ``tests/core/test_layering.py`` walks the import graph and fails on any plugin module importing
-another ``vltk`` module.
+**Rule: plugins import from ``vltk.api`` only.** A plugin (built-in or third-party) writes
+``from vltk.api import ...``; every other ``vltk`` module is internal and may change without notice.
+``tests/core/test_layering.py`` walks the import graph and fails on a plugin module importing any other ``vltk``
+module (``from vltk import hookimpl`` is tolerated; prefer this module), and on anyone importing a private
+(underscore) name from outside its own package. What is public, grouped by what a plugin does with it:
 
-Importing this module stays light (no torch): the light names (hook markers, options, errors, the build
-context) are imported eagerly; the torch-backed ones (component base classes, dataset contracts, loss helpers)
+Registering components (entry-point modules, light):
+    ``hookimpl`` — the marker for hook implementations (specs: :mod:`vltk.hookspecs`);
+    ``Register`` — the type of the ``register`` callback: ``register(name, factory, *, options=None,
+    summary="", paper="")``; ``lazy_factory`` — ``lazy_factory(module, attribute)`` is a factory that
+    imports its module only when a run builds the component.
+Options and errors (light):
+    ``Options`` / ``NoOptions`` — base classes of a component's pydantic options; ``coerce_options`` — accept
+    an options object, a mapping or ``None`` in a factory called from Python; ``UserError`` — "fix your input",
+    printed as one line by the CLI; ``did_you_mean`` — the " did you mean 'x'?" suffix for such messages.
+Building (light):
+    ``BuildContext`` — the frozen facts a factory receives beside its options (backbone facts, pyramid
+    channels, classes, text and query widths); ``context.require(...)`` states what a component needs.
+Component contracts (torch; resolved on first access):
+    ``Backbone``, ``Adapter``, ``Prompter``, ``Decoder``, ``Augmenter``, ``BlockHook`` and the helpers
+    ``count_trainable``, ``named_trainable``.
+Datasets (torch; resolved on first access):
+    ``DenseDataSource``, ``DenseSample``, ``SPLITS``, ``colorize``; ``DetectionDataSource``,
+    ``DetectionSample``, ``collate_detection``, ``BOX_COLOURS``; the Cityscapes label set
+    ``CITYSCAPES_CLASSES``, ``CITYSCAPES_PALETTE``, ``IGNORE_INDEX``.
+Losses (torch; resolved on first access):
+    ``as_label_map``, ``logits_at_label_size`` — the one label/logit alignment every dense loss uses.
+
+Importing this module stays light (no torch): the light names are imported eagerly; the torch-backed ones
 resolve on first access, so an entry-point module can write ``from vltk.api import hookimpl, lazy_factory`` and
-``vltk --help`` still starts in a fraction of a second.
+``vltk --help`` still starts in a fraction of a second. ``__all__`` is the complete list; the package ships a
+``py.typed`` marker so type checkers read these annotations.
 """
 
 from __future__ import annotations

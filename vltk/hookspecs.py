@@ -4,43 +4,62 @@ Every component vltk knows about — including the built-in ones — arrives thr
 named in the ``vltk`` entry-point group. A plugin implements any subset of them::
 
     # vltk_myplugin/hooks.py  (entry point:  [project.entry-points.vltk] myplugin = "vltk_myplugin.hooks")
-    from vltk import hookimpl
+    from vltk.api import Register, hookimpl, lazy_factory
+    from vltk_myplugin.options import MyOptions          # light: pydantic only, no torch here
+
 
     @hookimpl
-    def vltk_register_adapters(register):
-        from vltk_myplugin.options import MyOptions      # light: no torch here
-
-        def build(options, **context):                   # heavy imports happen only when the adapter is built
-            from vltk_myplugin.adapter import MyAdapter
-            return MyAdapter(options, **context)
-
-        register("my-adapter", build, options=MyOptions, summary="What it does", paper="Where it comes from")
+    def vltk_register_adapters(register: Register) -> None:
+        # the adapter module (and torch) is imported only when a run builds the adapter
+        register(
+            "my-adapter",
+            lazy_factory("vltk_myplugin.adapter", "build_my_adapter"),
+            options=MyOptions,
+            summary="What it does",
+            paper="Where it comes from",
+        )
 
 Registration hooks take a ``register`` callback rather than returning objects so that one hook can add many
 components, names are checked for duplicates at registration time (the error names both plugins), and
 nothing is built until a run asks for it. Keep hook modules light: ``vltk list`` and ``vltk --help`` import
-every one of them.
-
-``register(name, factory, *, options=None, summary="", paper="")``:
-    ``name`` — the user-facing name (``--adapter NAME``); ``factory(options, **context)`` — builds the component
-    from its validated options and the context the pipeline passes (``embed_dim``, ``num_layers``,
-    ``patch_size``, ``has_cls_token``, ``text_dim``, ``in_channels``, ``num_classes``, ``class_names``,
-    ``ignore_index``, ``query_dims``...; accept ``**context`` and ignore what you don't need);
-    ``options`` — a :class:`vltk.options.Options` subclass (pydantic, ``extra="forbid"``) whose fields are the
-    component's knobs; ``summary`` / ``paper`` — shown by ``vltk list`` and ``vltk show``.
+every one of them. The callback's signature is :class:`Register`; a keyword it does not know (``sumary=``) is
+an error naming the plugin, the component and the closest keyword, never silently dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
+
+if TYPE_CHECKING:  # the options module imports pydantic; hook specs stay importable without it
+    from vltk.options import Options
 
 hookspec = pluggy.HookspecMarker("vltk")
 hookimpl = pluggy.HookimplMarker("vltk")
 
-Register = Callable[..., None]
+
+class Register(Protocol):
+    """The ``register`` callback handed to every ``vltk_register_<kind>s`` hook, bound to one kind and one plugin.
+
+    ``name`` is what users type (``--adapter NAME``); ``factory`` builds the component from its validated
+    options object and the :class:`vltk.api.BuildContext` the pipeline has grown so far (write it as
+    ``build_x(options: XOptions, context: BuildContext)``; wrap it in :func:`vltk.api.lazy_factory` so that
+    registering imports nothing heavy); ``options`` is a :class:`vltk.api.Options` subclass (pydantic,
+    ``extra="forbid"``) whose fields are the component's knobs, :class:`vltk.api.NoOptions` when omitted;
+    ``summary`` and ``paper`` are what ``vltk list`` and ``vltk show`` print.
+    """
+
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        *,
+        options: type[Options] | None = None,
+        summary: str = "",
+        paper: str = "",
+    ) -> None: ...
 
 
 @hookspec
@@ -145,7 +164,7 @@ def vltk_recipe_dirs() -> list[str]:
 
 
 @hookspec
-def vltk_register_bench_cases(register: Register) -> None:
+def vltk_register_bench_cases(register: Callable[[Any], None]) -> None:
     """Add benchmark cases to ``vltk bench``: ``register(case)`` with a ``vltk_kernels.benchmarking.BenchCase``.
 
     A case names its shapes, builds inputs for a shape, and maps implementation names to callables; the one

@@ -4,7 +4,8 @@ Built-in components are entry points of our own distribution, so they go through
 third-party ``vltk-<name>`` package does. Two environment variables control loading:
 
 - ``VLTK_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points at all (tests register plugins by hand);
-- ``VLTK_BLOCK_PLUGINS=a,b``: skip the entry points named ``a`` and ``b``.
+- ``VLTK_BLOCK_PLUGINS=a,b``: skip the entry points named ``a`` and ``b`` (a name that is no installed entry
+  point is a one-line warning with the closest name: a typo must not leave the plugin silently loaded).
 
 ``check_pending()`` runs after loading, so a hook implementation with a misspelled name (``vltk_register_adaptor``)
 fails loudly instead of being silently ignored.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import pluggy
 
 from vltk import hookspecs
-from vltk.errors import UserError
+from vltk.errors import UserError, did_you_mean
 from vltk.registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = "vltk"
@@ -53,15 +55,27 @@ class VltkPluginManager:
         self._registered = False
         if autoload is None:
             autoload = os.environ.get("VLTK_DISABLE_PLUGIN_AUTOLOAD", "").strip().lower() not in {"1", "true", "yes"}
+        from_environment = blocked is None
         if blocked is None:
             blocked = {name.strip() for name in os.environ.get("VLTK_BLOCK_PLUGINS", "").split(",") if name.strip()}
+        self.blocked: frozenset[str] = frozenset(blocked)
         for name in blocked:
             self.pm.set_blocked(name)
         if autoload:
-            self._load_entry_points()
+            self._load_entry_points(warn_unknown_blocked=from_environment)
 
-    def _load_entry_points(self) -> None:
-        for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    def _load_entry_points(self, *, warn_unknown_blocked: bool = False) -> None:
+        entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+        if warn_unknown_blocked:
+            installed = sorted({entry_point.name for entry_point in entry_points})
+            for name in sorted(self.blocked - set(installed)):
+                warnings.warn(
+                    f"VLTK_BLOCK_PLUGINS names '{name}', which is not an installed plugin;"
+                    f"{did_you_mean(name, installed)} installed: {', '.join(installed) or 'none'}",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        for entry_point in entry_points:
             if self.pm.is_blocked(entry_point.name) or self.pm.has_plugin(entry_point.name):
                 continue
             try:
@@ -88,6 +102,13 @@ class VltkPluginManager:
             raise RuntimeError("plugins must be added before the registry is first used")
         if self.pm.is_blocked(name):
             return
+        try:
+            hash(plugin)  # pluggy keeps plugins in sets to call one plugin's hooks (see _callers_by_plugin)
+        except TypeError:
+            raise PluginLoadError(
+                f"plugin '{name}' is a {type(plugin).__name__}, which cannot be hashed; register a module or an "
+                "instance of a plain class"
+            ) from None
         self.pm.register(plugin, name=name)
         self._distributions[name] = (distribution, version)
         try:
@@ -99,14 +120,41 @@ class VltkPluginManager:
                 f"plugin '{name}' is invalid: {error}. Hook implementations must be named one of: {', '.join(known)}"
             ) from None
 
+    def _callers_by_plugin(self, hook_name: str) -> list[tuple[str, Any]]:
+        """``(plugin name, hook caller)`` for every plugin implementing ``hook_name``, in registration order.
+
+        Each caller goes through pluggy's call path (tracing, call monitoring, wrappers) but reaches only one
+        plugin's implementation, so whatever it registers or returns is credited to that plugin — which is what
+        lets a duplicate name say which two plugins collide.
+        """
+        hook = getattr(self.pm.hook, hook_name)
+        implementations = [impl for impl in hook.get_hookimpls() if not (impl.hookwrapper or impl.wrapper)]
+        callers = []
+        for impl in implementations:
+            others = [other.plugin for other in implementations if other.plugin is not impl.plugin]
+            caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+            # pluggy removes a plugin by its attribute named like the hook; one implementing it under another
+            # function name (``specname=``) would be called once per plugin and register everything repeatedly
+            stray = [
+                other.plugin_name
+                for other in caller.get_hookimpls()
+                if other.plugin is not impl.plugin and not (other.hookwrapper or other.wrapper)
+            ]
+            if stray:
+                raise PluginLoadError(
+                    f"plugin '{stray[0]}' implements {hook_name} under another function name; name the function "
+                    f"{hook_name} (vltk calls each plugin's implementation on its own)"
+                )
+            callers.append((impl.plugin_name, caller))
+        return callers
+
     def _fill_registry(self) -> None:
         if self._registered:
             return
         self._registered = True
         for kind in KINDS:
-            hook = getattr(self.pm.hook, f"vltk_register_{kind}s")
-            for impl in hook.get_hookimpls():
-                impl.function(register=self.registry.register_callback(kind, impl.plugin_name))
+            for plugin_name, caller in self._callers_by_plugin(f"vltk_register_{kind}s"):
+                caller(register=self.registry.register_callback(kind, plugin_name))
 
     def get_registry(self) -> Registry:
         """The registry, filled on first use (hook modules stay light, so this is cheap)."""
@@ -135,27 +183,13 @@ class VltkPluginManager:
     def recipe_dirs(self) -> list[tuple[str, str]]:
         """``(plugin name, folder)`` pairs from every ``vltk_recipe_dirs`` implementation."""
         pairs = []
-        for impl in self.pm.hook.vltk_recipe_dirs.get_hookimpls():
-            for folder in impl.function() or []:
-                pairs.append((impl.plugin_name, str(folder)))
+        for plugin_name, caller in self._callers_by_plugin("vltk_recipe_dirs"):
+            for folders in caller():
+                pairs.extend((plugin_name, str(folder)) for folder in folders or [])
         return pairs
 
     def register_commands(self, cli: Any) -> None:
         self.pm.hook.vltk_register_commands(cli=cli)
-
-    def _callers_per_plugin(self, hook_name: str) -> list[tuple[str, Any]]:
-        """``(plugin name, caller)`` per implementation of ``hook_name``: each caller goes through pluggy's call
-        path but reaches that one plugin only, so a result (or an error) can name the plugin it came from."""
-        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
-        return [
-            (
-                impl.plugin_name,
-                self.pm.subset_hook_caller(
-                    hook_name, remove_plugins=[other.plugin for other in impls if other.plugin is not impl.plugin]
-                ),
-            )
-            for impl in impls
-        ]
 
     def bench_cases(self) -> dict[str, tuple[str, Any]]:
         """``{case name: (plugin name, case)}`` for every case registered through ``vltk_register_bench_cases``.
@@ -179,7 +213,7 @@ class VltkPluginManager:
                 )
             cases[name] = (plugin, case)
 
-        for plugin, call in self._callers_per_plugin("vltk_register_bench_cases"):
+        for plugin, call in self._callers_by_plugin("vltk_register_bench_cases"):
             call(register=functools.partial(register, plugin=plugin))
         return cases
 
@@ -187,7 +221,7 @@ class VltkPluginManager:
         """Every exception type plugins declare through ``vltk_user_error_types``: the CLI prints them as one
         ``Error:`` line, like :class:`UserError`. Anything but exception classes is a :class:`PluginLoadError`."""
         types: list[type[BaseException]] = []
-        for plugin, call in self._callers_per_plugin("vltk_user_error_types"):
+        for plugin, call in self._callers_by_plugin("vltk_user_error_types"):
             for error_type in (error_type for result in call() for error_type in result or []):
                 if not (isinstance(error_type, type) and issubclass(error_type, BaseException)):
                     raise PluginLoadError(
@@ -206,6 +240,12 @@ def get_plugin_manager() -> VltkPluginManager:
     global _MANAGER
     if _MANAGER is None:
         _MANAGER = VltkPluginManager()
+    return _MANAGER
+
+
+def current_plugin_manager() -> VltkPluginManager | None:
+    """The process-wide manager if one was made, else ``None``; unlike :func:`get_plugin_manager` it never loads
+    plugins, so a fixture can save the exact state it must restore."""
     return _MANAGER
 
 

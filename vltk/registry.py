@@ -2,13 +2,16 @@
 
 The registry is filled by the plugin manager calling the ``vltk_register_*`` hooks with a ``register``
 callback bound to one component kind and one plugin, so a duplicate name can say which two plugins collide.
-Lookups of unknown names raise :class:`vltk.errors.UserError` with the closest match.
+Every mistake a plugin can make while registering (an unknown keyword, a duplicate name, an options class that is
+not an :class:`~vltk.options.Options`) and lookups of unknown names raise :class:`vltk.errors.UserError`: one line
+naming the plugin and the component, which the CLI prints as ``Error: ...`` without a traceback.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vltk.errors import UserError, did_you_mean
@@ -16,6 +19,7 @@ from vltk.options import NoOptions, Options
 
 if TYPE_CHECKING:
     from vltk.context import BuildContext
+    from vltk.hookspecs import Register
 
 #: Component kinds in the order ``vltk list`` shows them. Plurals are accepted on the command line.
 KINDS: tuple[str, ...] = ("backbone", "adapter", "prompter", "decoder", "augmenter", "dataset")
@@ -56,7 +60,6 @@ class ComponentSpec:
     plugin: str
     summary: str = ""
     paper: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, values: dict[str, Any] | None = None, *, where: str | None = None) -> Options:
         """Validate option values with the component's own model; errors name the dotted key."""
@@ -105,44 +108,52 @@ class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, dict[str, ComponentSpec]] = {kind: {} for kind in KINDS}
 
-    def register_callback(self, kind: str, plugin: str) -> Callable[..., None]:
-        """The ``register`` function handed to one plugin's ``vltk_register_<kind>s`` hook."""
+    def register_callback(self, kind: str, plugin: str) -> Register:
+        """The ``register`` function handed to one plugin's ``vltk_register_<kind>s`` hook.
 
-        def register(
-            name: str,
-            factory: Callable[..., Any],
-            *,
-            options: type[Options] | None = None,
-            summary: str = "",
-            paper: str = "",
-            **extra: Any,
-        ) -> None:
+        It takes exactly the arguments of :class:`vltk.hookspecs.Register`. Python would report a wrong keyword
+        as a ``TypeError`` raised in the plugin's own frame, with no word of which plugin or component; binding
+        the arguments here turns it into a one-line :class:`UserError` that names both and suggests the keyword
+        that was meant.
+        """
+
+        def register(*args: Any, **kwargs: Any) -> None:
+            try:
+                bound = _REGISTER_SIGNATURE.bind(*args, **kwargs)
+            except TypeError as error:
+                raise UserError(_bad_call_message(kind, plugin, args, kwargs, error)) from None
+            bound.apply_defaults()
+            values = bound.arguments
             self.add(
                 ComponentSpec(
                     kind=kind,
-                    name=name,
-                    factory=factory,
-                    options=options or NoOptions,
+                    name=values["name"],
+                    factory=values["factory"],
+                    options=values["options"] or NoOptions,
                     plugin=plugin,
-                    summary=summary,
-                    paper=paper,
-                    extra=extra,
+                    summary=values["summary"],
+                    paper=values["paper"],
                 )
             )
 
+        register.__signature__ = _REGISTER_SIGNATURE  # type: ignore[attr-defined]
         return register
 
     def add(self, spec: ComponentSpec) -> None:
+        """Record one component; an unnamed one, a non-Options options class or a taken name is a user error."""
         if not spec.name or not isinstance(spec.name, str):
-            raise ValueError(f"plugin '{spec.plugin}' registered a {spec.kind} without a name")
+            raise UserError(
+                f"plugin '{spec.plugin}' registered {_with_article(spec.kind)} without a name; pass the name users "
+                "type as the first argument of register()"
+            )
         if not (isinstance(spec.options, type) and issubclass(spec.options, Options)):
-            raise TypeError(
+            raise UserError(
                 f"plugin '{spec.plugin}' registered {spec.kind} '{spec.name}' with options={spec.options!r}; "
-                "pass a subclass of vltk.options.Options"
+                "pass a subclass of vltk.api.Options (or leave options out)"
             )
         existing = self._specs[spec.kind].get(spec.name)
         if existing is not None:
-            raise ValueError(
+            raise UserError(
                 f"{spec.kind} '{spec.name}' is registered twice: by plugin '{existing.plugin}' and by plugin "
                 f"'{spec.plugin}'; block one of them with VLTK_BLOCK_PLUGINS={spec.plugin} or rename it"
             )
@@ -165,3 +176,37 @@ class Registry:
             hint = did_you_mean(name, known)
             listing = ", ".join(known) if known else "none registered"
             raise UserError(f"unknown {kind} '{name}';{hint} available: {listing} (see `vltk list {kind}s`)") from None
+
+
+def _register_reference(
+    name: str,
+    factory: Callable[..., Any],
+    *,
+    options: type[Options] | None = None,
+    summary: str = "",
+    paper: str = "",
+) -> None:
+    """The argument list of :class:`vltk.hookspecs.Register`, as a function ``inspect`` can bind calls against."""
+
+
+_REGISTER_SIGNATURE = inspect.signature(_register_reference)
+
+
+def _bad_call_message(kind: str, plugin: str, args: tuple[Any, ...], kwargs: dict[str, Any], error: TypeError) -> str:
+    """One line for a ``register(...)`` call that does not fit the signature: who, what, and the likely fix."""
+    name = args[0] if args else kwargs.get("name")
+    component = f"{kind} '{name}'" if isinstance(name, str) and name else _with_article(kind)
+    accepted = list(_REGISTER_SIGNATURE.parameters)
+    unknown = [keyword for keyword in kwargs if keyword not in _REGISTER_SIGNATURE.parameters]
+    usage = "register(name, factory, *, options=None, summary='', paper='')"
+    if unknown:
+        keyword = unknown[0]
+        return (
+            f"plugin '{plugin}' registered {component} with an unknown keyword '{keyword}';"
+            f"{did_you_mean(keyword, accepted)} the signature is {usage}"
+        )
+    return f"plugin '{plugin}' registered {component} with wrong arguments ({error}); the signature is {usage}"
+
+
+def _with_article(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"

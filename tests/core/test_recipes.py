@@ -6,14 +6,31 @@ Paper recipes point at data and weights that are not here; the dry run checks ev
 
 from __future__ import annotations
 
+from importlib import metadata
+from pathlib import Path
+
 import pytest
 import yaml
 
-from vltk.config import available_recipes
-from vltk.plugins import get_plugin_manager
 from vltk.testing import invoke
 
-RECIPES = sorted(available_recipes(get_plugin_manager().recipe_dirs()))
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _recipes_on_disk() -> list[str]:
+    """Recipe names from the files alone — core ``vltk/recipes`` and each built-in entry point's ``recipes/``
+    folder — so collecting this module imports no plugin (one broken plugin must not hide every test here);
+    :func:`test_plugins_declare_exactly_the_recipes_on_disk` checks that the plugins agree."""
+    names = [path.stem for path in (REPO / "vltk" / "recipes").glob("*.yaml")]
+    for entry_point in metadata.entry_points(group="vltk"):
+        package = entry_point.value.split(":")[0].rsplit(".", 1)[0]  # vltk_plugins.rein.hooks -> vltk_plugins.rein
+        if package.startswith("vltk_plugins."):
+            folder = REPO / "plugins" / Path(*package.split(".")) / "recipes"
+            names += [f"{entry_point.name}/{path.stem}" for path in folder.glob("*.yaml")]
+    return sorted(names)
+
+
+RECIPES = _recipes_on_disk()
 
 #: Recipes the paper plugins promise (issue 5): the paper settings and a tiny CPU version of each.
 EXPECTED = (
@@ -30,6 +47,13 @@ def _dry_run(recipe: str, *overrides: str) -> dict:
     result = invoke(["train", "--recipe", recipe, "--dry-run", *overrides])
     assert result.exit_code == 0, result.output
     return yaml.safe_load(result.output)
+
+
+def test_plugins_declare_exactly_the_recipes_on_disk() -> None:
+    from vltk.config import available_recipes
+    from vltk.plugins import get_plugin_manager
+
+    assert sorted(available_recipes(get_plugin_manager().recipe_dirs())) == RECIPES
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -37,6 +37,8 @@ class LazyGroup(click.Group):
     """A click group that imports built-in subcommands on demand and asks plugins for theirs once."""
 
     _plugins_added = False
+    #: names of the commands the plugins added, so :meth:`forget_plugin_commands` can take exactly those back
+    _plugin_commands: frozenset[str] = frozenset()
 
     def _add_plugin_commands(self) -> None:
         if LazyGroup._plugins_added:
@@ -44,10 +46,24 @@ class LazyGroup(click.Group):
         LazyGroup._plugins_added = True
         from vltk.plugins import get_plugin_manager
 
+        before = set(self.commands)
         try:
             get_plugin_manager().register_commands(self)
         except UserError as error:
             raise UserErrorExit(str(error)) from None
+        finally:
+            LazyGroup._plugin_commands = frozenset(set(self.commands) - before)
+
+    def forget_plugin_commands(self) -> None:
+        """Drop the commands plugins added and ask the (then current) plugin manager again on next use.
+
+        The group outlives plugin managers: a test that swaps the manager (:mod:`vltk.testing`) calls this so
+        one test's plugin commands neither leak into the next nor hide the next manager's.
+        """
+        for name in LazyGroup._plugin_commands:
+            self.commands.pop(name, None)
+        LazyGroup._plugin_commands = frozenset()
+        LazyGroup._plugins_added = False
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._add_plugin_commands()

@@ -32,6 +32,16 @@ def _registry() -> Any:
     return get_registry()
 
 
+def _how_to_get_plugins() -> str:
+    """What to do when nothing (of a kind) is registered: install a plugin, or undo what switched plugins off."""
+    from vltk.plugins import get_plugin_manager
+
+    blocked = sorted(get_plugin_manager().blocked)
+    if blocked:
+        return f"install a plugin or unset VLTK_BLOCK_PLUGINS (it blocks {', '.join(blocked)})"
+    return "install a plugin, or unset VLTK_DISABLE_PLUGIN_AUTOLOAD if it is set"
+
+
 @click.command("list", epilog=LIST_EPILOG)
 @click.argument("kind", required=False)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -64,13 +74,17 @@ def list_command(kind: str | None, as_json: bool) -> None:
         }
         click.echo(json.dumps(payload, indent=2))
         return
+    empty = [k for k in kinds if not registry.specs(k)]
+    if empty == kinds:
+        click.echo(f"no {', '.join(f'{k}s' for k in kinds)} registered: {_how_to_get_plugins()}")
+        return
     table = Table(title="vltk components")
     for column in ("kind", "name", "plugin", "summary"):
         table.add_column(column)
     for k in kinds:
         specs = registry.specs(k)
         if not specs:
-            table.add_row(k, "-", "", "(none installed)")
+            table.add_row(k, "-", "", "(none registered)")
         for spec in specs:
             table.add_row(k, escape(spec.name), escape(spec.plugin), escape(spec.summary))
     Console(width=max(120, Console().width)).print(table)
@@ -151,6 +165,9 @@ def plugins_command(as_json: bool) -> None:
     infos = get_plugin_manager().plugins()
     if as_json:
         click.echo(json.dumps([info.__dict__ | {"hooks": list(info.hooks)} for info in infos], indent=2))
+        return
+    if not infos:
+        click.echo(f"no plugins loaded: {_how_to_get_plugins()}")
         return
     from rich.console import Console
     from rich.table import Table

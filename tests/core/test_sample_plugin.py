@@ -10,6 +10,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ def installed_sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     """pip-install the sample distribution into a private folder; return an environment that sees it."""
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
+    # build from a clean copy: pip builds in the source tree, whose left-over build/ would leak stale modules
+    source = build / "vltk-sample"
+    shutil.copytree(SAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     done = subprocess.run(
         [
             sys.executable,
@@ -36,7 +40,7 @@ def installed_sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
             "--quiet",
             "--target",
             str(target),
-            str(SAMPLE),
+            str(source),
         ],
         capture_output=True,
         text=True,

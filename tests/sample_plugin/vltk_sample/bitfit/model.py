@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from vltk.api import Adapter, Backbone
+from vltk.api import Adapter, Backbone, BuildContext
+from vltk_sample.bitfit.options import BitFitOptions
 
 
 class BitFitAdapter(Adapter):
@@ -26,3 +27,8 @@ class BitFitAdapter(Adapter):
         for name, parameter in backbone.named_parameters():
             trainable = name.endswith(".bias") or (self.train_norms and id(parameter) in norm_ids)
             parameter.requires_grad_(trainable)
+
+
+def build_bitfit(options: BitFitOptions, context: BuildContext) -> BitFitAdapter:
+    """Factory registered as adapter ``bitfit``; BitFit needs no backbone facts, so ``context`` goes unused."""
+    return BitFitAdapter(train_norms=options.train_norms)

@@ -1,0 +1,1 @@
+"""Adapter ``bitfit``: only the backbone's bias terms train."""

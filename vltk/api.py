@@ -15,12 +15,17 @@ Options and errors (light):
     ``Options`` / ``NoOptions`` — base classes of a component's pydantic options; ``coerce_options`` — accept
     an options object, a mapping or ``None`` in a factory called from Python; ``UserError`` — "fix your input",
     printed as one line by the CLI; ``did_you_mean`` — the " did you mean 'x'?" suffix for such messages.
+Benchmarks (light):
+    ``bench_cases`` — every ``vltk bench`` case the loaded plugins register, by name.
 Building (light):
     ``BuildContext`` — the frozen facts a factory receives beside its options (backbone facts, pyramid
     channels, classes, text and query widths); ``context.require(...)`` states what a component needs.
 Component contracts (torch; resolved on first access):
-    ``Backbone``, ``Adapter``, ``Prompter``, ``Decoder``, ``Augmenter``, ``BlockHook`` and the helpers
-    ``count_trainable``, ``named_trainable``.
+    ``Backbone``, ``Adapter``, ``Prompter``, ``Decoder``, ``Augmenter``, ``BlockHook``; ``DetectionDecoder``
+    (a head on a split backbone); the protocols ``SplitBackbone`` and ``TextSpaceBackbone`` with their one
+    checks ``require_split_backbone`` and ``require_text_space``, and ``require_adapter_fits`` (adapters with
+    weights need a ViT unless they declare ``supports_cnn``); the helpers ``count_trainable``,
+    ``named_trainable``.
 Datasets (torch; resolved on first access):
     ``DenseDataSource``, ``DenseSample``, ``SPLITS``, ``colorize``; ``DetectionDataSource``,
     ``DetectionSample``, ``collate_detection``, ``BOX_COLOURS``; the Cityscapes label set

@@ -3,7 +3,7 @@ the ``clip-faster-rcnn`` decoder and their recipes (``clip-gap/dwd``, ``clip-gap
 
 Light on purpose: only the options models are imported; factories import torch/torchvision when built. The
 backbone (``clip-resnet``), prompters (``clip-template``) and detection datasets (``synthetic-det``, ``dwd``)
-are paper-agnostic and live in the generic plugin / core.
+are paper-agnostic: they live in the backbones, prompters and datasets plugins.
 """
 
 from __future__ import annotations

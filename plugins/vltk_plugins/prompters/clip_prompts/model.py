@@ -1,4 +1,4 @@
-"""The generic prompters ``clip-template`` (hand-written prompts) and ``coop`` (learned context), and the text helpers
+"""The reusable prompters ``clip-template`` (hand-written prompts) and ``coop`` (learned context), and the text helpers
 every prompter shares.
 
 A prompter turns the class names into text embeddings with the backbone's own text tower (``clip-vit``, ``eva02``

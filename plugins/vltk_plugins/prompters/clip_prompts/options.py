@@ -1,4 +1,4 @@
-"""Options of the generic prompters ``clip-template`` and ``coop`` (and the text-guidance knobs every prompter shares).
+"""Options of the reusable prompters ``clip-template`` and ``coop`` (and the text-guidance knobs every prompter shares).
 
 No torch import: ``hooks.py`` registers these. The text-guidance fields live on the prompter because they only make
 sense with one: they decide what :class:`~vltk.models.DensePredictor` does with the pixel-text score map (append it

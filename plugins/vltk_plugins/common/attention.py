@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +31,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from vltk.api import UserError
+from vltk_plugins.common.vit_options import AttentionChoice
 
 logger = logging.getLogger(__name__)
 
-AttentionBackend = Literal["auto", "xformers", "sdpa", "math"]
-ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "xformers", "sdpa", "math")
+#: The backends a user may request: the ``attention`` option's choices (declared torch-free in vit_options).
+AttentionBackend = AttentionChoice
+ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionChoice)
 
 _XFORMERS_STATUS: dict[str, str | None] = {}  # device type -> None (works) or why not
 _LOGGED: set[tuple[str, str]] = set()

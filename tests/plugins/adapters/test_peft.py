@@ -24,7 +24,7 @@ from vltk_plugins.adapters.peft.model import attention_weights, build_lora, buil
 from vltk_plugins.adapters.peft.options import LoRAOptions, VPTOptions
 from vltk_plugins.backbones.dinov2.model import Dinov2Backbone, build_dinov2, build_trunk
 from vltk_plugins.backbones.dinov2.options import Dinov2Options
-from vltk_plugins.backbones.open_clip_vit.model import _identity_rope_for_extra, build_clip_vit, build_eva02
+from vltk_plugins.backbones.open_clip_vit.model import build_clip_vit, build_eva02, identity_rope_for_extra
 
 LARGE = {"embed_dim": 1024, "num_layers": 24, "patch_size": 16, "num_classes": 19}
 BUILDERS = {
@@ -260,11 +260,11 @@ def test_eva_rope_gives_extra_tokens_identity_rotation() -> None:
     from timm.layers.pos_embed_sincos import apply_rot_embed_cat
 
     rope = torch.randn(6, 16)
-    padded = _identity_rope_for_extra(rope, 9)
+    padded = identity_rope_for_extra(rope, 9)
     assert padded.shape == (9, 16) and torch.equal(padded[:6], rope)
     x = torch.randn(2, 3, 9, 8)
     torch.testing.assert_close(apply_rot_embed_cat(x, padded)[:, :, 6:], x[:, :, 6:])
-    assert _identity_rope_for_extra(rope, 6) is rope
+    assert identity_rope_for_extra(rope, 6) is rope
 
 
 def test_vpt_options() -> None:

@@ -12,10 +12,11 @@ import torch
 from pydantic import ValidationError
 
 import vltk
+from vltk.api import BuildContext
 from vltk.errors import UserError
 from vltk_plugins.backbones.dinov2.model import IMAGENET_MEAN, IMAGENET_STD, Dinov2Backbone, build_dinov2, build_trunk
 from vltk_plugins.backbones.dinov2.options import Dinov2Options
-from vltk_plugins.backbones.open_clip_vit.model import InputSizeError
+from vltk_plugins.common.vit import InputSizeError
 
 
 def _build(**options) -> Dinov2Backbone:
@@ -204,9 +205,12 @@ def test_options() -> None:
 def test_registered_and_drop_path() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        backbone = vltk.create("backbone", "dinov2", variant="tiny", drop_path_rate=0.2, num_classes=19)
-    assert isinstance(backbone, Dinov2Backbone)
-    assert backbone.trunk.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
+        backbone = vltk.create("backbone", "dinov2", variant="tiny", drop_path_rate=0.2)
+        # the factory takes the pipeline's build context and needs nothing from it
+        with_context = build_dinov2(Dinov2Options(drop_path_rate=0.2), BuildContext(num_classes=19))
+    for built in (backbone, with_context):
+        assert isinstance(built, Dinov2Backbone)
+        assert built.trunk.blocks[-1].drop_path1.drop_prob == pytest.approx(0.2)
 
 
 def test_grad_checkpointing_same_gradients() -> None:

@@ -18,8 +18,9 @@ re-implemented. What the wrapper adds:
   parameter, e.g. all True for ``full``); the pipeline then calls :meth:`Backbone.restrict_trainable`, where this
   backbone switches its fixed parts off again. So ``adapter=full`` + ``trainable=[layer3, layer4, attnpool]``
   trains exactly those stages, and ``adapter=frozen`` trains nothing whatever ``trainable`` says.
-* **the text side.** Same API as the open_clip ViT backbones: :meth:`text_tower`, :meth:`tokenizer`,
-  :meth:`encode_text`; the text tower is frozen, not a registered submodule, yet part of ``state_dict()``.
+* **the text side.** Same API as the open_clip ViT backbones (:class:`~vltk_plugins.common.clip_text.ClipTextSide`):
+  :meth:`text_tower`, :meth:`tokenizer`, :meth:`encode_text`; the text tower is frozen, not a registered
+  submodule, yet part of ``state_dict()``. Weights load through :mod:`vltk_plugins.common.weights`.
 
 A CNN has no token blocks: ``is_vit`` is False, so adapters that refine ViT blocks (Rein, LoRA, VPT) are refused
 by the pipeline; block hooks that are passed anyway (``frozen``/``full`` are identities) are called after every
@@ -30,24 +31,17 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vltk.api import Backbone, BlockHook, UserError, coerce_options
+from vltk.api import Backbone, BlockHook, BuildContext, UserError, coerce_options
 from vltk_plugins.backbones.clip_resnet.options import STAGES, ClipResNetOptions
-from vltk_plugins.backbones.open_clip_vit.model import (
-    OPENAI_MEAN,
-    OPENAI_STD,
-    ClipTextSide,
-    _text_load_hook,
-    _text_state_dict_hook,
-    load_pretrained,
-    warn_random,
-)
+from vltk_plugins.common.clip_text import OPENAI_MEAN, OPENAI_STD, ClipTextSide
+from vltk_plugins.common.weights import load_pretrained_or_warn
 
 #: The ``tiny`` variant: one bottleneck per stage, width 8 (pyramid 32/64/128/256 channels, 4 pool heads),
 #: joint width 64, a 2-block 64-wide text tower. Builds and runs in milliseconds.
@@ -146,12 +140,7 @@ class ClipResNetBackbone(ClipTextSide, Backbone):
         if unknown:
             raise UserError(f"{label}: unknown stages in trainable: {unknown}; choose from {list(STAGES)}")
         self.visual = visual
-        object.__setattr__(self, "_clip", clip)  # not a submodule: keeps the text tower out of parameters()
-        clip.text.requires_grad_(False).eval()
-        for name in ("logit_scale", "logit_bias"):
-            parameter = getattr(clip, name, None)
-            if isinstance(parameter, nn.Parameter):
-                parameter.requires_grad_(False)
+        self.attach_clip(clip)
         layers = (visual.layer1, visual.layer2, visual.layer3, visual.layer4)
         self.out_channels: tuple[int, int, int, int] = tuple(layer[-1].bn3.num_features for layer in layers)  # type: ignore[assignment]
         self.embed_dim = self.out_channels[3]
@@ -168,9 +157,6 @@ class ClipResNetBackbone(ClipTextSide, Backbone):
         self.bn = bn
         self.trainable = tuple(STAGES if trainable is None else trainable)
         self.label = label
-        self._tokenizer: Any = None
-        self.register_state_dict_post_hook(_text_state_dict_hook)
-        self.register_load_state_dict_pre_hook(_text_load_hook)
         self.restrict_trainable()
         self.train(self.training)
 
@@ -305,28 +291,23 @@ def clip_resnet_config(options: ClipResNetOptions) -> dict[str, Any]:
     return config
 
 
-def build_clip_resnet(
-    options: ClipResNetOptions | Mapping[str, Any] | None = None, context: Any = None
-) -> ClipResNetBackbone:
-    """Build the ``clip-resnet`` backbone; extra keyword ``context`` from the pipeline is accepted and ignored."""
+def build_clip_resnet(options: ClipResNetOptions, context: BuildContext | None = None) -> ClipResNetBackbone:
+    """Build the ``clip-resnet`` backbone (``options`` may also be a mapping or None); ``context`` is not needed."""
     import open_clip
 
     options = coerce_options(options, ClipResNetOptions, "clip-resnet")
     label = f"clip-resnet ({options.variant})"
     clip = open_clip.CustomTextCLIP(**clip_resnet_config(options), quick_gelu=options.quick_gelu)
-    if options.pretrained is None:
-        warn_random(label)
-    else:
-        side = math.isqrt(clip.visual.attnpool.positional_embedding.shape[0] - 1)
-        load_pretrained(
-            clip,
-            options.pretrained,
-            vision_prefix="visual.",
-            patch_key="visual.conv1.weight",
-            pos_key="visual.attnpool.positional_embedding",
-            grid=(side, side),
-            label=label,
-        )
+    side = math.isqrt(clip.visual.attnpool.positional_embedding.shape[0] - 1)
+    load_pretrained_or_warn(
+        clip,
+        options.pretrained,
+        label=label,
+        vision_prefix="visual.",
+        patch_key="visual.conv1.weight",
+        pos_key="visual.attnpool.positional_embedding",
+        grid=(side, side),
+    )
     return ClipResNetBackbone(clip, bn=options.bn, trainable=options.trainable, label=label)
 
 

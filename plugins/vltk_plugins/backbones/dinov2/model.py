@@ -1,12 +1,14 @@
 """The ``dinov2`` backbone: timm's DINOv2 ``VisionTransformer`` behind the same block-hook/pyramid contract as eva02.
 
-Rein's strongest backbone is DINOv2-L run at patch 16 rather than its native 14 (paper notes §1.5, §6): the
-pretrained 14x14 patch kernel is resized bicubically to 16x16 and the 37x37 position grid to 32x32 (512 crops).
-Here the model is built by timm (``vit_*_patch14_dinov2`` architectures, ``pretrained=False``,
-``dynamic_img_size=True`` so any input that is a whole number of patches works) with the patch size and grid
-of :class:`~vltk_plugins.backbones.dinov2.options.Dinov2Options`; the conversion happens when a local file is
-loaded, through the same helpers the open_clip backbones use. The block loop, hooks and the pyramid are
-:class:`~vltk_plugins.backbones.open_clip_vit.model.TokenBackbone`'s: blocks are timm's own, nothing is re-implemented.
+Rein's strongest backbone is DINOv2-L run at patch 16 rather than its native 14 (paper notes §1.5, §6), with
+the pretrained 14x14 patch kernel converted to 16x16 and the 37x37 position grid to 32x32 (512 crops). Here the
+model is built by timm (``vit_*_patch14_dinov2`` architectures, ``pretrained=False``, ``dynamic_img_size=True``
+so any input that is a whole number of patches works) with the patch size and grid of
+:class:`~vltk_plugins.backbones.dinov2.options.Dinov2Options`; the conversion happens when a local file is
+loaded, through the helpers the open_clip backbones use (:func:`vltk_plugins.common.weights.resample_spatial`):
+the kernel by FlexiViT's pseudo-inverse resize (timm's ``resample_patch_embed``), the position grid by an
+antialiased bicubic resize (timm's ``resample_abs_pos_embed``). The block loop, hooks and the pyramid are
+:class:`~vltk_plugins.common.vit.TokenBackbone`'s: blocks are timm's own, nothing is re-implemented.
 
 Register tokens (DINOv2-reg) are hidden from hooks: adapters see ``[cls, patches]`` exactly as for the other
 backbones, the registers go through every block in their usual place right after the cls token.
@@ -20,16 +22,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from vltk.api import UserError, coerce_options
+from vltk.api import BuildContext, UserError, coerce_options
 from vltk_plugins.backbones.dinov2.options import Dinov2Options
-from vltk_plugins.backbones.open_clip_vit.model import (
-    TokenBackbone,
-    _read_state_dict,
-    _resample_spatial,
-    check_fit,
-    warn_random,
-)
 from vltk_plugins.common.attention import install_attention
+from vltk_plugins.common.vit import TokenBackbone
+from vltk_plugins.common.weights import check_fit, read_state_dict, resample_spatial, warn_random
 
 #: ImageNet normalisation, which DINOv2 was trained with.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -127,14 +124,14 @@ def load_dinov2_weights(trunk: nn.Module, path: str, *, label: str) -> None:
     raise :class:`UserError` naming the key and what to check.
     """
     what = "DINOv2 checkpoint"
-    state = _strip_prefix(_read_state_dict(path, label, what))
+    state = _strip_prefix(read_state_dict(path, label, what))
     state = convert_meta_state_dict(state, no_embed_class=bool(trunk.no_embed_class))
     target = trunk.state_dict()
     has_registers = "reg_token" in target
     if ("reg_token" in state) != has_registers and any(key.startswith("blocks.") for key in state):
         kind, fix = ("with", "registers=4") if "reg_token" in state else ("without", "registers=0")
         raise UserError(f"{label}: '{path}' holds a DINOv2 {kind} register tokens; set {fix}")
-    _resample_spatial(
+    resample_spatial(
         state,
         target,
         "patch_embed.proj.weight",
@@ -173,8 +170,8 @@ def build_trunk(options: Dinov2Options, *, initialise: bool = True) -> nn.Module
     )
 
 
-def build_dinov2(options: Dinov2Options | Mapping[str, Any] | None = None, context: Any = None) -> Dinov2Backbone:
-    """Build the ``dinov2`` backbone; extra keyword ``context`` from the pipeline is accepted and ignored."""
+def build_dinov2(options: Dinov2Options, context: BuildContext | None = None) -> Dinov2Backbone:
+    """Build the ``dinov2`` backbone (``options`` may also be a mapping or None); ``context`` is not needed."""
     options = coerce_options(options, Dinov2Options, "dinov2")
     label = f"dinov2 ({options.variant}{', reg4' if options.registers else ''})"
     trunk = build_trunk(options, initialise=options.pretrained is None)

@@ -1,8 +1,10 @@
 """Options of the ``dinov2`` backbone. No torch import: ``hooks.py`` registers this model.
 
-A separate module from ``backbone_options`` because DINOv2 is a timm ``VisionTransformer`` rather than an
-open_clip model: vision-only (no text tower), loaded from Meta's or timm's state dicts, and run at patch 16 by
-default as Rein does (the pretrained patch-14 kernel and position grid are resampled when loaded).
+A separate module from the open_clip backbones' options (``backbones/open_clip_vit/options.py``) because DINOv2
+is a timm ``VisionTransformer`` rather than an open_clip model: vision-only (no text tower), loaded from Meta's
+or timm's state dicts, and run at patch 16 by default as Rein does (the pretrained patch-14 kernel and position
+grid are converted when loaded). The pieces every ViT backbone shares (``attention``, the ``out_indices`` check)
+come from :mod:`vltk_plugins.common.vit_options`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from vltk.api import Options
-from vltk_plugins.backbones.open_clip_vit.options import ATTENTION_HELP, AttentionChoice
+from vltk_plugins.common.vit_options import ATTENTION_HELP, AttentionChoice, check_out_indices
 
 #: The position-grid side DINOv2 was trained with at patch 14 (518 / 14) and the one Rein converts it to for
 #: 512 crops at patch 16 (512 / 16).
@@ -55,8 +57,9 @@ class Dinov2Options(Options):
     patch_size: Literal[14, 16] = Field(
         default=16,
         description=(
-            "Patch size. 16 (default) is Rein's setting: DINOv2's patch-14 kernel is resized bicubically to "
-            "16x16 when the weights are loaded. 14 keeps DINOv2's own patch embedding."
+            "Patch size. 16 (default) is Rein's setting: DINOv2's patch-14 kernel is converted to 16x16 when the "
+            "weights are loaded (FlexiViT's pseudo-inverse resize, timm's resample_patch_embed; the position grid "
+            "is resized bicubically with antialiasing). 14 keeps DINOv2's own patch embedding."
         ),
     )
     image_size: int | None = Field(
@@ -87,9 +90,7 @@ class Dinov2Options(Options):
     @field_validator("out_indices")
     @classmethod
     def _four_indices(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and len(value) != 4:
-            raise ValueError(f"needs exactly 4 block indices (one per pyramid level), got {len(value)}")
-        return value
+        return check_out_indices(value)
 
     @model_validator(mode="after")
     def _whole_grid(self) -> Dinov2Options:

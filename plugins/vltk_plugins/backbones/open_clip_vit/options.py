@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from vltk.api import Options
+from vltk_plugins.common.vit_options import ATTENTION_HELP, AttentionChoice, check_out_indices
 
 _PRETRAINED_HELP = (
     "Path of a local open_clip checkpoint (torch.save'd state dict, raw or under 'state_dict'/'model'; "
@@ -29,22 +30,6 @@ _PATCH_HELP = (
     "size is converted at load time (patch kernel and position grid resampled with timm's helpers), which is "
     "how Rein runs its backbones at patch 16."
 )
-
-
-#: The ``attention`` option shared by every ViT backbone (implemented in ``vltk_plugins.common.attention``).
-AttentionChoice = Literal["auto", "xformers", "sdpa", "math"]
-ATTENTION_HELP = (
-    "Attention kernel of the ViT blocks: auto = xformers' memory_efficient_attention on CUDA when it imports and "
-    "a test call works, else PyTorch SDPA; xformers (CUDA only; an error elsewhere); sdpa = "
-    "F.scaled_dot_product_attention (fused flash/memory-efficient kernels, memory linear in tokens); math = "
-    "PyTorch's unfused attention (materialises the N x N scores; the numerical reference). Logged once."
-)
-
-
-def _check_out_indices(value: list[int] | None) -> list[int] | None:
-    if value is not None and len(value) != 4:
-        raise ValueError(f"needs exactly 4 block indices (one per pyramid level), got {len(value)}")
-    return value
 
 
 class Eva02Options(Options):
@@ -73,7 +58,7 @@ class Eva02Options(Options):
     @field_validator("out_indices")
     @classmethod
     def _four_indices(cls, value: list[int] | None) -> list[int] | None:
-        return _check_out_indices(value)
+        return check_out_indices(value)
 
 
 class ClipViTOptions(Options):
@@ -103,7 +88,7 @@ class ClipViTOptions(Options):
     @field_validator("out_indices")
     @classmethod
     def _four_indices(cls, value: list[int] | None) -> list[int] | None:
-        return _check_out_indices(value)
+        return check_out_indices(value)
 
 
-__all__ = ["ATTENTION_HELP", "AttentionChoice", "ClipViTOptions", "Eva02Options"]
+__all__ = ["ClipViTOptions", "Eva02Options"]

@@ -11,23 +11,17 @@ import warnings
 import pytest
 import torch
 
-from vltk.context import BuildContext
+from vltk.api import BuildContext
 from vltk.errors import UserError
-from vltk_plugins.backbones.open_clip_vit.model import (
-    ClipViTBackbone,
-    Eva02Backbone,
-    InputSizeError,
-    build_clip_vit,
-    build_eva02,
-    default_out_indices,
-)
+from vltk_plugins.backbones.open_clip_vit.model import ClipViTBackbone, Eva02Backbone, build_clip_vit, build_eva02
 from vltk_plugins.backbones.open_clip_vit.options import ClipViTOptions, Eva02Options
+from vltk_plugins.common.vit import InputSizeError
 
 
-def _quiet(build, options, **context):
+def _quiet(build, options, context: BuildContext | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build(options, BuildContext(**context)) if context else build(options)
+        return build(options) if context is None else build(options, context)
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +39,6 @@ def clip() -> ClipViTBackbone:
 @pytest.fixture(params=["eva", "clip"])
 def backbone(request: pytest.FixtureRequest):
     return request.getfixturevalue(request.param)
-
-
-def test_default_out_indices_generalise_rein() -> None:
-    assert default_out_indices(24) == (7, 11, 15, 23)
-    assert default_out_indices(12) == (3, 5, 7, 11)
-    assert default_out_indices(4) == (0, 1, 1, 3)
 
 
 def test_facts(eva: Eva02Backbone, clip: ClipViTBackbone) -> None:
@@ -188,9 +176,11 @@ def test_random_weights_warn_once() -> None:
     assert len(messages) == 1 and "random weights" in messages[0]
 
 
-def test_factories_ignore_extra_context() -> None:
-    backbone = _quiet(build_clip_vit, ClipViTOptions(variant="tiny"), embed_dim=1, num_classes=19, anything="x")
+def test_factories_ignore_the_build_context() -> None:
+    context = BuildContext(embed_dim=1, num_classes=19)
+    backbone = _quiet(build_clip_vit, ClipViTOptions(variant="tiny"), context)
     assert backbone.embed_dim == 64
+    assert _quiet(build_eva02, Eva02Options(), context).embed_dim == 192
     assert _quiet(build_clip_vit, {"variant": "tiny", "out_indices": [0, 1, 2, 3]}).out_indices == (0, 1, 2, 3)
 
 

@@ -80,8 +80,19 @@ class Task(ABC):
         """Refuse a decoder of another task."""
 
     @abstractmethod
+    def model_class(self) -> type[nn.Module]:
+        """The module that wires the components together (``DensePredictor``, ``Detector``)."""
+
     def assemble(self, parts: Components, class_names: Sequence[str]) -> nn.Module:
-        """Wire the built components into the task's model."""
+        """Wire the built components into the task's model (one constructor signature for every task)."""
+        return self.model_class()(
+            parts.backbone,
+            parts.adapter,
+            parts.decoder,
+            prompter=parts.prompter,
+            augmenters=parts.augmenters,
+            class_names=class_names,
+        )
 
     # ------------------------------------------------------------------------------------------------ training
 

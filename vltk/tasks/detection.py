@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from vltk.config import EvalConfig
-    from vltk.pipeline import Components
     from vltk.resolved import ResolvedRun
 
 
@@ -120,17 +119,10 @@ class DetectionTask(Task):
                 "(e.g. clip-faster-rcnn)"
             )
 
-    def assemble(self, parts: Components, class_names: Sequence[str]) -> nn.Module:
+    def model_class(self) -> type[nn.Module]:
         from vltk.models.detector import Detector
 
-        return Detector(
-            parts.backbone,
-            parts.adapter,
-            parts.decoder,
-            prompter=parts.prompter,
-            augmenters=parts.augmenters,
-            class_names=class_names,
-        )
+        return Detector
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         from vltk.data.detection import collate_detection

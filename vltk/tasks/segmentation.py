@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 
     from vltk.config import EvalConfig
     from vltk.context import BuildContext
-    from vltk.pipeline import Components
     from vltk.resolved import ResolvedRun
 
 
@@ -108,17 +107,10 @@ class SegmentationTask(Task):
                 "decoder (e.g. fpn, mask2former), or set task=detection"
             )
 
-    def assemble(self, parts: Components, class_names: Sequence[str]) -> nn.Module:
+    def model_class(self) -> type[nn.Module]:
         from vltk.models import DensePredictor
 
-        return DensePredictor(
-            parts.backbone,
-            parts.adapter,
-            parts.decoder,
-            prompter=parts.prompter,
-            augmenters=parts.augmenters,
-            class_names=class_names,
-        )
+        return DensePredictor
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_segmentation(items)

@@ -205,7 +205,7 @@ def test_options() -> None:
 def test_registered_and_drop_path() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        backbone = vltk.create("backbone", "dinov2", variant="tiny", drop_path_rate=0.2)
+        backbone = vltk.create("backbone", "dinov2", variant="tiny", drop_path_rate=0.2, num_classes=19)
         # the factory takes the pipeline's build context and needs nothing from it
         with_context = build_dinov2(Dinov2Options(drop_path_rate=0.2), BuildContext(num_classes=19))
     for built in (backbone, with_context):

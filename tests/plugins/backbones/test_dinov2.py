@@ -144,15 +144,61 @@ def test_own_state_dict_round_trip(tmp_path, plain: Dinov2Backbone) -> None:
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_meta_patch14_checkpoint_converted_to_patch16(tmp_path) -> None:
-    """Rein's conversion: 14x14 kernel -> 16x16 (bicubic), 37x37 grid -> 32x32, mask_token dropped."""
+def _rein_convert_dinov2(state: dict[str, torch.Tensor], grid: int, kernel: int) -> dict[str, torch.Tensor]:
+    """Rein's ``convert_dinov2`` formula (tools/convert_models, see the Rein paper notes §6), written out here as
+    the independent reference: cls position kept, the square grid and the patch kernel resized with plain
+    bicubic ``F.interpolate`` (align_corners=False, no antialias)."""
+    import torch.nn.functional as F
+
+    converted = dict(state)
+    positions = state["pos_embed"]
+    side, channels = int((positions.shape[1] - 1) ** 0.5), positions.shape[2]
+    cells = positions[:, 1:, :].reshape(1, side, side, channels).permute(0, 3, 1, 2)
+    cells = F.interpolate(cells, size=(grid, grid), mode="bicubic", align_corners=False)
+    cells = cells.permute(0, 2, 3, 1).reshape(1, grid * grid, channels)
+    converted["pos_embed"] = torch.cat((positions[:, :1, :], cells), dim=1)
+    converted["patch_embed.proj.weight"] = F.interpolate(
+        state["patch_embed.proj.weight"].float(), size=(kernel, kernel), mode="bicubic", align_corners=False
+    )
+    return converted
+
+
+def test_meta_patch14_checkpoint_converted_like_rein_by_default(tmp_path) -> None:
+    """Rein's conversion, bit for bit: 14x14 kernel -> 16x16 and 37x37 grid -> 32x32 by plain bicubic resizing,
+    mask_token dropped; the features equal a model holding Rein's converted tensors."""
+    torch.manual_seed(0)
+    source = _build(patch_size=14)
+    meta = _meta_layout(source)
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(meta, path)
+    target = _build(pretrained=str(path))
+    assert target.patch_size == 16
+    rein = _rein_convert_dinov2(meta, grid=32, kernel=16)
+    assert torch.equal(target.trunk.patch_embed.proj.weight, rein["patch_embed.proj.weight"])
+    assert torch.equal(target.trunk.pos_embed, rein["pos_embed"])
+    # Rein's own converted file (dinov2_converted.pth: Meta's layout at patch 16) loads as it is, to the same model
+    converted = tmp_path / "dinov2_converted.pth"
+    torch.save(rein, converted)
+    again = _build(pretrained=str(converted))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(target.forward_features(x), again.forward_features(x), strict=True):
+            assert torch.equal(a, b)
+    # the old default differs by a lot (kernel relative difference ~0.5): the mode matters
+    flexi = _build(pretrained=str(path), patch_resample="flexi")
+    kernel_rein, kernel_flexi = target.trunk.patch_embed.proj.weight, flexi.trunk.patch_embed.proj.weight
+    assert (kernel_rein - kernel_flexi).norm() / kernel_flexi.norm() > 0.1
+
+
+def test_meta_patch14_checkpoint_converted_with_flexi(tmp_path) -> None:
+    """patch_resample=flexi: FlexiViT's pseudo-inverse kernel resize and the antialiased bicubic grid (timm)."""
     from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
     torch.manual_seed(0)
     source = _build(patch_size=14)
     path = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(_meta_layout(source), path)
-    target = _build(pretrained=str(path))
+    target = _build(pretrained=str(path), patch_resample="flexi")
     assert target.patch_size == 16
     kernel = resample_patch_embed(source.trunk.patch_embed.proj.weight, [16, 16])
     torch.testing.assert_close(target.trunk.patch_embed.proj.weight, kernel)

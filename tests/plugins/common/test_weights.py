@@ -7,6 +7,7 @@ in ``tests/plugins/backbones``; here each public helper is checked directly, wit
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import open_clip
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from vltk.errors import UserError
 from vltk_plugins.backbones.open_clip_vit.model import TINY_CLIP_CONFIG
 from vltk_plugins.common.weights import (
+    TEXT_TOWER,
+    WeightSpec,
     check_fit,
     load_pretrained,
     load_pretrained_or_warn,
@@ -25,13 +28,16 @@ from vltk_plugins.common.weights import (
     warn_random,
 )
 
-#: Where the tiny CLIP's image tower keeps its patch kernel and position grid (what ``clip-vit`` passes).
-CLIP_VIT_KEYS = {
-    "vision_prefix": "visual.",
-    "patch_key": "visual.conv1.weight",
-    "pos_key": "visual.positional_embedding",
-    "grid": (14, 14),
-}
+#: What ``clip-vit`` tells the loader about the tiny CLIP: its layouts, patch kernel, position grid, text tower.
+CLIP_VIT_SPEC = WeightSpec(
+    backbone="clip-vit",
+    label="test",
+    what="open_clip checkpoint",
+    patch_key="visual.conv1.weight",
+    pos_key="visual.positional_embedding",
+    grid=(14, 14),
+    optional=(TEXT_TOWER,),
+)
 
 
 def _save(path: Path, value: object) -> str:
@@ -169,7 +175,7 @@ def test_open_clip_checkpoint_loads_through_the_public_loader(tmp_path: Path, pl
     clip = _custom_text_clip(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a complete checkpoint loads without a warning
-        load_pretrained(clip, path, label="test", **CLIP_VIT_KEYS)
+        load_pretrained(clip, path, CLIP_VIT_SPEC)
     image, tokens = torch.randn(1, 3, 224, 224), open_clip.tokenize(["a road"])
     with torch.no_grad():
         torch.testing.assert_close(clip.encode_image(image), plain_clip.encode_image(image), rtol=0, atol=0)
@@ -184,7 +190,7 @@ def test_vision_only_checkpoint_with_bare_keys(tmp_path: Path, plain_clip: open_
     clip = _custom_text_clip(0)
     text_before = clip.text.ln_final.weight.clone()
     with pytest.warns(UserWarning, match="has no text tower; the text tower keeps random weights"):
-        load_pretrained(clip, path, label="test", **CLIP_VIT_KEYS)
+        load_pretrained(clip, path, CLIP_VIT_SPEC)
     torch.testing.assert_close(clip.visual.conv1.weight, plain_clip.visual.conv1.weight, rtol=0, atol=0)
     torch.testing.assert_close(clip.text.ln_final.weight, text_before, rtol=0, atol=0)
 
@@ -193,10 +199,10 @@ def test_loader_refuses_incomplete_towers(tmp_path: Path, plain_clip: open_clip.
     full = _custom_text_clip(3).state_dict()
     no_ln_post = {key: value for key, value in full.items() if key != "visual.ln_post.bias"}
     with pytest.raises(UserError, match=r"lacks 1 image-tower keys \(first: \['visual\.ln_post\.bias'\]\)"):
-        load_pretrained(_custom_text_clip(0), _save(tmp_path / "a.pt", no_ln_post), label="test", **CLIP_VIT_KEYS)
+        load_pretrained(_custom_text_clip(0), _save(tmp_path / "a.pt", no_ln_post), CLIP_VIT_SPEC)
     no_ln_final = {key: value for key, value in full.items() if key != "text.ln_final.bias"}
     with pytest.raises(UserError, match="incomplete text tower"):
-        load_pretrained(_custom_text_clip(0), _save(tmp_path / "b.pt", no_ln_final), label="test", **CLIP_VIT_KEYS)
+        load_pretrained(_custom_text_clip(0), _save(tmp_path / "b.pt", no_ln_final), CLIP_VIT_SPEC)
 
 
 def test_loader_converts_patch_size(tmp_path: Path) -> None:
@@ -204,7 +210,7 @@ def test_loader_converts_patch_size(tmp_path: Path) -> None:
     torch.manual_seed(0)
     source = open_clip.CustomTextCLIP(**config)
     clip = _custom_text_clip(1)
-    load_pretrained(clip, _save(tmp_path / "p14.pt", source.state_dict()), label="test", **CLIP_VIT_KEYS)
+    load_pretrained(clip, _save(tmp_path / "p14.pt", source.state_dict()), CLIP_VIT_SPEC)
     assert clip.visual.conv1.weight.shape == (64, 3, 16, 16)
     assert clip.visual.positional_embedding.shape == (1 + 14 * 14, 64)
     torch.testing.assert_close(clip.visual.positional_embedding[0], source.visual.positional_embedding[0])
@@ -221,10 +227,13 @@ def test_warn_random_and_load_pretrained_or_warn(tmp_path: Path, plain_clip: ope
     before = clip.visual.conv1.weight.clone()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        load_pretrained_or_warn(clip, None, label="lbl", **CLIP_VIT_KEYS)
+        load_pretrained_or_warn(clip, None, replace(CLIP_VIT_SPEC, label="lbl"))
     messages = [str(w.message).split(";")[0] for w in caught]
     assert messages == ["lbl: pretrained=None, so the backbone has random weights"]
+    assert "pretrained=<local open_clip checkpoint>" in str(caught[0].message)  # the spec's ``what``
     torch.testing.assert_close(clip.visual.conv1.weight, before, rtol=0, atol=0)
 
-    load_pretrained_or_warn(clip, _save(tmp_path / "w.pt", plain_clip.state_dict()), label="lbl", **CLIP_VIT_KEYS)
+    load_pretrained_or_warn(
+        clip, _save(tmp_path / "w.pt", plain_clip.state_dict()), replace(CLIP_VIT_SPEC, label="lbl")
+    )
     torch.testing.assert_close(clip.visual.conv1.weight, plain_clip.visual.conv1.weight, rtol=0, atol=0)

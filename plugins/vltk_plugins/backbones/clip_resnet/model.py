@@ -20,7 +20,8 @@ re-implemented. What the wrapper adds:
   trains exactly those stages, and ``adapter=frozen`` trains nothing whatever ``trainable`` says.
 * **the text side.** Same API as the open_clip ViT backbones (:class:`~vltk_plugins.common.clip_text.ClipTextSide`):
   :meth:`text_tower`, :meth:`tokenizer`, :meth:`encode_text`; the text tower is frozen, not a registered
-  submodule, yet part of ``state_dict()``. Weights load through :mod:`vltk_plugins.common.weights`.
+  submodule, yet part of ``state_dict()``. Weights (open_clip or OpenAI files) load through
+  :mod:`vltk_plugins.common.weights`.
 
 A CNN has no token blocks: ``is_vit`` is False, so adapters that refine ViT blocks (Rein, LoRA, VPT) are refused
 by the pipeline; block hooks that are passed anyway (``frozen``/``full`` are identities) are called after every
@@ -41,7 +42,7 @@ from torch import Tensor, nn
 from vltk.api import Backbone, BlockHook, BuildContext, UserError, coerce_options
 from vltk_plugins.backbones.clip_resnet.options import STAGES, ClipResNetOptions
 from vltk_plugins.common.clip_text import OPENAI_MEAN, OPENAI_STD, ClipTextSide
-from vltk_plugins.common.weights import load_pretrained_or_warn
+from vltk_plugins.common.weights import TEXT_TOWER, WeightSpec, load_pretrained_or_warn
 
 #: The ``tiny`` variant: one bottleneck per stage, width 8 (pyramid 32/64/128/256 channels, 4 pool heads),
 #: joint width 64, a 2-block 64-wide text tower. Builds and runs in milliseconds.
@@ -291,24 +292,40 @@ def clip_resnet_config(options: ClipResNetOptions) -> dict[str, Any]:
     return config
 
 
-def build_clip_resnet(options: ClipResNetOptions, context: BuildContext | None = None) -> ClipResNetBackbone:
-    """Build the ``clip-resnet`` backbone (``options`` may also be a mapping or None); ``context`` is not needed."""
-    import open_clip
-
-    options = coerce_options(options, ClipResNetOptions, "clip-resnet")
-    label = f"clip-resnet ({options.variant})"
-    clip = open_clip.CustomTextCLIP(**clip_resnet_config(options), quick_gelu=options.quick_gelu)
+def clip_resnet_weight_spec(options: ClipResNetOptions, clip: nn.Module) -> WeightSpec:
+    """How files load into the open_clip model ``clip`` built from ``options`` (open_clip or OpenAI layouts)."""
     side = math.isqrt(clip.visual.attnpool.positional_embedding.shape[0] - 1)
-    load_pretrained_or_warn(
-        clip,
-        options.pretrained,
-        label=label,
-        vision_prefix="visual.",
+    return WeightSpec(
+        backbone="clip-resnet",
+        label=f"clip-resnet ({options.variant})",
+        what="CLIP ResNet checkpoint",
         patch_key="visual.conv1.weight",
         pos_key="visual.attnpool.positional_embedding",
         grid=(side, side),
+        optional=(TEXT_TOWER,),
     )
-    return ClipResNetBackbone(clip, bn=options.bn, trainable=options.trainable, label=label)
+
+
+def _clip_resnet_model(options: ClipResNetOptions) -> nn.Module:
+    import open_clip
+
+    return open_clip.CustomTextCLIP(**clip_resnet_config(options), quick_gelu=options.quick_gelu)
+
+
+def clip_resnet_weight_target(options: ClipResNetOptions) -> tuple[dict[str, Tensor], WeightSpec]:
+    """The open_clip state dict (meta tensors) and spec of ``options``, for ``vltk convert``."""
+    with torch.device("meta"):
+        clip = _clip_resnet_model(options)
+    return clip.state_dict(), clip_resnet_weight_spec(options, clip)
+
+
+def build_clip_resnet(options: ClipResNetOptions, context: BuildContext | None = None) -> ClipResNetBackbone:
+    """Build the ``clip-resnet`` backbone (``options`` may also be a mapping or None); ``context`` is not needed."""
+    options = coerce_options(options, ClipResNetOptions, "clip-resnet")
+    clip = _clip_resnet_model(options)
+    spec = clip_resnet_weight_spec(options, clip)
+    load_pretrained_or_warn(clip, options.pretrained, spec)
+    return ClipResNetBackbone(clip, bn=options.bn, trainable=options.trainable, label=spec.label)
 
 
 __all__ = [
@@ -316,6 +333,8 @@ __all__ = [
     "ClipResNetBackbone",
     "build_clip_resnet",
     "clip_resnet_config",
+    "clip_resnet_weight_spec",
+    "clip_resnet_weight_target",
     "dense_attention_pool",
     "interpolate_position_embedding",
 ]

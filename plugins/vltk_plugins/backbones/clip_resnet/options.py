@@ -29,9 +29,10 @@ class ClipResNetOptions(Options):
     pretrained: str | None = Field(
         default=None,
         description=(
-            "Path of a local open_clip checkpoint of the same variant (torch.save'd state dict, raw or under "
-            "'state_dict'/'model', or .safetensors; OpenAI's TorchScript RN50.pt must be converted with open_clip "
-            "first). null = random weights (a warning says so). Nothing is downloaded."
+            "Path of a local CLIP ResNet weights file of the same variant: an open_clip checkpoint, OpenAI's "
+            "TorchScript archive (RN50.pt, RN101.pt) or a state dict saved from it (torch.save'd, raw or under "
+            "'state_dict'/'model'/'module', or .safetensors). null = random weights (a warning says so). Nothing "
+            "is downloaded."
         ),
     )
     quick_gelu: bool = Field(

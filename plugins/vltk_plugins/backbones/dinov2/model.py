@@ -5,10 +5,15 @@ the pretrained 14x14 patch kernel converted to 16x16 and the 37x37 position grid
 model is built by timm (``vit_*_patch14_dinov2`` architectures, ``pretrained=False``, ``dynamic_img_size=True``
 so any input that is a whole number of patches works) with the patch size and grid of
 :class:`~vltk_plugins.backbones.dinov2.options.Dinov2Options`; the conversion happens when a local file is
-loaded, through the helpers the open_clip backbones use (:func:`vltk_plugins.common.weights.resample_spatial`):
-the kernel by FlexiViT's pseudo-inverse resize (timm's ``resample_patch_embed``), the position grid by an
-antialiased bicubic resize (timm's ``resample_abs_pos_embed``). The block loop, hooks and the pyramid are
-:class:`~vltk_plugins.common.vit.TokenBackbone`'s: blocks are timm's own, nothing is re-implemented.
+loaded, through the loader the open_clip backbones use (:mod:`vltk_plugins.common.weights`), as
+``patch_resample`` says: ``rein`` (default) resizes kernel and grid with plain bicubic ``F.interpolate`` (no
+antialias), exactly Rein's ``convert_dinov2`` script, so Rein's released adapters and heads see the features
+they were trained on; ``flexi`` uses FlexiViT's pseudo-inverse kernel resize (timm's ``resample_patch_embed``)
+and an antialiased bicubic grid (timm's ``resample_abs_pos_embed``). Meta's files (``mask_token``,
+``register_tokens``, block chunks, the giant's SwiGLU names), timm's, Rein's converted one, this backbone's own
+(``trunk.*``) and mmseg checkpoints (``backbone.*``) are recognised and renamed onto timm's keys. The block
+loop, hooks and the pyramid are :class:`~vltk_plugins.common.vit.TokenBackbone`'s: blocks are timm's own,
+nothing is re-implemented.
 
 Register tokens (DINOv2-reg) are hidden from hooks: adapters see ``[cls, patches]`` exactly as for the other
 backbones, the registers go through every block in their usual place right after the cls token.
@@ -16,8 +21,8 @@ backbones, the registers go through every block in their usual place right after
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from torch import Tensor, nn
@@ -26,7 +31,7 @@ from vltk.api import BuildContext, UserError, coerce_options
 from vltk_plugins.backbones.dinov2.options import Dinov2Options
 from vltk_plugins.common.attention import install_attention
 from vltk_plugins.common.vit import TokenBackbone
-from vltk_plugins.common.weights import check_fit, read_state_dict, resample_spatial, warn_random
+from vltk_plugins.common.weights import WeightSpec, load_pretrained_or_warn
 
 #: ImageNet normalisation, which DINOv2 was trained with.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -41,9 +46,6 @@ DINOV2_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "large": ("vit_large_patch14_dinov2", {}),
     "giant": ("vit_giant_patch14_dinov2", {}),
 }
-
-_CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")  # Meta's block_chunks>0 layout: blocks.<chunk>.<index>.
-_SWIGLU_NAMES = {"mlp.w12.": "mlp.fc1.", "mlp.w3.": "mlp.fc2."}  # Meta's giant SwiGLU -> timm's SwiGLUPacked
 
 
 class Dinov2Backbone(TokenBackbone):
@@ -86,64 +88,40 @@ class Dinov2Backbone(TokenBackbone):
 
 
 # ------------------------------------------------------------------------------------------------------ weights
-def _strip_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """This backbone's own state dict (``trunk.*``) or an mmseg-style backbone-only one (``backbone.*``)."""
-    for prefix in ("trunk.", "backbone."):
-        if all(key.startswith(prefix) for key in state):
-            return {key[len(prefix) :]: value for key, value in state.items()}
-    return state
-
-
-def convert_meta_state_dict(state: Mapping[str, Tensor], *, no_embed_class: bool) -> dict[str, Tensor]:
-    """Meta's DINOv2 key layout -> timm's (a timm state dict passes through unchanged).
-
-    Meta's files carry a ``mask_token`` (iBOT masking, unused for inference), name the registers
-    ``register_tokens``, may store blocks in chunks and call the giant's SwiGLU layers ``w12``/``w3``. Meta adds
-    the cls position to the cls token inside the model; timm's register models (``no_embed_class``) keep no cls
-    position, so for those it is folded into ``cls_token`` here, which gives the same first-block input.
-    """
-    converted: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if key == "mask_token":
-            continue
-        key = _CHUNKED_BLOCK.sub(r"blocks.\1.", key)
-        for old, new in _SWIGLU_NAMES.items():
-            key = key.replace(old, new)
-        converted["reg_token" if key == "register_tokens" else key] = value
-    positions, cls = converted.get("pos_embed"), converted.get("cls_token")
-    if no_embed_class and "register_tokens" in state and positions is not None and cls is not None:
-        converted["cls_token"] = cls + positions[:, :1]
-        converted["pos_embed"] = positions[:, 1:]
-    return converted
-
-
-def load_dinov2_weights(trunk: nn.Module, path: str, *, label: str) -> None:
-    """Load a local DINOv2 file into the timm ``trunk``, converting layout, patch size and position grid.
-
-    Shape differences other than the patch kernel and the (square) position grid, unknown keys and missing keys
-    raise :class:`UserError` naming the key and what to check.
-    """
-    what = "DINOv2 checkpoint"
-    state = _strip_prefix(read_state_dict(path, label, what))
-    state = convert_meta_state_dict(state, no_embed_class=bool(trunk.no_embed_class))
-    target = trunk.state_dict()
-    has_registers = "reg_token" in target
-    if ("reg_token" in state) != has_registers and any(key.startswith("blocks.") for key in state):
+def _check_registers(state: Mapping[str, Tensor], target: Mapping[str, Tensor], path: str, *, label: str) -> None:
+    """A file with (without) register tokens for a model without (with) them: say which option fixes it."""
+    if ("reg_token" in state) != ("reg_token" in target) and any(key.startswith("blocks.") for key in state):
         kind, fix = ("with", "registers=4") if "reg_token" in state else ("without", "registers=0")
         raise UserError(f"{label}: '{path}' holds a DINOv2 {kind} register tokens; set {fix}")
-    resample_spatial(
-        state,
-        target,
-        "patch_embed.proj.weight",
-        "pos_embed",
-        tuple(trunk.patch_embed.grid_size),
-        label,
+
+
+def dinov2_weight_spec(options: Dinov2Options, trunk: nn.Module) -> WeightSpec:
+    """How files load into the timm ``trunk`` built from ``options`` (layouts, kernel and grid, conversion)."""
+    label = _label(options)
+    return WeightSpec(
+        backbone="dinov2",
+        label=label,
+        what="DINOv2 checkpoint",
+        patch_key="patch_embed.proj.weight",
+        pos_key="pos_embed",
+        grid=tuple(trunk.patch_embed.grid_size),
         num_prefix_tokens=0 if trunk.no_embed_class else trunk.num_prefix_tokens,
+        patch_resample=options.patch_resample,
+        validate=partial(_check_registers, label=label),
     )
-    missing = check_fit(state, target, path=path, label=label)
-    if missing:
-        raise UserError(f"{label}: '{path}' lacks {len(missing)} keys (first: {missing[:3]}); check variant")
-    trunk.load_state_dict(state, strict=True)
+
+
+def _label(options: Dinov2Options) -> str:
+    return f"dinov2 ({options.variant}{', reg4' if options.registers else ''})"
+
+
+def dinov2_weight_target(options: Dinov2Options) -> tuple[dict[str, Tensor], WeightSpec]:
+    """The timm state dict (meta tensors: names and shapes only) and spec of ``options``, for ``vltk convert``."""
+    import torch
+
+    with torch.device("meta"):
+        trunk = build_trunk(options, initialise=False)
+    return trunk.state_dict(), dinov2_weight_spec(options, trunk)
 
 
 # ---------------------------------------------------------------------------------------------------- builder
@@ -173,12 +151,9 @@ def build_trunk(options: Dinov2Options, *, initialise: bool = True) -> nn.Module
 def build_dinov2(options: Dinov2Options, context: BuildContext | None = None) -> Dinov2Backbone:
     """Build the ``dinov2`` backbone (``options`` may also be a mapping or None); ``context`` is not needed."""
     options = coerce_options(options, Dinov2Options, "dinov2")
-    label = f"dinov2 ({options.variant}{', reg4' if options.registers else ''})"
+    label = _label(options)
     trunk = build_trunk(options, initialise=options.pretrained is None)
-    if options.pretrained is None:
-        warn_random(label, "DINOv2 checkpoint")
-    else:
-        load_dinov2_weights(trunk, options.pretrained, label=label)
+    load_pretrained_or_warn(trunk, options.pretrained, dinov2_weight_spec(options, trunk))
     backbone = Dinov2Backbone(trunk, out_indices=options.out_indices, label=label)
     install_attention(backbone, options.attention)
     return backbone
@@ -191,6 +166,6 @@ __all__ = [
     "Dinov2Backbone",
     "build_dinov2",
     "build_trunk",
-    "convert_meta_state_dict",
-    "load_dinov2_weights",
+    "dinov2_weight_spec",
+    "dinov2_weight_target",
 ]

@@ -3,8 +3,9 @@
 A separate module from the open_clip backbones' options (``backbones/open_clip_vit/options.py``) because DINOv2
 is a timm ``VisionTransformer`` rather than an open_clip model: vision-only (no text tower), loaded from Meta's
 or timm's state dicts, and run at patch 16 by default as Rein does (the pretrained patch-14 kernel and position
-grid are converted when loaded). The pieces every ViT backbone shares (``attention``, the ``out_indices`` check)
-come from :mod:`vltk_plugins.common.vit_options`.
+grid are converted when loaded, by default exactly as Rein's conversion script does). The pieces every ViT
+backbone shares (``attention``, the ``out_indices`` check) come from :mod:`vltk_plugins.common.vit_options`, the
+``patch_resample`` choice (shared with ``eva02``) from :mod:`vltk_plugins.backbones.weight_options`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from vltk.api import Options
+from vltk_plugins.backbones.weight_options import PATCH_RESAMPLE_HELP, PatchResample
 from vltk_plugins.common.vit_options import ATTENTION_HELP, AttentionChoice, check_out_indices
 
 #: The position-grid side DINOv2 was trained with at patch 14 (518 / 14) and the one Rein converts it to for
@@ -40,10 +42,11 @@ class Dinov2Options(Options):
         default=None,
         description=(
             "Path of a local DINOv2 state dict: Meta's release (e.g. dinov2_vitl14_pretrain.pth, with or "
-            "without registers), Rein's converted file (dinov2_converted.pth), a timm state dict or this "
-            "backbone's own; raw or under 'state_dict'/'model', .safetensors also works. Patch-14 weights are "
-            "converted to patch_size (kernel and position grid resampled). null = random weights (a warning "
-            "says so). Nothing is downloaded."
+            "without registers, block chunks too), Rein's converted file (dinov2_converted.pth), a timm state "
+            "dict, this backbone's own or an mmseg checkpoint with it under 'backbone.'; raw or under "
+            "'state_dict'/'model'/'module', .safetensors also works. Patch-14 weights are converted to "
+            "patch_size (kernel and position grid, see patch_resample). null = random weights (a warning says "
+            "so). Nothing is downloaded."
         ),
     )
     out_indices: list[int] | None = Field(
@@ -57,9 +60,9 @@ class Dinov2Options(Options):
     patch_size: Literal[14, 16] = Field(
         default=16,
         description=(
-            "Patch size. 16 (default) is Rein's setting: DINOv2's patch-14 kernel is converted to 16x16 when the "
-            "weights are loaded (FlexiViT's pseudo-inverse resize, timm's resample_patch_embed; the position grid "
-            "is resized bicubically with antialiasing). 14 keeps DINOv2's own patch embedding."
+            "Patch size. 16 (default) is Rein's setting: DINOv2's patch-14 kernel and its 37x37 position grid are "
+            "converted when the weights are loaded, as patch_resample says (by default plain bicubic, exactly "
+            "Rein's convert_dinov2). 14 keeps DINOv2's own patch embedding."
         ),
     )
     image_size: int | None = Field(
@@ -79,6 +82,7 @@ class Dinov2Options(Options):
             "through every block but adapters never see them (hooks get [cls, patches])."
         ),
     )
+    patch_resample: PatchResample = Field(default="rein", description=PATCH_RESAMPLE_HELP)
     drop_path_rate: float = Field(
         default=0.0,
         ge=0.0,

@@ -24,10 +24,14 @@ open_clip does not pass timm kwargs through its config, so ``dynamic_img_size`` 
 timm through tiny registered entry points (``vltk_<arch>_p<patch>_dyn``) that call timm's own architecture
 function with those two overrides: one model build, no architecture copied.
 
-Weights: ``pretrained=None`` gives random weights (one warning); otherwise a local open_clip checkpoint. A
-checkpoint with another patch size or position grid is converted with timm's resampling helpers (Rein runs
-EVA02-L and CLIP-L at patch 16 this way); any other shape difference is a :class:`~vltk.api.UserError`. The
-loading and conversion are :mod:`vltk_plugins.common.weights`, shared with ``clip-resnet`` and ``dinov2``.
+Weights: ``pretrained=None`` gives random weights (one warning); otherwise a local file in any layout the
+backbone reads (``eva02``: open_clip, BAAI's EVA02 and EVA02-CLIP releases, Rein's converted EVA02-L, timm;
+``clip-vit``: open_clip, OpenAI's TorchScript archives and their state dicts), renamed onto open_clip's keys. A
+checkpoint with another patch size or position grid is converted (Rein runs EVA02-L and CLIP-L at patch 16 this
+way; ``eva02`` as its ``patch_resample`` says, ``clip-vit`` with FlexiViT's resize); any other shape difference
+is a :class:`~vltk.api.UserError`. The loading and conversion are :mod:`vltk_plugins.common.weights`, shared
+with ``clip-resnet`` and ``dinov2``; :func:`eva02_weight_target` and :func:`clip_vit_weight_target` give
+``vltk convert`` the target layout without building real weights.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from vltk_plugins.backbones.open_clip_vit.options import ClipViTOptions, Eva02Op
 from vltk_plugins.common.attention import install_attention
 from vltk_plugins.common.clip_text import OPENAI_MEAN, OPENAI_STD, ClipTextSide
 from vltk_plugins.common.vit import TokenBackbone
-from vltk_plugins.common.weights import load_pretrained_or_warn
+from vltk_plugins.common.weights import TEXT_TOWER, OptionalPart, WeightSpec, load_pretrained_or_warn
 
 #: variant -> (timm architecture, native patch, open_clip config name or None for the built-in tiny/small CLIP).
 EVA02_VARIANTS: dict[str, tuple[str, int, str | None]] = {
@@ -67,6 +71,12 @@ _EVA02_SMALL_CLIP: dict[str, dict[str, Any]] = {
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4},
     },
 }
+
+#: The image-text projection of an EVA02-CLIP tower (timm's head, or open_clip's extra ``head.proj``): absent from
+#: BAAI's MIM pre-training files and timm's headless ones.
+EVA02_PROJECTION = OptionalPart(
+    "image-text projection", ("visual.head", "visual.trunk.head"), "embed() and text-space heads are meaningless"
+)
 
 #: The ``clip-vit`` ``tiny`` variant: 4 blocks, 64 wide, patch 16; builds in milliseconds.
 TINY_CLIP_CONFIG: dict[str, Any] = {
@@ -263,20 +273,29 @@ class ClipViTBackbone(OpenClipBackbone):
 
 
 # ---------------------------------------------------------------------------------------------------- builders
-def timm_entrypoint(architecture: str, patch_size: int) -> str:
-    """Register (once per process) and return a timm name building ``architecture`` at ``patch_size`` with
-    ``dynamic_img_size=True``: how those two kwargs reach timm through open_clip's ``timm_model_name``."""
+def timm_entrypoint(architecture: str, patch_size: int, image_size: int = 224) -> str:
+    """Register (once per process) and return a timm name building ``architecture`` at ``patch_size`` and
+    ``image_size`` with ``dynamic_img_size=True``: how those kwargs reach timm through open_clip's
+    ``timm_model_name`` (open_clip's ``TimmModel`` passes none of them)."""
     import timm
     from timm.models import register_model
 
-    name = f"vltk_{architecture}_p{patch_size}_dyn"
+    size = "" if image_size == 224 else f"_i{image_size}"
+    name = f"vltk_{architecture}_p{patch_size}{size}_dyn"
     if timm.is_model(name):
         return name
 
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
             kwargs.pop(key, None)
-        return timm.create_model(architecture, pretrained=False, patch_size=patch_size, dynamic_img_size=True, **kwargs)
+        return timm.create_model(
+            architecture,
+            pretrained=False,
+            patch_size=patch_size,
+            img_size=image_size,
+            dynamic_img_size=True,
+            **kwargs,
+        )
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
@@ -291,6 +310,12 @@ def eva02_config(options: Eva02Options) -> dict[str, Any]:
 
     architecture, native_patch, config_name = EVA02_VARIANTS[options.variant]
     patch_size = options.patch_size or native_patch
+    image_size = options.image_size or 224
+    if image_size % patch_size:
+        raise UserError(
+            f"eva02 ({options.variant}): image_size {image_size} is not a multiple of the patch size {patch_size}; "
+            f"e.g. image_size={image_size // patch_size * patch_size}"
+        )
     if config_name is not None:
         config = open_clip.get_model_config(config_name)
     else:
@@ -303,7 +328,8 @@ def eva02_config(options: Eva02Options) -> dict[str, Any]:
     config.pop("custom_text", None)
     config["vision_cfg"] = {
         **config["vision_cfg"],
-        "timm_model_name": timm_entrypoint(architecture, patch_size),
+        "image_size": image_size,
+        "timm_model_name": timm_entrypoint(architecture, patch_size, image_size),
         "timm_model_pretrained": False,
         "timm_drop_path": options.drop_path_rate,
         "patch_dropout": 0.0,
@@ -311,23 +337,38 @@ def eva02_config(options: Eva02Options) -> dict[str, Any]:
     return config
 
 
+def eva02_weight_spec(options: Eva02Options, clip: nn.Module) -> WeightSpec:
+    """How files load into the open_clip model ``clip`` built from ``options``."""
+    return WeightSpec(
+        backbone="eva02",
+        label=f"eva02 ({options.variant})",
+        what="EVA02 checkpoint",
+        patch_key="visual.trunk.patch_embed.proj.weight",
+        pos_key="visual.trunk.pos_embed",
+        grid=tuple(clip.visual.trunk.patch_embed.grid_size),
+        patch_resample=options.patch_resample,
+        optional=(TEXT_TOWER, EVA02_PROJECTION),
+    )
+
+
+def eva02_weight_target(options: Eva02Options) -> tuple[dict[str, Tensor], WeightSpec]:
+    """The open_clip state dict (meta tensors: names and shapes only) and spec of ``options``, for ``vltk convert``."""
+    import open_clip
+
+    with torch.device("meta"):
+        clip = open_clip.CustomTextCLIP(**eva02_config(options))
+    return clip.state_dict(), eva02_weight_spec(options, clip)
+
+
 def build_eva02(options: Eva02Options, context: BuildContext | None = None) -> Eva02Backbone:
     """Build the ``eva02`` backbone (``options`` may also be a mapping or None); ``context`` is not needed."""
     import open_clip
 
     options = coerce_options(options, Eva02Options, "eva02")
-    label = f"eva02 ({options.variant})"
     clip = open_clip.CustomTextCLIP(**eva02_config(options))
-    load_pretrained_or_warn(
-        clip,
-        options.pretrained,
-        label=label,
-        vision_prefix="visual.trunk.",
-        patch_key="visual.trunk.patch_embed.proj.weight",
-        pos_key="visual.trunk.pos_embed",
-        grid=tuple(clip.visual.trunk.patch_embed.grid_size),
-    )
-    backbone = Eva02Backbone(clip, out_indices=options.out_indices, label=label)
+    spec = eva02_weight_spec(options, clip)
+    load_pretrained_or_warn(clip, options.pretrained, spec)
+    backbone = Eva02Backbone(clip, out_indices=options.out_indices, label=spec.label)
     install_attention(backbone, options.attention)
     return backbone
 
@@ -383,28 +424,50 @@ def clip_vit_config(options: ClipViTOptions) -> dict[str, Any]:
     return config
 
 
-def build_clip_vit(options: ClipViTOptions, context: BuildContext | None = None) -> ClipViTBackbone:
-    """Build the ``clip-vit`` backbone (``options`` may also be a mapping or None); ``context`` is not needed."""
+def _clip_vit_label(options: ClipViTOptions) -> str:
+    return f"clip-vit ({'tiny' if options.variant == 'tiny' else options.model})"
+
+
+def _clip_vit_model(options: ClipViTOptions, config: dict[str, Any]) -> nn.Module:
     import open_clip
 
-    options = coerce_options(options, ClipViTOptions, "clip-vit")
-    label = f"clip-vit ({'tiny' if options.variant == 'tiny' else options.model})"
-    config = clip_vit_config(options)
-    tokenizer_kwargs = config.get("text_cfg", {}).get("tokenizer_kwargs") or {}
     try:
-        clip = open_clip.CustomTextCLIP(**config)
+        return open_clip.CustomTextCLIP(**config)
     except TypeError as error:
-        raise UserError(f"{label}: this open_clip config is not supported ({error})") from None
-    load_pretrained_or_warn(
-        clip,
-        options.pretrained,
-        label=label,
-        vision_prefix="visual.",
+        raise UserError(f"{_clip_vit_label(options)}: this open_clip config is not supported ({error})") from None
+
+
+def clip_vit_weight_spec(options: ClipViTOptions, clip: nn.Module) -> WeightSpec:
+    """How files load into the open_clip model ``clip`` built from ``options`` (FlexiViT patch conversion)."""
+    return WeightSpec(
+        backbone="clip-vit",
+        label=_clip_vit_label(options),
+        what="CLIP checkpoint",
         patch_key="visual.conv1.weight",
         pos_key="visual.positional_embedding",
         grid=tuple(clip.visual.grid_size),
+        optional=(TEXT_TOWER,),
     )
-    backbone = ClipViTBackbone(clip, out_indices=options.out_indices, tokenizer_kwargs=tokenizer_kwargs, label=label)
+
+
+def clip_vit_weight_target(options: ClipViTOptions) -> tuple[dict[str, Tensor], WeightSpec]:
+    """The open_clip state dict (meta tensors) and spec of ``options``, for ``vltk convert``."""
+    with torch.device("meta"):
+        clip = _clip_vit_model(options, clip_vit_config(options))
+    return clip.state_dict(), clip_vit_weight_spec(options, clip)
+
+
+def build_clip_vit(options: ClipViTOptions, context: BuildContext | None = None) -> ClipViTBackbone:
+    """Build the ``clip-vit`` backbone (``options`` may also be a mapping or None); ``context`` is not needed."""
+    options = coerce_options(options, ClipViTOptions, "clip-vit")
+    config = clip_vit_config(options)
+    tokenizer_kwargs = config.get("text_cfg", {}).get("tokenizer_kwargs") or {}
+    clip = _clip_vit_model(options, config)
+    spec = clip_vit_weight_spec(options, clip)
+    load_pretrained_or_warn(clip, options.pretrained, spec)
+    backbone = ClipViTBackbone(
+        clip, out_indices=options.out_indices, tokenizer_kwargs=tokenizer_kwargs, label=spec.label
+    )
     install_attention(backbone, options.attention)
     return backbone
 
@@ -415,10 +478,15 @@ __all__ = [
     "ClipViTBackbone",
     "Eva02Backbone",
     "OpenClipBackbone",
+    "EVA02_PROJECTION",
     "build_clip_vit",
     "build_eva02",
     "clip_vit_config",
+    "clip_vit_weight_spec",
+    "clip_vit_weight_target",
     "eva02_config",
+    "eva02_weight_spec",
+    "eva02_weight_target",
     "identity_rope_for_extra",
     "timm_entrypoint",
 ]

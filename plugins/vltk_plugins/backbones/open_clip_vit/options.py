@@ -13,12 +13,25 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from vltk.api import Options
+from vltk_plugins.backbones.weight_options import PATCH_RESAMPLE_HELP, PatchResample
 from vltk_plugins.common.vit_options import ATTENTION_HELP, AttentionChoice, check_out_indices
 
-_PRETRAINED_HELP = (
-    "Path of a local open_clip checkpoint (torch.save'd state dict, raw or under 'state_dict'/'model'; "
-    ".safetensors also works). A vision-only state dict (e.g. a saved backbone) is accepted too; the text tower "
-    "then stays random with a warning. null = random weights (a warning says so). Nothing is downloaded."
+_FILES = (
+    "torch.save'd state dict, raw or under 'state_dict'/'model'/'module', .safetensors, or an mmseg checkpoint "
+    "with the backbone under 'backbone.'"
+)
+_EVA02_PRETRAINED_HELP = (
+    "Path of a local EVA02 weights file: open_clip's EVA02 (timm tower), BAAI's EVA02-CLIP release "
+    "(EVA02_CLIP_L_psz14_s4B.pt), BAAI's EVA02 MIM release (eva02_L_pt_m38m_p14to16.pt) or Rein's "
+    f"eva02_L_converted.pth made from it, or a timm Eva state dict ({_FILES}). Files without a text tower or "
+    "image-text projection leave those random, with a warning. null = random weights (a warning says so). "
+    "Nothing is downloaded."
+)
+_CLIP_PRETRAINED_HELP = (
+    "Path of a local CLIP weights file: an open_clip checkpoint, OpenAI's TorchScript archive (ViT-B-16.pt) or "
+    f"a state dict saved from it ({_FILES}). A vision-only file (e.g. a saved backbone) is accepted too; the "
+    "text tower then stays random with a warning. null = random weights (a warning says so). Nothing is "
+    "downloaded."
 )
 _OUT_INDICES_HELP = (
     "The 4 blocks (0-based, negative counts from the end) whose patch tokens become the stride 4/8/16/32 "
@@ -27,8 +40,8 @@ _OUT_INDICES_HELP = (
 )
 _PATCH_HELP = (
     "Patch size of the patch embedding. null = the variant's own ({own}). A checkpoint with another patch "
-    "size is converted at load time (patch kernel and position grid resampled with timm's helpers), which is "
-    "how Rein runs its backbones at patch 16."
+    "size is converted at load time (patch kernel and position grid resampled), which is how Rein runs its "
+    "backbones at patch 16."
 )
 
 
@@ -44,9 +57,20 @@ class Eva02Options(Options):
             "large (1024, 24; open_clip EVA02-L-14, the Rein EVA02-L backbone)."
         ),
     )
-    pretrained: str | None = Field(default=None, description=_PRETRAINED_HELP)
+    pretrained: str | None = Field(default=None, description=_EVA02_PRETRAINED_HELP)
     out_indices: list[int] | None = Field(default=None, description=_OUT_INDICES_HELP)
     patch_size: int | None = Field(default=None, ge=4, le=32, description=_PATCH_HELP.format(own="16; 14 for large"))
+    image_size: int | None = Field(
+        default=None,
+        ge=16,
+        le=4096,
+        description=(
+            "Image size the stored position grid is built for (side = image_size / patch size); other input "
+            "sizes resample it on the fly. null = 224, the grid of the released weights. Rein's EVA02-L setting "
+            "is patch_size=16 image_size=512, the 32x32 grid of its eva02_L_converted.pth (loaded as it is)."
+        ),
+    )
+    patch_resample: PatchResample = Field(default="rein", description=PATCH_RESAMPLE_HELP)
     drop_path_rate: float = Field(
         default=0.0,
         ge=0.0,
@@ -80,7 +104,7 @@ class ClipViTOptions(Options):
             "milliseconds (tests, smoke runs); null = build `model`."
         ),
     )
-    pretrained: str | None = Field(default=None, description=_PRETRAINED_HELP)
+    pretrained: str | None = Field(default=None, description=_CLIP_PRETRAINED_HELP)
     out_indices: list[int] | None = Field(default=None, description=_OUT_INDICES_HELP)
     patch_size: int | None = Field(default=None, ge=4, le=32, description=_PATCH_HELP.format(own="from the config"))
     attention: AttentionChoice = Field(default="auto", description=ATTENTION_HELP)

@@ -1,10 +1,13 @@
-"""Entry point of the built-in backbones: open_clip/timm ViTs (eva02, clip-vit), CLIP ResNets, DINOv2.
+"""Entry point of the built-in backbones: open_clip/timm ViTs (eva02, clip-vit), CLIP ResNets, DINOv2, and the
+``vltk convert`` command that rewrites their weight files.
 
 Light on purpose: only options models are imported here; each factory imports torch and its module when a run
-actually builds the component (:func:`vltk.api.lazy_factory`).
+actually builds the component (:func:`vltk.api.lazy_factory`), and the command imports torch when it runs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from vltk.api import Register, hookimpl, lazy_factory
 from vltk_plugins.backbones.clip_resnet.options import ClipResNetOptions
@@ -42,3 +45,11 @@ def vltk_register_backbones(register: Register) -> None:
         summary="DINOv2 ViT (timm), patch 16 as in Rein (patch-14 weights converted); tiny/small/base/large/giant",
         paper="DINOv2 (Oquab et al., TMLR 2024); registers: Darcet et al., ICLR 2024",
     )
+
+
+@hookimpl
+def vltk_register_commands(cli: Any) -> None:
+    """``vltk convert``: a weights file in any layout these backbones read -> their own (open_clip/timm) layout."""
+    from vltk_plugins.backbones.convert import convert_command
+
+    cli.add_command(convert_command, "convert")

@@ -36,7 +36,8 @@ TIMM_TO_BAAI: tuple[tuple[str, str], ...] = (
 
 def baai_eva02_tower(trunk: Mapping[str, Tensor], *, head_dim: int) -> dict[str, Tensor]:
     """A timm ``Eva`` state dict under BAAI's EVA02 names (q/v biases as ``q_bias``/``v_bias``, ``fc_norm`` of a
-    token-pooled tower as the final ``norm``), plus the RoPE tables BAAI's files carry (``[16*16, head_dim]``)."""
+    token-pooled tower as the final ``norm``), plus the RoPE tables BAAI's files carry (``[16*16, head_dim]``, at
+    the top and, the module being shared, under every block's ``attn.rope``)."""
     baai: dict[str, Tensor] = {}
     for key, value in trunk.items():
         dotted = "." + key
@@ -45,14 +46,17 @@ def baai_eva02_tower(trunk: Mapping[str, Tensor], *, head_dim: int) -> dict[str,
         dotted = re.sub(r"\.attn\.(q|v)_proj\.bias$", r".attn.\1_bias", dotted)
         key = dotted[1:]
         baai["norm." + key[len("fc_norm.") :] if key.startswith("fc_norm.") else key] = value.clone()
-    baai["rope.freqs_cos"] = torch.randn(16 * 16, head_dim)
-    baai["rope.freqs_sin"] = torch.randn(16 * 16, head_dim)
+    cos, sin = torch.randn(16 * 16, head_dim), torch.randn(16 * 16, head_dim)
+    blocks = sorted({key.split(".")[1] for key in trunk if key.startswith("blocks.")}, key=int)
+    for where in ["", *(f"blocks.{index}.attn." for index in blocks)]:
+        baai[f"{where}rope.freqs_cos"], baai[f"{where}rope.freqs_sin"] = cos, sin
     return baai
 
 
 def baai_eva02_mim(trunk: Mapping[str, Tensor], *, head_dim: int) -> dict[str, Tensor]:
-    """BAAI's EVA02 MIM pre-training checkpoint: the tower plus ``mask_token`` and the regression ``lm_head``."""
-    state = baai_eva02_tower(trunk, head_dim=head_dim)
+    """BAAI's EVA02 MIM pre-training checkpoint: the tower without an image-text projection (timm's ``head``),
+    plus ``mask_token`` and the regression ``lm_head``."""
+    state = baai_eva02_tower({k: v for k, v in trunk.items() if not k.startswith("head.")}, head_dim=head_dim)
     channels = trunk["cls_token"].shape[-1]
     state["mask_token"] = torch.randn(1, 1, channels)
     state["lm_head.weight"] = torch.randn(48, channels)

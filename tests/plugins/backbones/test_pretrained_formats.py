@@ -6,6 +6,7 @@ naming what was detected and what the backbone reads.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -261,3 +262,52 @@ def test_shape_mismatches_list_the_first_keys_with_both_shapes(tmp_path: Path, f
     message = str(error.value)
     assert "does not fit this model (" in message and message.count("in the file but") == 5
     assert "'visual.trunk.cls_token' (file: 'cls_token') has shape (1, 1, 384) in the file but (1, 1, 192)" in message
+
+
+# ------------------------------------------------------------------------------- released sizes, on meta
+def _released(fabricate: SimpleNamespace, kind: str, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The released file of ``kind`` with the architecture's shapes (meta tensors: names and shapes only)."""
+    trunk = {key[len("visual.trunk.") :]: value for key, value in target.items() if key.startswith("visual.trunk.")}
+    return {
+        "rein-eva02-L": lambda: fabricate.baai_eva02_mim(trunk, head_dim=64),
+        "eva02-clip": lambda: fabricate.eva02_clip_release(target, head_dim=64),
+        "openai": lambda: fabricate.openai_release(target, image_size=224),
+        "meta-dinov2": lambda: fabricate.meta_dinov2_release(target, block_chunks=4),
+    }[kind]()
+
+
+@pytest.mark.parametrize(
+    ("backbone", "options", "kind", "missing"),
+    [
+        (
+            "eva02",
+            {"variant": "large", "patch_size": 16, "image_size": 512},
+            "rein-eva02-L",
+            {"text tower", "image-text projection"},
+        ),
+        ("eva02", {"variant": "large"}, "eva02-clip", set()),  # EVA02_CLIP_L_psz14_s4B.pt
+        ("eva02", {"variant": "base"}, "eva02-clip", set()),  # EVA02_CLIP_B_psz16_s8B.pt
+        ("clip-vit", {"model": "ViT-B-16-quickgelu"}, "openai", set()),  # ViT-B-16.pt
+        ("clip-vit", {"model": "ViT-L-14-quickgelu"}, "openai", set()),  # ViT-L-14.pt
+        ("clip-resnet", {"variant": "RN50"}, "openai", set()),  # RN50.pt
+        ("dinov2", {"variant": "large", "patch_size": 14}, "meta-dinov2", set()),  # dinov2_vitl14_pretrain.pth
+        ("dinov2", {"variant": "giant", "patch_size": 14}, "meta-dinov2", set()),  # SwiGLU w12/w3, chunked blocks
+    ],
+)
+def test_released_sizes_map_onto_the_architectures(
+    fabricate: SimpleNamespace, backbone: str, options: dict, kind: str, missing: set[str]
+) -> None:
+    """Each release's key names at the real sizes map onto exactly the keys and shapes of the architecture
+    vltk builds for it (nothing unknown, nothing missing but the optional parts the release lacks)."""
+    from vltk_plugins.backbones.convert import CONVERTIBLE
+    from vltk_plugins.common.weights import Checkpoint, prepare_checkpoint
+    from vltk_plugins.common.weights.read import OPENAI_EXTRA_KEYS
+
+    module, function = CONVERTIBLE[backbone][1].split(":")
+    target, spec = getattr(importlib.import_module(module), function)(CONVERTIBLE[backbone][0](**options))
+    released = _released(fabricate, kind, target)
+    extras = {key: released.pop(key) for key in OPENAI_EXTRA_KEYS if key in released}  # as read_checkpoint does
+    checkpoint = Checkpoint(path=f"{kind}.pt", state=released, container="torch.save", extras=extras)
+    prepared = prepare_checkpoint(checkpoint, target, spec)
+    assert {part.name for part in prepared.missing} == missing
+    assert all(prepared.state[key].shape == target[key].shape for key in prepared.state)

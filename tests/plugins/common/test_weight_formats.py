@@ -65,32 +65,50 @@ def test_read_checkpoint_keeps_openai_scalars_apart(tmp_path: Path) -> None:
         read_checkpoint(str(path), "test")
 
 
+class _TrainingState:
+    """Stands for what training scripts save beside the weights (optimizer state, message hubs, configs)."""
+
+
+def test_read_checkpoint_explains_a_training_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "iter_40000.pth"
+    torch.save({"meta": {"hub": _TrainingState()}, "state_dict": {"backbone.w": ONE}}, path)
+    with pytest.raises(
+        UserError,
+        match=r"holds Python objects besides tensors: .*Unsupported global.*_TrainingState\); save the weights alone",
+    ):
+        read_checkpoint(str(path), "test")
+
+
 # ------------------------------------------------------------------------------------------------ detection
 EVA_BLOCK = "blocks.0.attn.q_proj.weight", "blocks.0.attn.q_bias", "blocks.0.mlp.w1.weight", "patch_embed.proj.weight"
-LAYOUTS = {
-    "openai-clip-vit": _checkpoint("visual.conv1.weight", "visual.proj", "text_projection", container="TorchScript"),
-    "openai-clip-resnet": _checkpoint(
-        "visual.attnpool.c_proj.weight", "visual.layer1.0.conv1.weight", extras={"vocab_size": 1}
+LAYOUTS: list[tuple[str, Checkpoint]] = [
+    ("openai-clip-vit", _checkpoint("visual.conv1.weight", "visual.proj", "text_projection", container="TorchScript")),
+    ("openai-clip-resnet", _checkpoint("visual.attnpool.c_proj.weight", "visual.layer1.0.w", extras={"vocab_size": 1})),
+    ("eva02-clip", _checkpoint(*("visual." + key for key in EVA_BLOCK), "text_projection")),
+    ("eva02", _checkpoint(*EVA_BLOCK, "mask_token", "rope.freqs_cos")),
+    ("eva02", _checkpoint("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.mlp.w12.weight")),  # Ti/S
+    ("open_clip-eva02", _checkpoint("visual.trunk.blocks.0.attn.qkv.weight", "text.ln_final.weight")),
+    ("timm-eva", _checkpoint("patch_embed.proj.weight", "blocks.0.attn.q_proj.weight", "blocks.0.mlp.fc1_g.weight")),
+    ("open_clip-vit", _checkpoint("visual.conv1.weight", "visual.class_embedding", "text.ln_final.weight")),
+    ("open_clip-resnet", _checkpoint("attnpool.c_proj.weight", "layer1.0.conv1.weight")),
+    ("dinov2-meta", _checkpoint("cls_token", "patch_embed.proj.weight", "blocks.0.3.ls1.gamma")),
+    (
+        "dinov2-meta",
+        _checkpoint("cls_token", "patch_embed.proj.weight", "blocks.0.ls1.gamma", "blocks.0.mlp.w12.weight"),
     ),
-    "eva02-clip": _checkpoint(*("visual." + key for key in EVA_BLOCK), "text_projection"),
-    "eva02": _checkpoint(*EVA_BLOCK, "mask_token", "rope.freqs_cos"),
-    "open_clip-eva02": _checkpoint("visual.trunk.blocks.0.attn.qkv.weight", "text.ln_final.weight"),
-    "timm-eva": _checkpoint("patch_embed.proj.weight", "blocks.0.attn.q_proj.weight", "blocks.0.mlp.fc1_g.weight"),
-    "open_clip-vit": _checkpoint("visual.conv1.weight", "visual.class_embedding", "text.ln_final.weight"),
-    "open_clip-resnet": _checkpoint("attnpool.c_proj.weight", "layer1.0.conv1.weight"),
-    "dinov2-meta": _checkpoint("cls_token", "patch_embed.proj.weight", "blocks.0.3.ls1.gamma"),
-    "timm-dinov2": _checkpoint("cls_token", "patch_embed.proj.weight", "blocks.0.ls1.gamma"),
-}
+    ("timm-dinov2", _checkpoint("cls_token", "patch_embed.proj.weight", "blocks.0.ls1.gamma")),
+]
 
 
-@pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_detect_format(name: str) -> None:
-    found = detect_format(LAYOUTS[name])
+@pytest.mark.parametrize(("name", "checkpoint"), LAYOUTS, ids=[f"{name}-{i}" for i, (name, _) in enumerate(LAYOUTS)])
+def test_detect_format(name: str, checkpoint: Checkpoint) -> None:
+    """DINOv2-g's SwiGLU is mlp.w12 like EVA02-Ti's: LayerScale tells them apart."""
+    found = detect_format(checkpoint)
     assert found is not None and found.name == name
 
 
 def test_every_format_is_tested_and_belongs_to_a_backbone() -> None:
-    assert sorted(candidate.name for candidate in FORMATS) == sorted(LAYOUTS)
+    assert sorted(candidate.name for candidate in FORMATS) == sorted({name for name, _ in LAYOUTS})
     assert {candidate.backbone for candidate in FORMATS} == {"eva02", "clip-vit", "clip-resnet", "dinov2"}
     assert [candidate.name for candidate in formats_for("dinov2")] == ["dinov2-meta", "timm-dinov2"]
     assert detect_format(_checkpoint("image_encoder.neck.0.weight")) is None
@@ -107,7 +125,7 @@ def test_eva02_tower_names_subln_and_fused() -> None:
             "blocks.0.attn.inner_attn_ln.weight",
         ]
         + ["blocks.0.mlp.w1.bias", "blocks.0.mlp.w2.bias", "blocks.0.mlp.w3.bias", "blocks.0.mlp.ffn_ln.weight"]
-        + ["norm.weight", "mask_token", "lm_head.weight", "rope.freqs_cos"],
+        + ["norm.weight", "mask_token", "lm_head.weight", "rope.freqs_cos", "blocks.0.attn.rope.freqs_sin"],
         ONE,
     )
     converted, origins = eva02_tower_names(subln, prefix="t.", target={"t.norm.weight": ONE})

@@ -24,6 +24,7 @@ from vltk_plugins.common.weights.load import (
     check_fit,
     load_pretrained,
     load_pretrained_or_warn,
+    prepare_checkpoint,
     prepare_weights,
     warn_random,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "formats_for",
     "load_pretrained",
     "load_pretrained_or_warn",
+    "prepare_checkpoint",
     "prepare_weights",
     "read_checkpoint",
     "read_state_dict",

@@ -8,7 +8,8 @@ keys here, once, with the facts taken from the reference code (read, not copied)
   ``eva02_L_converted.pth`` made from it (no wrapper, patch 16, 32x32 grid): EVA02's own module names. Per block
   ``attn.q_proj/k_proj/v_proj`` with separate ``attn.q_bias``/``attn.v_bias`` (B/L, "subln") or a fused
   ``attn.qkv`` (Ti/S), ``attn.inner_attn_ln``, ``mlp.w1/w2/w3`` + ``mlp.ffn_ln`` (B/L) or ``mlp.w12/w3`` (Ti/S),
-  plus ``mask_token``, ``lm_head.*`` and ``rope.freqs_cos/sin`` that inference does not use. timm's ``Eva`` is a
+  plus ``mask_token``, ``lm_head.*`` and the RoPE tables ``rope.freqs_cos/sin`` (again under every block's
+  ``attn.rope.``, the module being shared) that inference does not use. timm's ``Eva`` is a
   port with renamed modules (timm's ``eva.checkpoint_filter_fn`` documents the mapping): ``inner_attn_ln`` ->
   ``attn.norm``, ``ffn_ln`` -> ``mlp.norm``, ``w1/w2`` -> ``fc1_g/fc1_x``, ``w12`` -> ``fc1``, ``w3`` ->
   ``fc2``, and with separate projections ``q_bias/v_bias`` -> ``q_proj.bias/v_proj.bias``; the RoPE tables are
@@ -108,8 +109,8 @@ def _is_eva02_clip(checkpoint: Checkpoint) -> bool:
 
 
 def _is_eva02_official(checkpoint: Checkpoint) -> bool:
-    keys = checkpoint.state
-    return "patch_embed.proj.weight" in keys and _matches(keys, _EVA_OFFICIAL)
+    keys = checkpoint.state  # DINOv2-g shares the name mlp.w12, never LayerScale's ls1
+    return "patch_embed.proj.weight" in keys and _matches(keys, _EVA_OFFICIAL) and not _matches(keys, _DINOV2_BLOCK)
 
 
 def _is_open_clip_eva02(checkpoint: Checkpoint) -> bool:
@@ -118,7 +119,8 @@ def _is_open_clip_eva02(checkpoint: Checkpoint) -> bool:
 
 def _is_timm_eva(checkpoint: Checkpoint) -> bool:
     keys = checkpoint.state
-    return "patch_embed.proj.weight" in keys and _matches(keys, r"^blocks\.\d+\.attn\.") and _matches(keys, _EVA_FAMILY)
+    eva = _matches(keys, r"^blocks\.\d+\.attn\.") and _matches(keys, _EVA_FAMILY)
+    return "patch_embed.proj.weight" in keys and eva and not _matches(keys, _DINOV2_BLOCK)
 
 
 def _is_open_clip_vit(checkpoint: Checkpoint) -> bool:
@@ -172,8 +174,9 @@ _EVA_TO_TIMM: tuple[tuple[str, str], ...] = (
     (".mlp.w2.", ".mlp.fc1_x."),
     (".mlp.w3.", ".mlp.fc2."),
 )
-#: Entries of BAAI's EVA02 files inference does not use: MIM-only (mask token, regression head) and RoPE tables.
-_EVA_UNUSED = re.compile(r"^(mask_token|lm_head\..*|rope\..*)$")
+#: Entries of BAAI's EVA02 files inference does not use: MIM-only (mask token, regression head) and the RoPE
+#: tables, top-level and under each block's attention (timm recomputes them for every grid).
+_EVA_UNUSED = re.compile(r"^(mask_token|lm_head\..*)$|(^|\.)rope\.freqs_(cos|sin)$")
 
 
 def eva02_tower_names(state: Mapping[str, Tensor], *, prefix: str, target: Mapping[str, Tensor]) -> Converted:
@@ -187,7 +190,7 @@ def eva02_tower_names(state: Mapping[str, Tensor], *, prefix: str, target: Mappi
     final_norm = "norm." if f"{prefix}norm.weight" in target or f"{prefix}fc_norm.weight" not in target else "fc_norm."
 
     def rename(key: str) -> str | None:
-        if _EVA_UNUSED.match(key):
+        if _EVA_UNUSED.search(key):
             return None
         dotted = "." + key
         for old, new in _EVA_TO_TIMM:

@@ -173,13 +173,15 @@ def _missing_parts(
     return tuple(absent)
 
 
-def prepare_weights(path: str, target: Mapping[str, Tensor], spec: WeightSpec) -> PreparedWeights:
-    """Read ``path`` and convert it for the model whose state dict is ``target`` (meta tensors do: only names,
-    shapes and dtypes are read). Every problem is one :class:`UserError`; see the module docstring."""
-    checkpoint = read_checkpoint(path, spec.label, spec.what)
+def prepare_checkpoint(checkpoint: Checkpoint, target: Mapping[str, Tensor], spec: WeightSpec) -> PreparedWeights:
+    """Convert a read ``checkpoint`` for the model whose state dict is ``target`` (meta tensors do: only names,
+    shapes and dtypes are read): detect the layout, rename, check, resample. Every problem is one
+    :class:`UserError`; see the module docstring."""
+    path = checkpoint.path
     found = detect_for(checkpoint, spec)
     state, origins = found.convert(dict(checkpoint.state), ConvertContext(target, spec.num_prefix_tokens))
-    dropped = [key for key in checkpoint.state if key not in set(origins.values())]
+    kept = set(origins.values())
+    dropped = [key for key in checkpoint.state if key not in kept]
     if spec.validate is not None:
         spec.validate(state, target, path)
     notes = resample_spatial(
@@ -198,6 +200,11 @@ def prepare_weights(path: str, target: Mapping[str, Tensor], spec: WeightSpec) -
     absent = _missing_parts(missing, target, spec, path)
     logger.info("%s: '%s' is %s", spec.label, path, found.title)
     return PreparedWeights(state=state, format=found, checkpoint=checkpoint, missing=absent, notes=tuple(notes))
+
+
+def prepare_weights(path: str, target: Mapping[str, Tensor], spec: WeightSpec) -> PreparedWeights:
+    """Read ``path`` (:func:`~vltk_plugins.common.weights.read.read_checkpoint`) and :func:`prepare_checkpoint` it."""
+    return prepare_checkpoint(read_checkpoint(path, spec.label, spec.what), target, spec)
 
 
 def load_pretrained(module: nn.Module, path: str, spec: WeightSpec) -> PreparedWeights:
@@ -246,6 +253,7 @@ __all__ = [
     "detect_for",
     "load_pretrained",
     "load_pretrained_or_warn",
+    "prepare_checkpoint",
     "prepare_weights",
     "warn_random",
 ]

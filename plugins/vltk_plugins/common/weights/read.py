@@ -7,12 +7,14 @@ mmseg segmentor whose backbone sits under ``backbone.`` next to ``decode_head.*`
 own ``trunk.*``. :func:`read_checkpoint` peels all of these off and says what it peeled, so that format detection
 (:mod:`vltk_plugins.common.weights.formats`) sees the model's own key names only. Plain files are read with
 ``torch.load(..., weights_only=True)``; TorchScript archives cannot be (they hold code), so they go through
-``torch.jit.load`` on the CPU and only their state dict is kept, as open_clip does with OpenAI's files.
+``torch.jit.load`` on the CPU and only their state dict is kept, as open_clip does with OpenAI's files. That runs
+no Python, but it does run the archive's own TorchScript (``__setstate__``): pass archives you trust.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -129,9 +131,16 @@ def read_checkpoint(path: str, label: str, what: str = "checkpoint") -> Checkpoi
     try:
         loaded, container = _load_container(file)
     except Exception as error:  # any unreadable file is the same user problem
-        raise UserError(
-            f"{label}: could not read '{path}' as a state dict ({type(error).__name__}: {error}); {how}"
-        ) from None
+        lines = str(error).splitlines() or [""]
+        reason = f"{type(error).__name__}: {lines[0]}"
+        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in lines[0]:
+            # a training checkpoint: weights_only loading refuses the Python objects stored beside the tensors
+            found = next(
+                (line.strip().split(" was not an allowed")[0] for line in lines if "Unsupported global" in line), ""
+            )
+            reason = f"it holds Python objects besides tensors{': ' + found if found else ''}"
+            how = f"save the weights alone (torch.save(checkpoint['state_dict'], ...)) and {how}"
+        raise UserError(f"{label}: could not read '{path}' as a state dict ({reason}); {how}") from None
     unwrapped: list[str] = []
     while isinstance(loaded, Mapping):
         wrapper = next((key for key in WRAPPER_KEYS if isinstance(loaded.get(key), Mapping)), None)

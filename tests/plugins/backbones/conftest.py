@@ -126,11 +126,9 @@ def meta_dinov2_release(trunk: Mapping[str, Tensor], *, block_chunks: int = 0) -
 def fabricate() -> SimpleNamespace:
     """The fabricators above, for tests (conftest functions are not importable under --import-mode=importlib)."""
     return SimpleNamespace(
-        baai_eva02_tower=baai_eva02_tower,
         baai_eva02_mim=baai_eva02_mim,
         eva02_clip_release=eva02_clip_release,
         openai_release=openai_release,
-        openai_text_layout=openai_text_layout,
         save_torchscript=save_torchscript,
         meta_dinov2_release=meta_dinov2_release,
     )

@@ -55,7 +55,7 @@ def _probabilities(feats: Tensor, tokens: Tensor, scale: float, out: Tensor | No
 
 
 def _add_product(total: Tensor, left: Tensor, right: Tensor) -> None:
-    """``total += left @ right`` in place (through a temporary only when the accumulator is wider than fp16)."""
+    """``total += left @ right`` in place (through a temporary only for half inputs into an fp32 accumulator)."""
     if total.dtype == left.dtype:
         total.addmm_(left, right)
     else:

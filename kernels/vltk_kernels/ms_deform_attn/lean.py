@@ -7,10 +7,11 @@ multiplies by the weights (a third) and sums; autograd then keeps the stacked sa
 That is ``3 · L · P`` times the output's size in the forward alone.
 
 Here one ``grid_sample`` per level and head reads the value in place (``[B, D, H_l, W_l]`` is a strided view of
-``value``) and its samples are accumulated point by point into the output, so at most one head's samples of one
-level (``P / nH`` of the output) exist at a time. The autograd function saves only the inputs; the backward
-recomputes one level and head at a time, the value and location gradients from ``grid_sampler_2d_backward`` and
-the weights' gradient from the recomputed samples, and adds them into the gradient tensors in place.
+``value``; a copy of that head's level for half inputs) and its samples are accumulated point by point into the
+output, so at most one head's samples of one level (``P / nH`` of the output) exist at a time. The autograd
+function saves only the inputs; the backward recomputes one level and head at a time, the value and location
+gradients from ``grid_sampler_2d_backward`` and the weights' gradient from the recomputed samples, and adds them
+into the gradient tensors in place.
 
 Sampling is the reference's: ``grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False)`` on
 ``2 · location - 1``.
@@ -29,9 +30,14 @@ Levels = tuple[tuple[int, int, int], ...]  # (height, width, first position in v
 
 
 def _level_value(value: Tensor, level: tuple[int, int, int], head: int) -> Tensor:
-    """``[B, D, H_l, W_l]``: one head's value on one level, a view of ``value`` (no copy)."""
+    """``[B, D, H_l, W_l]``: one head's value on one level, a view of ``value`` (no copy) in fp32 and fp64.
+
+    Half-precision inputs get a contiguous copy (``1 / nH`` of the level): the CPU ``grid_sample`` kernel of
+    torch 2.14 reads strided fp16/bf16 inputs wrongly (NaN in bf16, wrong values in fp16).
+    """
     height, width, start = level
-    return value[:, start : start + height * width, head].transpose(1, 2).unflatten(2, (height, width))
+    view = value[:, start : start + height * width, head].transpose(1, 2).unflatten(2, (height, width))
+    return view if value.dtype in (torch.float32, torch.float64) else view.contiguous()
 
 
 def _level_grid(locations: Tensor, level: int, head: int) -> Tensor:

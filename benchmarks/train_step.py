@@ -5,6 +5,7 @@ meaningful even on a noisy machine. Writes JSON (device, versions, git commit, p
 
     python benchmarks/train_step.py                       # tiny EVA02, 128x128, batch 4, CPU
     python benchmarks/train_step.py --size 256 --repeats 20 --json benchmarks/results/train_step_256.json
+    python benchmarks/train_step.py --device cuda --precision bf16 --json /tmp/train_step_bf16.json
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ def time_adapter(adapter: str, args: argparse.Namespace, device: torch.device) -
     labels = torch.randint(0, len(model.class_names), (args.batch, args.size, args.size), generator=generator)
     labels = labels.to(device)
 
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
     def step() -> None:
-        loss = model.loss(images, labels)["loss"]
+        with autocast:
+            loss = model.loss(images, labels)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -85,6 +89,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: forward and loss under bf16 autocast"
+    )
     parser.add_argument("--json", default="benchmarks/results/train_step.json", help="output file")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -104,10 +111,14 @@ def main() -> None:
             "size": args.size,
             "batch": args.batch,
             "repeats": args.repeats,
+            "precision": args.precision,
         },
         "results": results,
     }
-    print(f"train step, eva02-{args.variant} + fpn, {args.batch}x3x{args.size}x{args.size}, {payload['device']}")
+    print(
+        f"train step, eva02-{args.variant} + fpn, {args.batch}x3x{args.size}x{args.size}, {args.precision}, "
+        f"{payload['device']}"
+    )
     print(f"{'adapter':8s} {'trainable':>12s} {'median ms':>10s} {'p20':>8s} {'p80':>8s} {'vs frozen':>9s}")
     for r in results:
         print(

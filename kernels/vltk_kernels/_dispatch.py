@@ -6,10 +6,11 @@ One place decides, so all ops behave alike:
   ``auto``;
 - ``auto`` runs Triton when it can actually launch on the inputs' device — CUDA with a working Triton driver,
   or CPU tensors while Triton runs in interpreter mode (``TRITON_INTERPRET=1``) — and the op supports the
-  inputs (dtype, sizes); otherwise the pure-PyTorch reference;
+  inputs (dtype, sizes); otherwise the op's PyTorch path;
 - ``triton`` forced where it cannot run raises :class:`KernelBackendError` saying why and what to do, instead of
   a driver error from deep inside Triton;
-- ``torch`` always runs the reference.
+- ``torch`` always runs the PyTorch path: each op's memory-lean implementation (``<op>/lean.py``), tested
+  against the readable reference (``<op>/reference.py``), which stays the specification.
 
 Why availability is more than ``import triton``: Triton imports fine on a machine without a GPU and only fails
 at the first launch ("0 active drivers"); and interpreter mode is fixed when a ``@triton.jit`` function is
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Literal
 
 import torch
@@ -30,7 +31,7 @@ from vltk_kernels.errors import KernelBackendError
 
 ENV_VAR = "VLTK_KERNEL_BACKEND"
 BACKENDS = ("auto", "triton", "torch")
-#: dtypes the Triton kernels are written for (fp32 accumulation inside); anything else goes to the reference.
+#: dtypes the Triton kernels are written for (fp32 accumulation inside); anything else goes to the PyTorch path.
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 Backend = Literal["auto", "triton", "torch"]
@@ -54,7 +55,7 @@ def _check_name(name: str, source: str) -> str:
 def use_backend(name: Backend) -> Iterator[None]:
     """Run the ops inside the block with backend ``name`` (overrides ``VLTK_KERNEL_BACKEND``).
 
-    >>> with use_backend("torch"):          # e.g. compare against the reference
+    >>> with use_backend("torch"):          # e.g. compare against the PyTorch path
     ...     y = rein_attention(f, t, v, s)
     """
     _OVERRIDES.append(_check_name(name, "use_backend()"))
@@ -163,7 +164,7 @@ def select_backend(op: str, device: torch.device, problem: str | None = None) ->
     """The backend ``op`` runs with for inputs on ``device``.
 
     ``problem`` is the op's own reason it cannot take these inputs (dtype, sizes), or None. ``auto`` quietly
-    falls back to the reference; a forced ``triton`` raises :class:`KernelBackendError` with the reason.
+    falls back to the PyTorch path; a forced ``triton`` raises :class:`KernelBackendError` with the reason.
     """
     backend, source = requested_backend()
     if backend == "torch":
@@ -174,7 +175,7 @@ def select_backend(op: str, device: torch.device, problem: str | None = None) ->
     if backend == "triton":
         raise KernelBackendError(
             f"{op}: the Triton backend was requested ({source}) but cannot run: {reason}. "
-            f"Use {ENV_VAR}=auto (falls back to the PyTorch reference) or {ENV_VAR}=torch"
+            f"Use {ENV_VAR}=auto (falls back to the PyTorch path) or {ENV_VAR}=torch"
         )
     return "torch"
 
@@ -192,11 +193,20 @@ def autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tensors
 
 
+def autocast_off(device: torch.device) -> AbstractContextManager:
+    """Autocast disabled on ``device`` for the body of a lean path whose inputs :func:`autocast_inputs` already
+    cast: inside a custom autograd function autocast would otherwise recast single ops and mix dtypes."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()
+
+
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
     "KernelBackendError",
     "autocast_inputs",
+    "autocast_off",
     "dtype_problem",
     "interpret_mode",
     "requested_backend",

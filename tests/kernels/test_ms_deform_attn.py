@@ -1,4 +1,5 @@
-"""ms_deform_attn: Triton (interpreter on CPU) vs the grid_sample reference, forward and backward."""
+"""ms_deform_attn: Triton (interpreter on CPU) and the lean PyTorch path vs the grid_sample reference, forward and
+backward."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from vltk_kernels import ms_deform_attn, use_backend
-from vltk_kernels.ms_deform_attn import ms_deform_attn_reference
+from vltk_kernels.ms_deform_attn import ms_deform_attn_lean, ms_deform_attn_reference
 
 # (level shapes, B, nH, D, P, Q): non-square, odd, tiny (1x1, 1xW) levels; Q > 128 masks the last query tile.
 CASES = [
@@ -32,11 +33,20 @@ def op(value: torch.Tensor, spatial_shapes: torch.Tensor, locations: torch.Tenso
     return ms_deform_attn(value, spatial_shapes, starts, locations, weights)
 
 
+def reference(value: torch.Tensor, spatial_shapes: torch.Tensor, locations: torch.Tensor, weights: torch.Tensor):
+    return ms_deform_attn_reference(value, spatial_shapes, None, locations, weights)
+
+
 @pytest.mark.parametrize("case", CASES, ids=["3-levels", "degenerate-levels", "one-head-d32"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_triton_matches_reference(case: tuple, dtype: torch.dtype, check_backends) -> None:
     # fp16 locations are rounded before both backends see them; the location gradient scales with W, H
-    check_backends(op, make_inputs(*case, dtype=dtype), scale_tolerance=1.0 if dtype == torch.float32 else 3.0)
+    check_backends(
+        op,
+        make_inputs(*case, dtype=dtype),
+        reference=reference,
+        scale_tolerance=1.0 if dtype == torch.float32 else 3.0,
+    )
 
 
 def test_strided_value_view() -> None:
@@ -62,12 +72,64 @@ def test_reference_gradcheck_float64() -> None:
     assert torch.autograd.gradcheck(lambda v, loc, w: ms_deform_attn_reference(v, shapes, None, loc, w), inputs)
 
 
+def msda_lean(value: torch.Tensor, shapes: torch.Tensor, locations: torch.Tensor, weights: torch.Tensor):
+    return ms_deform_attn_lean(value, shapes, None, locations, weights)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["3-levels", "degenerate-levels", "one-head-d32"])
+def test_msda_lean_matches_reference(case: tuple, check_lean) -> None:
+    check_lean(msda_lean, reference, make_inputs(*case, dtype=torch.float32))
+
+
+def test_msda_lean_gradcheck_float64_and_half(check_lean) -> None:
+    value, shapes, locations, weights = make_inputs([(3, 4), (2, 1)], 1, 2, 3, 2, 5, dtype=torch.float64, seed=2)
+    inputs = (value.requires_grad_(), locations.requires_grad_(), weights.requires_grad_())
+    assert torch.autograd.gradcheck(lambda v, loc, w: msda_lean(v, shapes, loc, w), inputs)
+    # fp16 against the reference in fp16: the same rounded grid, so even the location gradient agrees
+    check_lean(msda_lean, reference, make_inputs(*CASES[0], dtype=torch.float16))
+    # Levels wide enough for grid_sample's vectorised CPU path, which misreads strided half inputs (the
+    # reference itself returns NaN here in both half types). Against fp32 on the same rounded inputs, the
+    # tolerance covers the grid's own rounding (2·loc - 1 in the input dtype: 1/8 pixel in bf16 on 64 columns).
+    wide = make_inputs([(32, 64), (16, 32)], 1, 2, 16, 2, 300, dtype=torch.float32)
+    for dtype, tolerance in ((torch.float16, 5e-2), (torch.bfloat16, 0.5)):
+        half = [x.to(dtype) if x.is_floating_point() else x for x in wide]
+        with torch.no_grad():
+            out = msda_lean(*half)
+            expected = reference(*[x.float() if x.is_floating_point() else x for x in half])
+        torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_msda_lean_strided_value_and_partial_gradients(check_lean) -> None:
+    value, shapes, locations, weights = make_inputs(*CASES[0], dtype=torch.float32)
+    wide = torch.cat([value, value], dim=-1)[..., :12]  # a head-sliced projection: not contiguous
+    check_lean(msda_lean, reference, [wide, shapes, locations, weights], grad_mask=[True, False, True])
+    check_lean(msda_lean, reference, [value, shapes, locations, weights], grad_mask=[False, True, False])
+
+
+def test_msda_lean_keeps_no_stack_of_samples(peak_bytes) -> None:
+    """The reference holds every level's [B·nH, D, Q, P] samples at once (three times); the lean path one head's."""
+    value, shapes, locations, weights = make_inputs([(16, 16), (8, 8)], 1, 4, 16, 4, 320, dtype=torch.float32)
+    output_bytes = 320 * 4 * 16 * 4
+    assert peak_bytes(lambda: msda_lean(value, shapes, locations, weights)) < 2.5 * output_bytes  # out + P/nH of it
+    assert peak_bytes(lambda: reference(value, shapes, locations, weights)) > 8 * output_bytes
+
+
+def test_msda_public_op_under_autocast_runs_the_reference() -> None:
+    """Autocast decides grid_sample's dtype op by op; the lean path leaves those cases to the reference."""
+    value, shapes, locations, weights = make_inputs(*CASES[0], dtype=torch.float32)
+    with use_backend("torch"), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ms_deform_attn(value, shapes, None, locations, weights)
+        expected = reference(value, shapes, locations, weights)
+    assert out.dtype == expected.dtype
+    torch.testing.assert_close(out, expected)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_gpu_matches_reference(dtype: torch.dtype, check_backends) -> None:
     shapes = [(64, 128), (32, 64), (16, 32)]
     inputs = [x.cuda() for x in make_inputs(shapes, 2, 8, 32, 4, 64 * 128 + 32 * 64 + 16 * 32, dtype=dtype)]
-    check_backends(op, inputs, scale_tolerance=4.0)
+    check_backends(op, inputs, reference=reference, scale_tolerance=4.0)
 
 
 @pytest.mark.gpu
@@ -91,3 +153,17 @@ def test_gpu_compile_fullgraph() -> None:
         expected = op(value.detach(), shapes, locations, weights)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
     assert value.grad is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_gpu_lean_matches_reference(dtype: torch.dtype, check_lean) -> None:
+    """The lean path is what a GPU falls back to (e.g. with VLTK_KERNEL_BACKEND=torch)."""
+    inputs = [x.cuda() for x in make_inputs([(32, 64), (16, 32)], 2, 8, 32, 4, 2560, dtype=torch.float32)]
+    rounded = [x.to(dtype) if x.is_floating_point() else x for x in inputs]
+    # against the reference in the same dtype: both round the grid (2·loc - 1) alike, 1/8 pixel in bf16
+    tolerance = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    with torch.no_grad():
+        out, expected = msda_lean(*rounded), reference(*rounded)
+    torch.testing.assert_close(out.float(), expected.float(), atol=tolerance, rtol=tolerance)
+    check_lean(msda_lean, reference, inputs)

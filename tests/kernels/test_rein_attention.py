@@ -1,4 +1,5 @@
-"""rein_attention: Triton (interpreter on CPU) vs the reference, forward and backward, on awkward shapes."""
+"""rein_attention: Triton (interpreter on CPU) and the lean PyTorch path vs the reference, forward and backward,
+on awkward shapes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 
 from vltk.context import BuildContext
 from vltk_kernels import rein_attention, use_backend
-from vltk_kernels.rein_attention import rein_attention_reference
+from vltk_kernels.rein_attention import rein_attention_lean, rein_attention_reference
 
 # (B, N, C, M): non-powers of two everywhere; N > 64 gives several row tiles with a masked last one; M = 100 is
 # Rein's token count; M = 2 is the smallest legal case (one real token next to the null token).
@@ -30,7 +31,10 @@ def test_triton_matches_reference(shape: tuple[int, int, int, int], dtype: torch
     def op(feats: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return rein_attention(feats[:, 1:], tokens, values, scale)
 
-    check_backends(op, make_inputs(*shape, dtype))
+    def reference(feats: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return rein_attention_reference(feats[:, 1:], tokens, values, scale)
+
+    check_backends(op, make_inputs(*shape, dtype), reference=reference)
 
 
 def test_sharp_softmax_and_large_scale() -> None:
@@ -80,11 +84,71 @@ def test_rein_adapter_runs_the_kernel_under_auto() -> None:
     torch.testing.assert_close(grad_fused, rein.learnable_tokens_b.grad, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("chunk_size", [None, 7, 1], ids=["auto", "chunk7", "chunk1"])
+@pytest.mark.parametrize("recompute", [False, True], ids=["keep", "recompute"])
+def test_rein_lean_matches_reference(shape: tuple, chunk_size: int | None, recompute: bool, check_lean) -> None:
+    scale = shape[2] ** -0.5
+
+    def lean(f: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return rein_attention_lean(f[:, 1:], t, v, scale, chunk_size=chunk_size, recompute=recompute)
+
+    def reference(f: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return rein_attention_reference(f[:, 1:], t, v, scale)
+
+    check_lean(lean, reference, make_inputs(*shape, torch.float32))
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["keep", "recompute"])
+def test_rein_lean_gradcheck_float64(recompute: bool) -> None:
+    inputs = tuple(x.requires_grad_() for x in make_inputs(2, 6, 5, 4, torch.float64, seed=1))
+    assert torch.autograd.gradcheck(
+        lambda f, t, v: rein_attention_lean(f, t, v, 0.7, chunk_size=4, recompute=recompute), inputs
+    )
+
+
+def test_rein_lean_partial_gradients_and_half(check_lean) -> None:
+    """Frozen tokens or values (only some inputs need gradients), and fp16 against the fp32 reference."""
+    inputs = make_inputs(2, 37, 48, 11, torch.float32)
+    for mask in ([True, False, True], [False, True, False], [False, False, True]):
+        check_lean(
+            lambda f, t, v: rein_attention_lean(f, t, v, 0.2, chunk_size=5),
+            lambda f, t, v: rein_attention_reference(f, t, v, 0.2),
+            inputs,
+            grad_mask=mask,
+        )
+    check_lean(
+        lambda f, t, v: rein_attention_lean(f, t, v, 0.2, chunk_size=16),
+        lambda f, t, v: rein_attention_reference(f, t, v, 0.2),
+        [x.half() for x in inputs],
+        reference_dtype=torch.float32,
+    )
+
+
+def test_rein_lean_chunks_never_build_the_full_scores(peak_bytes) -> None:
+    """With many tokens (M = 2C) the reference's [B, N, M] scores outweigh the output; the chunked path's do not."""
+    feats, tokens, values = make_inputs(2, 1024, 32, 64, torch.float32)
+    output_bytes = feats[:, 1:].numel() * 4
+    lean = peak_bytes(lambda: rein_attention_lean(feats[:, 1:], tokens, values, 0.2, chunk_size=16))
+    assert lean < 1.25 * output_bytes
+    assert peak_bytes(lambda: rein_attention_reference(feats[:, 1:], tokens, values, 0.2)) > 2 * output_bytes
+
+
+def test_rein_lean_rejects_a_bad_chunk_size() -> None:
+    with pytest.raises(ValueError, match="chunk_size must be a positive number of rows"):
+        rein_attention_lean(*make_inputs(1, 4, 8, 3, torch.float32), 0.5, chunk_size=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_gpu_matches_reference(dtype: torch.dtype, check_backends) -> None:
     inputs = [x.cuda() for x in make_inputs(4, 1024 + 3, 1024, 100, dtype)]
-    check_backends(lambda f, t, v: rein_attention(f[:, 1:], t, v, 1024**-0.5), inputs, scale_tolerance=2.0)
+    check_backends(
+        lambda f, t, v: rein_attention(f[:, 1:], t, v, 1024**-0.5),
+        inputs,
+        reference=lambda f, t, v: rein_attention_reference(f[:, 1:], t, v, 1024**-0.5),
+        scale_tolerance=2.0,
+    )
 
 
 @pytest.mark.gpu
@@ -106,3 +170,19 @@ def test_gpu_compile_fullgraph() -> None:
         expected = rein_attention(feats.float(), tokens.float(), values.float(), 0.1)
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
     assert feats.grad is not None and tokens.grad is not None and values.grad is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_gpu_lean_matches_reference(dtype: torch.dtype, check_lean) -> None:
+    """The lean path is what a GPU runs beyond the kernel's token limit, or with VLTK_KERNEL_BACKEND=torch."""
+    feats, tokens, values = (x.cuda() for x in make_inputs(2, 300, 1024, 700, torch.float32))
+    out = rein_attention_lean(feats.to(dtype), tokens.to(dtype), values.to(dtype), 1024**-0.5, chunk_size=128)
+    expected = rein_attention_reference(feats, tokens, values, 1024**-0.5)
+    tolerance = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
+    check_lean(
+        lambda f, t, v: rein_attention_lean(f, t, v, 0.1, chunk_size=64, recompute=True),
+        lambda f, t, v: rein_attention_reference(f, t, v, 0.1),
+        [feats[:, :200, :96], tokens[:, :96], values[:, :96]],
+    )

@@ -20,11 +20,20 @@ fp32, and derives GB/s, TFLOP/s and speed-ups (the measuring pieces are in :mod:
             implementations=backend_implementations(my_op),  # or {"torch": f, "mine": g}
         ))
 
-On a CPU without CUDA the Triton rows run in the interpreter: their times say nothing about GPU speed; only the
-reference's times and memory, and the interpreter's correctness, are meaningful (the report says so).
+The built-in ops compare three implementations: ``triton`` (the kernel), ``torch`` (the reference, the baseline)
+and ``lean`` (the memory-lean PyTorch path the ``torch`` backend dispatches to). On a CPU without CUDA the Triton
+rows run in the interpreter: their times say nothing about GPU speed; only the reference's and the lean path's
+times and memory, and the interpreter's correctness, are meaningful (the report says so).
 """
 
-from vltk_kernels.benchmarking.cases import BASELINE, BenchCase, Dims, Shape, backend_implementations
+from vltk_kernels.benchmarking.cases import (
+    BASELINE,
+    BenchCase,
+    Dims,
+    Shape,
+    backend_implementations,
+    op_implementations,
+)
 from vltk_kernels.benchmarking.measure import PeakTracker
 from vltk_kernels.benchmarking.provenance import describe_device, environment, git_commit
 from vltk_kernels.benchmarking.run import CPU_NOTE, DTYPES, BenchSettings, run_case
@@ -42,5 +51,6 @@ __all__ = [
     "describe_device",
     "environment",
     "git_commit",
+    "op_implementations",
     "run_case",
 ]

@@ -79,4 +79,12 @@ def backend_implementations(
     return {backend: bind(backend) for backend in backends}
 
 
-__all__ = ["BASELINE", "BenchCase", "Dims", "Shape", "backend_implementations"]
+def op_implementations(
+    op: Callable[..., Tensor], reference: Callable[..., Tensor], lean: Callable[..., Tensor]
+) -> dict[str, Callable[..., Tensor]]:
+    """A built-in op's rows: ``triton`` (the public op forced to its kernel), ``torch`` (the reference: the baseline
+    every row is checked and compared against) and ``lean`` (the PyTorch path the ``torch`` backend runs)."""
+    return {**backend_implementations(op, ("triton",)), BASELINE: reference, "lean": lean}
+
+
+__all__ = ["BASELINE", "BenchCase", "Dims", "Shape", "backend_implementations", "op_implementations"]

@@ -27,8 +27,8 @@ from vltk_kernels.benchmarking.measure import (
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPU_NOTE = (
     "CPU without CUDA: Triton runs in the interpreter (numpy, one program at a time), so its times and memory say "
-    "nothing about GPU speed; only the torch reference's times and memory, and the interpreter's correctness "
-    "(max_abs_err), are meaningful here."
+    "nothing about GPU speed; only the times and memory of the torch reference and the lean PyTorch path, and the "
+    "interpreter's correctness (max_abs_err), are meaningful here."
 )
 
 

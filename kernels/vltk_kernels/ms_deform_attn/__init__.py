@@ -1,8 +1,10 @@
 """Multi-scale deformable attention op (Mask2Former's pixel decoder), fused in Triton.
 
 The Triton kernels (``triton.py``) gather the bilinear neighbours directly from ``value`` instead of building
-``grid_sample``'s per-level ``[B·nH, D, Q, P]`` samples; :func:`ms_deform_attn_reference` is the specification and
-the fallback; the backend follows :mod:`vltk_kernels._dispatch`.
+``grid_sample``'s per-level ``[B·nH, D, Q, P]`` samples. The ``torch`` backend (every CPU run and every fallback)
+is :func:`ms_deform_attn_lean` (``lean.py``), which samples one level and head at a time and accumulates into the
+output; :func:`ms_deform_attn_reference` is the readable specification both are tested against. The backend
+follows :mod:`vltk_kernels._dispatch`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from vltk_kernels._dispatch import TRITON_DTYPES, select_backend
+from vltk_kernels.ms_deform_attn.lean import ms_deform_attn_lean
 from vltk_kernels.ms_deform_attn.reference import ms_deform_attn_reference
 
 
@@ -65,10 +68,10 @@ def ms_deform_attn(
     _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
     problem = _triton_problem(value, sampling_locations, attention_weights)
     if select_backend("ms_deform_attn", value.device, problem) == "torch":
-        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        return ms_deform_attn_lean(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     from vltk_kernels.ms_deform_attn.triton import ms_deform_attn_triton
 
     return ms_deform_attn_triton(value, spatial_shapes, sampling_locations, attention_weights)
 
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_reference"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_lean", "ms_deform_attn_reference"]

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from vltk_kernels.benchmarking.cases import BenchCase, Dims, Shape, backend_implementations
-from vltk_kernels.ms_deform_attn import ms_deform_attn
+from vltk_kernels.benchmarking.cases import BenchCase, Dims, Shape, op_implementations
+from vltk_kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_lean, ms_deform_attn_reference
 
 
 def _levels(dims: Dims) -> list[tuple[int, int]]:
@@ -51,7 +51,7 @@ def bench_case() -> BenchCase:
             Shape("m2f-1024x2048", {"B": 1, "H": 128, "W": 256, "L": 3, "nH": 8, "D": 32, "P": 4}, devices=("cuda",)),
         ),
         make_inputs=_inputs,
-        implementations=backend_implementations(ms_deform_attn),
+        implementations=op_implementations(ms_deform_attn, ms_deform_attn_reference, ms_deform_attn_lean),
         flops=lambda d: 2.0 * 4 * d["B"] * _queries(d) * d["nH"] * d["L"] * d["P"] * d["D"],
         bytes_moved=lambda d, s: (
             s * d["B"] * _queries(d) * d["nH"] * (2 * d["D"] + 3 * d["L"] * d["P"])

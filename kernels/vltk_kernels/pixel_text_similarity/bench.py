@@ -9,8 +9,12 @@ from typing import Any
 
 import torch
 
-from vltk_kernels.benchmarking.cases import BenchCase, Dims, Shape, backend_implementations
-from vltk_kernels.pixel_text_similarity import pixel_text_similarity
+from vltk_kernels.benchmarking.cases import BenchCase, Dims, Shape, op_implementations
+from vltk_kernels.pixel_text_similarity import (
+    pixel_text_similarity,
+    pixel_text_similarity_lean,
+    pixel_text_similarity_reference,
+)
 
 
 def _inputs(dims: Dims, device: torch.device, dtype: torch.dtype) -> tuple[Any, ...]:
@@ -32,7 +36,9 @@ def bench_case() -> BenchCase:
             Shape("ade-512", {"B": 4, "C": 512, "H": 128, "W": 128, "K": 150}, devices=("cuda",)),
         ),
         make_inputs=_inputs,
-        implementations=backend_implementations(pixel_text_similarity),
+        implementations=op_implementations(
+            pixel_text_similarity, pixel_text_similarity_reference, pixel_text_similarity_lean
+        ),
         flops=lambda d: 2.0 * d["B"] * d["K"] * d["C"] * d["H"] * d["W"],
         bytes_moved=lambda d, s: (
             s * (d["B"] * d["C"] * d["H"] * d["W"] + d["K"] * d["C"] + d["B"] * d["K"] * d["H"] * d["W"])

@@ -20,8 +20,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from vltk_kernels._triton_utils import INTERPRET, check_launchable, dot_precision, interpreter_tile, next_pow2, tuned
-
-EPS = 1e-12  # F.normalize's default
+from vltk_kernels.pixel_text_similarity.lean import EPS, flat_pixels  # F.normalize's eps; [B, C, H·W] view
 
 
 @triton.jit
@@ -206,13 +205,6 @@ _pts_fwd = tuned(
 )
 
 
-def _flat_pixels(pixels: Tensor) -> Tensor:
-    """``[B, C, H·W]`` as a view when H and W merge (NCHW and channels-last both do), else a contiguous copy."""
-    if pixels.shape[2] > 1 and pixels.stride(2) != pixels.shape[3] * pixels.stride(3):
-        pixels = pixels.contiguous()
-    return pixels.flatten(2)
-
-
 def _text_strides(texts: Tensor) -> tuple[int, int, int]:
     return (0, *texts.stride()) if texts.dim() == 2 else tuple(texts.stride())
 
@@ -230,7 +222,7 @@ def pixel_text_similarity_fwd(pixels: Tensor, texts: Tensor, inv_temp: float) ->
     """Forward: ``(scores [B, K, H, W], inverse pixel norms [B, H·W], inverse text norms [B, K])`` (fp32 norms)."""
     batch, channels, height, width = pixels.shape
     num_texts = texts.shape[-2]
-    flat = _flat_pixels(pixels)
+    flat = flat_pixels(pixels)
     hw = height * width
     out = torch.empty((batch, num_texts, height, width), dtype=pixels.dtype, device=pixels.device)
     inv_pix = torch.empty((batch, hw), dtype=torch.float32, device=pixels.device)
@@ -259,7 +251,7 @@ def pixel_text_similarity_bwd(
     batch, channels, height, width = pixels.shape
     num_texts = texts.shape[-2]
     shared = texts.dim() == 2
-    flat = _flat_pixels(pixels)
+    flat = flat_pixels(pixels)
     hw = height * width
     grad_out = grad_out.reshape(batch, num_texts, hw)
     out = out.reshape(batch, num_texts, hw)

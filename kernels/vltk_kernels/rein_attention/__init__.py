@@ -1,7 +1,9 @@
 """Rein token attention op: ``softmax(feats @ tokens.T * scale)[..., 1:] @ values``, fused in Triton.
 
 The Triton kernels (``triton.py``) keep the ``[B, N, M]`` scores on chip in the forward and recompute them in the
-backward; :func:`rein_attention_reference` is the specification and the fallback. The backend follows
+backward. The ``torch`` backend (every CPU run and every fallback, e.g. more tokens than the kernel takes) is
+:func:`rein_attention_lean` (``lean.py``), which walks chunks of rows so the scores never exist at full size;
+:func:`rein_attention_reference` is the readable specification both are tested against. The backend follows
 :mod:`vltk_kernels._dispatch` (``VLTK_KERNEL_BACKEND`` / :func:`vltk_kernels.use_backend`).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from vltk_kernels._dispatch import autocast_inputs, dtype_problem, select_backend
+from vltk_kernels.rein_attention.lean import rein_attention_lean
 from vltk_kernels.rein_attention.reference import check_rein_attention_shapes, rein_attention_reference
 
 #: Largest token count the Triton path takes: its ``BLOCK_N x M`` score tile lives in registers (Rein uses 100).
@@ -33,10 +36,10 @@ def rein_attention(feats: Tensor, tokens: Tensor, values: Tensor, scale: float) 
     check_rein_attention_shapes(feats, tokens, values)
     cast = autocast_inputs(feats, tokens, values)
     if select_backend("rein_attention", feats.device, _triton_problem(*cast)) == "torch":
-        return rein_attention_reference(feats, tokens, values, scale)
+        return rein_attention_lean(feats, tokens, values, scale)
     from vltk_kernels.rein_attention.triton import rein_attention_triton
 
     return rein_attention_triton(*cast, scale)
 
 
-__all__ = ["rein_attention", "rein_attention_reference"]
+__all__ = ["rein_attention", "rein_attention_lean", "rein_attention_reference"]

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from vltk_kernels.benchmarking.cases import BenchCase, Dims, Shape, backend_implementations
-from vltk_kernels.rein_attention import rein_attention
+from vltk_kernels.benchmarking.cases import BenchCase, Dims, Shape, op_implementations
+from vltk_kernels.rein_attention import rein_attention, rein_attention_lean, rein_attention_reference
 
 
 def _inputs(dims: Dims, device: torch.device, dtype: torch.dtype) -> tuple[Any, ...]:
@@ -34,7 +34,7 @@ def bench_case() -> BenchCase:
             Shape("vit-l-512", {"B": 4, "N": 1024, "C": 1024, "M": 100}, devices=("cuda",), note="Rein's ViT-L"),
         ),
         make_inputs=_inputs,
-        implementations=backend_implementations(rein_attention),
+        implementations=op_implementations(rein_attention, rein_attention_reference, rein_attention_lean),
         flops=lambda d: 4.0 * d["B"] * d["N"] * d["C"] * d["M"],
         bytes_moved=lambda d, s: s * (2 * d["B"] * d["N"] * d["C"] + 2 * d["M"] * d["C"]) + 4 * d["B"] * d["N"],
         min_extra_bytes=lambda d, s, bwd: (

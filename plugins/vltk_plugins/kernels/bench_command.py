@@ -101,7 +101,7 @@ def _print_table(payload: dict[str, Any]) -> None:
 @click.command("bench", epilog=EPILOG)
 @click.argument("ops", nargs=-1)
 @click.option("--backend", "backends", multiple=True, help="implementations to run (repeat or comma-separate; "
-              "default all of each op's: triton and torch for the built-in ops)")  # fmt: skip
+              "default all of each op's: triton, torch (the reference) and lean for the built-in ops)")  # fmt: skip
 @click.option("--dtype", "dtypes", multiple=True, help="fp32, fp16 or bf16 (repeatable; default fp32 on CPU, "
               "bf16 on CUDA)")  # fmt: skip
 @click.option("--shapes", "shapes", multiple=True, help="shape names (repeat or comma-separate; see --list); "

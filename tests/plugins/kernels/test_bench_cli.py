@@ -48,9 +48,10 @@ def test_json_rows_for_one_op_on_cpu() -> None:
     assert "interpreter" in payload["note"] and payload["versions"]["torch"]
     assert "commit" in payload and payload["settings"]["dtypes"] == ["fp32"]
     rows = {(row["impl"], row["pass"]): row for row in payload["results"]}
-    assert set(rows) == {(impl, p) for impl in ("triton", "torch") for p in ("fwd", "fwd+bwd")}
+    assert set(rows) == {(impl, p) for impl in ("triton", "torch", "lean") for p in ("fwd", "fwd+bwd")}
     assert all(row["status"] == "ok" and row["op"] == "rein_attention" for row in rows.values())
     assert rows[("triton", "fwd+bwd")]["max_abs_err"] < 1e-4
+    assert rows[("lean", "fwd+bwd")]["max_abs_err"] < 1e-5 and "speedup_vs_baseline" in rows[("lean", "fwd")]
     reference = rows[("torch", "fwd")]
     assert reference["speedup_vs_baseline"] == 1.0
     # the reference materialises the [B, N, M] scores, so it needs more than the output alone

@@ -21,14 +21,30 @@ with C channels (the stride-16 layer3 level of ``clip-resnet``) and passes the o
 (layer4) is computed from the un-shifted layer3 inside the backbone, so in segmentation only the stride-16 level
 sees the augmentation — unlike detection, where the shifted map feeds the RPN and the RoI head's layer4.
 
-Deviation from the released code, on purpose: during ``fit`` the encoders run in eval mode (the detectron2 run
-kept BatchNorm statistics updating during the phase), so fitting changes nothing but ``A``.
+BatchNorm during ``fit`` (``fit_bn``). The released code fits with the whole detector in training mode, so every
+BatchNorm normalises with the statistics of the crop batch, and each ``A_j`` is one forward pass over all crops.
+``fit_bn="train"`` (the default) does the same, one offset per pass so that the statistics are per ``A_j`` as
+there. What each choice optimises:
+
+* ``train``: ``A_j`` is the same for every crop of the batch, and layer4 begins with 1x1 convolutions followed by
+  batch-statistics BatchNorm on both of its branches, so the per-channel spatial mean of ``A_j`` is subtracted
+  again right there: L_opt is exactly invariant to ``mean_hw(A_j)``, which is the only part of ``A_j`` that
+  training later adds. The fit shapes the spatial pattern of ``A_j``, which training throws away; the mean that
+  is used ends up wherever Adam's per-element steps (whose gradient has zero spatial mean per channel) move it.
+  Choose it to reproduce the released numbers.
+* ``eval``: BatchNorm uses its stored statistics, a fixed affine map, so L_opt does depend on ``mean_hw(A_j)``
+  and the fit moves the shift that training adds towards the CLIP embedding of the target prompt, which is what
+  the paper describes (though the mean is still fitted jointly with a spatial pattern that is then discarded).
+
+Either way the phase changes nothing but ``A``: modes, ``requires_grad`` flags and BatchNorm running statistics
+(updated by every train-mode pass) are restored afterwards.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -37,6 +53,45 @@ from torch import Tensor, nn
 
 from vltk.api import Augmenter, BuildContext, UserError, coerce_options, require_split_backbone
 from vltk_plugins.clip_gap.options import ClipGapOptions
+
+#: The normalisation layers whose training mode means "batch statistics" (and whose running statistics move).
+BATCH_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@contextmanager
+def fit_modes(model: nn.Module, fit_bn: str) -> Iterator[None]:
+    """Run the body with ``model`` in the fit phase's modes and restore everything that mode can change.
+
+    ``fit_bn="eval"``: the whole model in eval mode. ``"train"``: BatchNorm layers as in training (through the
+    model's own ``train()``, so components that keep theirs in eval, e.g. ``clip-resnet`` with ``bn=frozen``,
+    still do), every other module in eval mode (no dropout). Afterwards every module's mode and every BatchNorm's
+    running statistics are what they were.
+    """
+    if fit_bn not in ("train", "eval"):
+        raise ValueError(f"fit_bn must be 'train' or 'eval', got {fit_bn!r}")
+    modes = [(module, module.training) for module in model.modules()]
+    statistics = [
+        (buffer, buffer.detach().clone())
+        for module in model.modules()
+        if isinstance(module, BATCH_NORMS)
+        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+        if buffer is not None
+    ]
+    if fit_bn == "train":
+        model.train()
+        for module in model.modules():
+            if not isinstance(module, BATCH_NORMS):
+                module.training = False
+    else:
+        model.eval()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, saved in statistics:
+                buffer.copy_(saved)
+        for module, mode in modes:
+            module.training = mode
 
 
 def _encode_text(model: nn.Module, backbone: Any, texts: Sequence[str]) -> Tensor:
@@ -164,25 +219,52 @@ class ClipGapAugmenter(Augmenter):
         return (cosine_distance + self.options.l1_weight * l1).sum() / (self.num_offsets + 1)
 
     def _chunks(self, crops: int) -> list[slice]:
-        """Offsets per backbone pass so that one pass holds at most ``fit_chunk`` crop copies."""
-        per_pass = max(1, self.options.fit_chunk // max(crops, 1))
+        """Offsets per backbone pass so that one pass holds at most ``fit_chunk`` crop copies; one offset per pass
+        with ``fit_bn="train"``, where the batch statistics must be those of one ``A_j`` (as the released code)."""
+        per_pass = 1 if self.options.fit_bn == "train" else max(1, self.options.fit_chunk // max(crops, 1))
         return [slice(start, start + per_pass) for start in range(0, self.num_offsets, per_pass)]
 
     def objective(self, backbone: Any, crops: Tensor, directions: Tensor) -> Tensor:
         """L_opt of the current offsets on normalised crops ``[N, 3, R, R]`` (no gradients; for monitoring/tests).
 
-        Evaluated as in :meth:`fit`: the backbone in eval mode (restored afterwards), so nothing changes.
+        Evaluated as in :meth:`fit` (the backbone in ``fit_bn`` mode, everything restored), so nothing changes.
         """
-        modes = [(module, module.training) for module in backbone.modules()]
-        backbone.eval()
-        try:
+        with fit_modes(backbone, self.options.fit_bn), torch.no_grad():
             features, z, z_star = self._targets(backbone, crops, directions)
-            with torch.no_grad():
-                parts = self._chunks(len(crops))
-                return sum(self._offset_loss(backbone, features, z, z_star, part) for part in parts)
-        finally:
-            for module, mode in modes:
-                module.training = mode
+            parts = self._chunks(len(crops))
+            return sum(self._offset_loss(backbone, features, z, z_star, part) for part in parts)
+
+    def _fit_loop(
+        self,
+        backbone: Any,
+        iterator: Iterator[Any],
+        steps: int,
+        device: torch.device,
+        directions: Tensor,
+        log: Callable[[str], None] | None,
+        log_interval: int,
+    ) -> list[float]:
+        """The Adam steps of :meth:`fit` (modes and flags are set by the caller); returns L_opt per step."""
+        optimizer = torch.optim.Adam([self.offsets], lr=self.options.fit_lr)
+        history: list[float] = []
+        for step in range(steps):
+            batch = next(iterator, None)
+            if batch is None:  # a finite iterable: one pass over it is the phase
+                break
+            images = [image.to(device) for image in batch]
+            crops = self.random_crops(images, backbone.mean, backbone.std)
+            features, z, z_star = self._targets(backbone, crops, directions)
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for part in self._chunks(len(crops)):  # gradients accumulate over the chunks
+                loss = self._offset_loss(backbone, features, z, z_star, part)
+                loss.backward()
+                total += float(loss.detach())
+            optimizer.step()
+            history.append(total)
+            if log is not None and ((step + 1) % log_interval == 0 or step + 1 == steps):
+                log(f"clip-gap fit {step + 1}/{steps}: L_opt {total:.4f}")
+        return history
 
     def fit(
         self,
@@ -199,47 +281,26 @@ class ClipGapAugmenter(Augmenter):
         Runs ``steps`` (default ``fit_steps``) Adam steps, or fewer when ``batches`` runs out.
 
         ``model`` is the whole predictor (its ``backbone`` is used, or ``model`` itself when it is the backbone).
-        Backbone and prompter stay untouched: they run in eval mode with gradients off; only ``A`` is updated.
+        Backbone and prompter stay untouched: they run in the ``fit_bn`` mode with gradients off, and their modes,
+        flags and BatchNorm statistics are restored afterwards; only ``A`` is updated.
         """
         backbone = getattr(model, "backbone", model)
         require_split_backbone(backbone, needed_by="augmenter 'clip-gap'")
         steps = self.options.fit_steps if steps is None else int(steps)
         device = torch.device(device) if device is not None else self.offsets.device
         directions = self.text_directions(model, backbone).to(device)
-        modes = [(module, module.training) for module in model.modules()]
         grads = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-        model.eval()
         for parameter, _ in grads:
             parameter.requires_grad_(False)
         self.offsets.requires_grad_(True)
-        optimizer = torch.optim.Adam([self.offsets], lr=self.options.fit_lr)
-        iterator: Iterator[Any] = iter(batches)
-        history: list[float] = []
         try:
-            for step in range(steps):
-                batch = next(iterator, None)
-                if batch is None:  # a finite iterable: one pass over it is the phase
-                    break
-                images = [image.to(device) for image in batch]
-                crops = self.random_crops(images, backbone.mean, backbone.std)
-                features, z, z_star = self._targets(backbone, crops, directions)
-                optimizer.zero_grad(set_to_none=True)
-                total = 0.0
-                for part in self._chunks(len(crops)):  # gradients accumulate over the chunks
-                    loss = self._offset_loss(backbone, features, z, z_star, part)
-                    loss.backward()
-                    total += float(loss.detach())
-                optimizer.step()
-                history.append(total)
-                if log is not None and ((step + 1) % log_interval == 0 or step + 1 == steps):
-                    log(f"clip-gap fit {step + 1}/{steps}: L_opt {total:.4f}")
+            with fit_modes(model, self.options.fit_bn):
+                history = self._fit_loop(backbone, iter(batches), steps, device, directions, log, log_interval)
         finally:
             self.offsets.requires_grad_(False)
             self.offsets.grad = None
             for parameter, flag in grads:
                 parameter.requires_grad_(flag)
-            for module, mode in modes:
-                module.training = mode
         self.fitted.fill_(True)
         return {
             "steps": len(history),
@@ -249,7 +310,10 @@ class ClipGapAugmenter(Augmenter):
         }
 
     def extra_repr(self) -> str:
-        return f"offsets={tuple(self.offsets.shape)}, probability={self.options.probability}, fitted={self.is_fitted}"
+        return (
+            f"offsets={tuple(self.offsets.shape)}, probability={self.options.probability}, "
+            f"fit_bn={self.options.fit_bn}, fitted={self.is_fitted}"
+        )
 
 
 def build_clip_gap(options: ClipGapOptions | dict[str, Any] | None, context: BuildContext) -> ClipGapAugmenter:
@@ -265,4 +329,4 @@ def build_clip_gap(options: ClipGapOptions | dict[str, Any] | None, context: Bui
     return ClipGapAugmenter(options, channels=int(channels), stride=context.stride_a or 16)
 
 
-__all__ = ["ClipGapAugmenter", "build_clip_gap"]
+__all__ = ["BATCH_NORMS", "ClipGapAugmenter", "build_clip_gap", "fit_modes"]

@@ -60,6 +60,16 @@ class ClipGapOptions(Options):
     )
     fit_steps: int = Field(1000, ge=0, description="Adam steps of the fit phase (OFFSET_OPT_ITERS; 0 = no fitting).")
     fit_lr: float = Field(0.01, gt=0, description="Adam learning rate of the fit phase.")
+    fit_bn: Literal["train", "eval"] = Field(
+        "train",
+        description=(
+            "BatchNorm during the fit phase. train: batch statistics of the crops, one offset per pass, as the "
+            "released code (whose detector stays in training mode); L_opt is then invariant to the per-channel "
+            "mean of A_j, the only part training adds, so that mean is not what the fit optimises. eval: stored "
+            "statistics; L_opt then does depend on that mean and the fit moves it towards the target prompt. "
+            "Weights, modes and BatchNorm statistics are restored after the phase either way."
+        ),
+    )
     crops_per_image: int = Field(15, ge=1, description="Random square crops per source image and step.")
     crop_size: int = Field(
         400, ge=8, description="Crop side in pixels of the (resized) training image, capped by the image size."

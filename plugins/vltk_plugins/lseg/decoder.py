@@ -8,15 +8,25 @@ with another (``vltk predict --labels``).
 Pixel embeddings (LSeg uses a DPT decoder on a ViT; this is a light DPT-like version over vltk's 4-level pyramid):
 
 * "scratch": a 3x3 conv (no bias) per level, ``in_channels[i] -> width``;
-* fusion, coarsest first: ``path = RCU2(upsample(path) + RCU1(level))`` then a 1x1 conv, where an RCU (DPT's
-  residual conv unit) is ``x + conv(act(norm(conv(act(x)))))``; the coarsest level has no incoming path;
+* fusion, coarsest first, in DPT's order (``refinenet4`` .. ``refinenet1``): a level with an incoming path
+  computes ``conv1x1(up(RCU_out(path + RCU_lateral(level))))``; the coarsest level has no incoming path and
+  computes ``conv1x1(up(RCU_out(level)))``, i.e. only DPT's ``resConfUnit2`` runs there. An RCU (DPT's residual
+  conv unit) is ``x + norm(conv(act(norm(conv(act(x))))))``, ReLU, convs without bias when normalised;
 * the last fusion upsamples x2 (``output_stride=2``, LSeg's H/2 embeddings) and a 1x1 conv maps ``width`` to the
   text dimension.
 
-What differs from LSeg on purpose: the backbone pyramid comes from vltk (strides 4..32) instead of DPT's
-reassemble stage, upsampling inside the fusion is resized to the lateral's size (exact for any input size), and
-the loss is cross-entropy averaged over labelled pixels (PyTorch-Encoding's ``SegmentationLosses`` default),
-returning 0 instead of NaN for a batch without labelled pixels.
+Parameter layout: DPT's ``FeatureFusionBlock`` constructs both RCUs at every level, so LSeg's checkpoints carry a
+``refinenet4.resConfUnit1`` that no forward ever uses; vltk builds only the units that run (``fusion.3`` has no
+``lateral_unit``). Everything else maps one to one: ``scratch.N`` = ``layer{N+1}_rn``, ``fusion.N`` =
+``refinenet{N+1}`` (``lateral_unit`` = ``resConfUnit1``, ``output_unit`` = ``resConfUnit2``, ``out_conv``),
+``head`` = ``head1``.
+
+What differs from LSeg on purpose (docs/deviations.md): the backbone pyramid comes from vltk (strides 4..32)
+instead of DPT's reassemble stage, upsampling inside the fusion is resized to the lateral's size (the same as
+DPT's ``scale_factor=2`` when the input is a multiple of 32, and exact for any other size), logits are computed
+in the model's dtype (LSeg casts the pixel embeddings to fp16 for the product), and the loss is cross-entropy
+averaged over labelled pixels (PyTorch-Encoding's ``SegmentationLosses`` default), returning 0 instead of NaN
+for a batch without labelled pixels.
 
 Spatial regularisation (paper section 3, ``arch_option`` 1/2, ``block_depth``): one 3x3 conv ``1 -> 1`` applied to
 every label channel with the same weights (plus, for the bottleneck variant, the max over labels added back),
@@ -73,18 +83,24 @@ class ResidualConvUnit(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """DPT ``FeatureFusionBlock``: add the refined lateral to the incoming path, refine, resize, 1x1 conv."""
+    """DPT ``FeatureFusionBlock``: add the refined lateral to the incoming path, refine, resize, 1x1 conv.
 
-    def __init__(self, width: int, norm: str) -> None:
+    ``has_path=False`` is the coarsest level: nothing comes in, the level itself goes straight into the output
+    unit (DPT calls ``refinenet4`` with one input), so the block has no lateral unit at all.
+    """
+
+    def __init__(self, width: int, norm: str, *, has_path: bool = True) -> None:
         super().__init__()
-        self.lateral_unit = ResidualConvUnit(width, norm)
+        self.lateral_unit = ResidualConvUnit(width, norm) if has_path else None
         self.output_unit = ResidualConvUnit(width, norm)
         self.out_conv = nn.Conv2d(width, width, kernel_size=1)
 
     def forward(self, lateral: Tensor, path: Tensor | None, size: tuple[int, int]) -> Tensor:
-        """``path`` (from the coarser level, already at ``lateral``'s size) may be None for the coarsest level;
-        the result is resized to ``size`` (the next finer level's size, or the output size)."""
-        x = self.lateral_unit(lateral) if path is None else path + self.lateral_unit(lateral)
+        """``path`` comes from the coarser level, already at ``lateral``'s size (None exactly for the coarsest
+        level); the result is resized to ``size`` (the next finer level's size, or the output size)."""
+        if (path is None) != (self.lateral_unit is None):
+            raise ValueError("lseg fusion: only the coarsest level (the block without a lateral unit) has no path")
+        x = lateral if self.lateral_unit is None else path + self.lateral_unit(lateral)
         x = self.output_unit(x)
         if tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
@@ -146,7 +162,8 @@ class LSegDecoder(Decoder):
         self.loss_weight = float(loss_weight)
         self.ignore_index = int(ignore_index)
         self.scratch = nn.ModuleList(nn.Conv2d(c, width, kernel_size=3, padding=1, bias=False) for c in in_channels)
-        self.fusion = nn.ModuleList(FusionBlock(width, norm) for _ in in_channels)
+        coarsest = len(in_channels) - 1
+        self.fusion = nn.ModuleList(FusionBlock(width, norm, has_path=i < coarsest) for i in range(len(in_channels)))
         self.head = nn.Conv2d(width, self.text_dim, kernel_size=1)
         self.spatial = SpatialRegularization(spatial_block, activation) if num_spatial_blocks else None
 

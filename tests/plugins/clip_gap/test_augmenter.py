@@ -11,7 +11,7 @@ from torch import nn
 
 from vltk.context import BuildContext
 from vltk.errors import UserError
-from vltk_plugins.clip_gap.augmenter import ClipGapAugmenter, build_clip_gap
+from vltk_plugins.clip_gap.augmenter import ClipGapAugmenter, build_clip_gap, fit_modes
 from vltk_plugins.clip_gap.options import SOURCE_PROMPT, VOC_STYLE_PROMPTS, ClipGapOptions, diverse_weather_prompts
 from vltk_plugins.prompters.clip_prompts.model import build_clip_template
 
@@ -108,7 +108,8 @@ class Holder(nn.Module):
         self.augmenters = nn.ModuleList([aug])
 
 
-def test_fit_lowers_l_opt_and_leaves_backbone_and_prompter_untouched(make_backbone) -> None:
+@pytest.mark.parametrize("fit_bn", ["train", "eval"])
+def test_fit_lowers_l_opt_and_leaves_backbone_and_prompter_untouched(make_backbone, fit_bn: str) -> None:
     torch.manual_seed(0)
     backbone = make_backbone(trainable=["layer3", "layer4", "attnpool"])
     prompter = build_clip_template(None, BuildContext.from_backbone(backbone, class_names=["car", "person"]))
@@ -120,6 +121,7 @@ def test_fit_lowers_l_opt_and_leaves_backbone_and_prompter_untouched(make_backbo
             "offset_size": 4,
             "fit_lr": 0.05,
             "fit_steps": 8,
+            "fit_bn": fit_bn,
         },
         BuildContext.from_backbone(backbone),
     )
@@ -136,7 +138,9 @@ def test_fit_lowers_l_opt_and_leaves_backbone_and_prompter_untouched(make_backbo
     initial = float(aug.objective(backbone, crops, directions))
     summary = aug.fit(model, iter([images] * 100), log=lambda line: None)
     final = float(aug.objective(backbone, crops, directions))
-    assert summary["steps"] == 8 and final < initial and summary["final_loss"] < summary["initial_loss"]
+    assert summary["steps"] == 8 and final < initial  # on the same crops
+    if fit_bn == "eval":  # per-step losses are on fresh random crops; with batch statistics they are noisier
+        assert summary["final_loss"] < summary["initial_loss"]
     assert aug.is_fitted and float(aug.offsets.abs().sum()) > 0
     for key, value in backbone.state_dict().items():
         assert torch.equal(value, before_backbone[key]), key
@@ -152,7 +156,11 @@ def test_fit_lowers_l_opt_and_leaves_backbone_and_prompter_untouched(make_backbo
 
 
 def test_chunked_passes_give_the_same_objective(backbone) -> None:
-    aug = build_clip_gap({"target_prompts": PAPER_TARGETS[:5], "offset_size": 4}, BuildContext.from_backbone(backbone))
+    """With stored BN statistics (fit_bn=eval) offsets share passes; with batch statistics each has its own."""
+    options = {"target_prompts": PAPER_TARGETS[:5], "offset_size": 4}
+    assert len(build_clip_gap(options, BuildContext.from_backbone(backbone))._chunks(3)) == 5  # fit_bn=train
+    aug = build_clip_gap({**options, "fit_bn": "eval"}, BuildContext.from_backbone(backbone))
+    assert len(aug._chunks(3)) == 1
     with torch.no_grad():
         aug.offsets.normal_(std=0.5)
     crops = torch.randn(3, 3, 64, 64)
@@ -164,6 +172,84 @@ def test_chunked_passes_give_the_same_objective(backbone) -> None:
     small.load_state_dict(aug.state_dict())
     assert len(small._chunks(3)) == 5
     torch.testing.assert_close(small.objective(backbone, crops, directions), whole)
+
+
+def offsets_and_crops(backbone, fit_bn: str) -> tuple[ClipGapAugmenter, torch.Tensor, torch.Tensor]:
+    aug = build_clip_gap(
+        {"target_prompts": PAPER_TARGETS[:3], "offset_size": 4, "fit_bn": fit_bn}, BuildContext.from_backbone(backbone)
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        aug.offsets.copy_(torch.randn(aug.offsets.shape, generator=generator))
+    return aug, torch.randn(4, 3, 64, 64, generator=generator), aug.text_directions(backbone)
+
+
+@pytest.mark.parametrize("fit_bn", ["train", "eval"])
+def test_what_the_fit_objective_sees_of_the_per_channel_mean(backbone, fit_bn: str) -> None:
+    """Training adds only mean_hw(A_j). With batch statistics (the released code) L_opt cannot see it: adding a
+    per-(j, channel) constant to A leaves L_opt unchanged and its gradient has zero spatial mean per channel. With
+    stored statistics it can, so the fit moves exactly the part training uses."""
+    aug, crops, directions = offsets_and_crops(backbone, fit_bn)
+    before = aug.objective(backbone, crops, directions)
+    shift = torch.randn(aug.offsets.shape[:2], generator=torch.Generator().manual_seed(1))[:, :, None, None]
+    with torch.no_grad():
+        aug.offsets.add_(shift)
+    after = aug.objective(backbone, crops, directions)
+    aug.offsets.requires_grad_(True)
+    with fit_modes(backbone, fit_bn):
+        features, z, z_star = aug._targets(backbone, crops, directions)
+        sum(aug._offset_loss(backbone, features, z, z_star, part) for part in aug._chunks(len(crops))).backward()
+    grad = aug.offsets.grad
+    mean_share = float(grad.mean(dim=(2, 3)).abs().max() / grad.abs().max())
+    if fit_bn == "train":
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+        assert mean_share < 1e-4
+    else:
+        assert abs(float(after - before)) > 1e-3
+        assert mean_share > 1e-2
+
+
+@pytest.mark.parametrize("fit_bn", ["train", "eval"])
+def test_fit_restores_weights_modes_and_batch_norm_statistics(make_backbone, fit_bn: str) -> None:
+    torch.manual_seed(0)
+    backbone = make_backbone(trainable=["layer3", "layer4", "attnpool"])
+    prompter = build_clip_template(None, BuildContext.from_backbone(backbone, class_names=["car", "person"]))
+    options = {"target_prompts": PAPER_TARGETS[:2], "crops_per_image": 2, "crop_size": 48, "offset_size": 4}
+    aug = build_clip_gap({**options, "fit_steps": 3, "fit_bn": fit_bn}, BuildContext.from_backbone(backbone))
+    model = Holder(backbone, prompter, aug).train()
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():  # statistics a train-mode pass would visibly move
+        for norm in norms:
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+    before = copy.deepcopy(backbone.state_dict())
+    seen: dict[str, set[bool]] = {"norm": set(), "other": set()}
+    hooks = [m.register_forward_pre_hook(lambda m, _: seen["norm"].add(m.training)) for m in norms]
+    hooks.append(backbone.visual.layer4.register_forward_pre_hook(lambda m, _: seen["other"].add(m.training)))
+    images = [torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    aug.fit(model, iter([images] * 3))
+    for hook in hooks:
+        hook.remove()
+    assert seen == {"norm": {fit_bn == "train"}, "other": {False}}
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, before[key]), key  # weights, running statistics, num_batches_tracked
+    assert all(module.training for module in model.modules())
+    assert aug.is_fitted and float(aug.offsets.abs().sum()) > 0
+
+
+def test_fit_bn_train_keeps_frozen_batch_norms_frozen(make_backbone) -> None:
+    """Batch statistics only where the model itself uses them in training: clip-resnet's bn=frozen stays frozen."""
+    frozen = make_backbone(bn="frozen").train()
+    with fit_modes(frozen, "train"):
+        assert not any(m.training for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    trainable = make_backbone().train()
+    norms = [m for m in trainable.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with fit_modes(trainable, "train"):
+        assert all(norm.training for norm in norms) and not trainable.visual.layer4.training
+    assert all(module.training for module in trainable.modules())  # restored
+    with pytest.raises(ValueError, match="fit_bn"):
+        with fit_modes(trainable, "frozen"):
+            pass
 
 
 def test_segmentation_pyramid_only_the_stage_a_level_moves(backbone) -> None:

@@ -114,10 +114,11 @@ def test_importance_sampled_points_are_the_most_uncertain_ones() -> None:
 
 
 def test_ignored_pixels_get_zero_weight_and_do_not_dilute_targets() -> None:
+    """ignore_mode=exclude (both modes by hand: test_mask2former_ignore.py)."""
     labels = torch.tensor([[[2, 255], [2, 255]]])
     (target,) = semantic_to_instances(labels, ignore_index=255)
     points = torch.tensor([[[0.25, 0.25], [0.75, 0.75], [0.5, 0.25]]])  # labelled centre, ignored centre, boundary
-    gt, weight = sample_targets(target, torch.tensor([0]), points)
+    gt, weight = sample_targets(target, torch.tensor([0]), points, ignore_mode="exclude", padding="border")
     torch.testing.assert_close(weight, torch.tensor([[1.0, 0.0, 0.5]]))
     # the boundary point averages its labelled neighbours only: target 1, not 0.5
     torch.testing.assert_close(gt, torch.tensor([[1.0, 0.0, 1.0]]))
@@ -191,7 +192,7 @@ def test_each_loss_term_and_the_matching_by_hand() -> None:
     class_rows = [[2.0, -1.0, 0.0], [0.1, 0.2, 0.3], [-1.0, 1.5, 0.2]]
     class_logits = torch.tensor([class_rows])
     mask_logits = torch.tensor([mask_rows]).view(1, 3, 2, 2)
-    criterion = FixedPointsCriterion()
+    criterion = FixedPointsCriterion(ignore_mode="exclude")  # ignored pixel 3 has weight 0
     targets = semantic_to_instances(labels, 255)
 
     # Matching: brute force over every injective assignment of the 2 targets to the 3 queries.

@@ -74,6 +74,24 @@ def test_output_shape_and_gamma_init_keeps_text_embeddings(resnet) -> None:
         prompter()
 
 
+def test_context_init_is_denseclips_trunc_normal_by_default_and_the_option_is_respected(resnet) -> None:
+    """DenseCLIP: ``nn.init.trunc_normal_(self.contexts)``, i.e. std 1 truncated at +-2 (a truncated standard
+    normal has std 0.880); ``init_std=0.02`` gives CoOp's init instead."""
+    context = BuildContext.from_backbone(resnet, class_names=NAMES)
+    torch.manual_seed(0)
+    contexts = build_denseclip(None, context).contexts.detach()
+    assert tuple(contexts.shape) == (1, 8, 64)
+    assert 0.83 < float(contexts.std()) < 0.93 and abs(float(contexts.mean())) < 0.1
+    assert 1.8 < float(contexts.abs().max()) <= 2.0  # the bounds are reached and never exceeded
+    torch.manual_seed(0)
+    expected = torch.nn.init.trunc_normal_(torch.empty(1, 8, 64))  # the reference call, same seed
+    torch.testing.assert_close(contexts, expected, rtol=0, atol=0)
+    torch.manual_seed(0)
+    coop_like = build_denseclip({"init_std": 0.02}, context).contexts.detach()
+    assert 0.015 < float(coop_like.std()) < 0.025
+    assert DenseCLIPOptions().init_std == 1.0
+
+
 def test_gradients_reach_context_decoder_gamma_and_context_not_tower(resnet) -> None:
     torch.manual_seed(0)
     prompter = build_denseclip(None, BuildContext.from_backbone(resnet, class_names=NAMES))
@@ -96,7 +114,7 @@ def test_label_swap_keeps_learned_parts(resnet) -> None:
 
 def test_options_and_registration() -> None:
     options = DenseCLIPOptions()
-    assert (options.n_ctx, options.context_length) == (8, 13)
+    assert (options.n_ctx, options.context_length, options.init_std) == (8, 13, 1.0)
     assert (options.decoder_layers, options.decoder_width, options.decoder_heads, options.dropout) == (3, 256, 4, 0.1)
     assert (options.gamma_init, options.aux_loss_weight, options.temperature) == (1e-4, 0.4, 0.07)
     assert options.score_concat_index == "auto"

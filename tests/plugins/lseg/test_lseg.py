@@ -107,7 +107,8 @@ def test_parameter_count_closed_form() -> None:
     decoder = small()
     scratch = sum(9 * c * width for c in IN_CHANNELS)
     unit = 2 * 9 * width * width + 2 * 2 * width  # two 3x3 convs without bias, two BatchNorms
-    fusion = len(IN_CHANNELS) * (2 * unit + width * width + width)
+    # every level: output unit + 1x1 conv; every level but the coarsest (DPT's refinenet4) also a lateral unit
+    fusion = len(IN_CHANNELS) * (unit + width * width + width) + (len(IN_CHANNELS) - 1) * unit
     head = width * text_dim + text_dim
     assert sum(p.numel() for p in decoder.parameters()) == scratch + fusion + head
 

@@ -114,7 +114,7 @@ def test_coop_structure_and_init(resnet) -> None:
     prompter = build_coop(None, BuildContext.from_backbone(resnet, class_names=NAMES))
     assert isinstance(prompter, CoOpPrompter)
     assert tuple(prompter.contexts.shape) == (1, 8, 64)
-    # trunc_normal_(std=0.02) with timm/torch's absolute bounds [-2, 2], as DenseCLIP: in effect N(0, 0.02)
+    # trunc_normal_(std=0.02) with torch's absolute bounds [-2, 2]: in effect CoOp's normal_(std=0.02)
     contexts = prompter.contexts.detach()
     assert 0.015 < float(contexts.std()) < 0.025 and abs(float(contexts.mean())) < 0.005
     # names tokenised to 13 - 8 = 5 positions: [SOT, name..., EOT, pad]; EOT index shifted by n_ctx

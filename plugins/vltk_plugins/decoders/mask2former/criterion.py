@@ -15,17 +15,23 @@ Semantics follow mmdet's ``Mask2FormerHead.loss_by_feat`` with mmseg's semantic-
   naive dice (eps 1) summed and divided by ``num_masks``, where ``num_masks`` is the number of matched targets in
   the batch (at least 1, averaged over processes when distributed).
 
-**Ignored pixels** (``ignore_index``). mmseg folds them into the background of every class mask, which teaches
-every query "not here" on unlabelled pixels. Here they carry no label instead: every sample point gets a weight,
-the bilinear sample (edge-clamped) of the image's labelled-pixel map, so 1 inside labelled regions, 0 inside
-ignored ones, fractional at their boundary, and its target is the bilinear average of its *labelled* neighbours
-only. BCE terms are multiplied by the weight (the normaliser stays ``num_masks * num_points``, like mmseg's CE
-that counts ignored pixels with a loss of 0), dice sums become weighted sums, and the matching costs use the
-same weights. With no ignored pixels every weight is 1 and everything reduces to mmdet's formulas.
+**Ignored pixels** (``ignore_index``), ``ignore_mode``:
 
-One more deliberate difference: target masks are sampled edge-clamped (``padding_mode="border"``); mmdet zero-pads
-them, so a pixel labelled c at the image border gets a target fading to 0.25 in the corners. Predictions are
-zero-padded as in mmdet.
+- ``background`` (the default; mmseg's semantic targets, so Mask2Former and Rein as released): an ignored pixel is
+  0 in every class mask, i.e. background for every class, which teaches every query "not here" on unlabelled
+  pixels (and on the padding, which mmseg fills with 255). Every sample point weighs 1: mmdet's formulas.
+- ``exclude``: ignored pixels carry no label. Every sample point gets a weight, the bilinear sample of the image's
+  labelled-pixel map, so 1 inside labelled regions, 0 inside ignored ones, fractional at their boundary, and its
+  target is the bilinear average of its *labelled* neighbours only. BCE terms are multiplied by the weight (the
+  normaliser stays ``num_masks * num_points``, like mmseg's CE that counts ignored pixels with a loss of 0), dice
+  sums become weighted sums, and the matching costs use the same weights. With no ignored pixels every weight is
+  1 and everything reduces to mmdet's formulas.
+
+**Target padding** (``target_padding``): points within half a pixel of the image edge read outside it. ``zeros``
+pads the target masks with 0 as mmcv's ``point_sample`` (a pixel labelled c at the image corner gets a target of
+0.25 there); ``border`` clamps to the edge. The default ``auto`` is ``zeros`` with ``background`` (mmdet) and
+``border`` with ``exclude`` (vltk's earlier behaviour, reproduced exactly). Predictions are always zero-padded, as
+in mmdet.
 """
 
 from __future__ import annotations
@@ -91,18 +97,44 @@ def semantic_to_instances(targets: Tensor, ignore_index: int) -> list[SemanticTa
     return result
 
 
-def sample_targets(target: SemanticTargets, index: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+#: What ignored pixels mean to the mask terms: background of every class mask (mmseg) or no label at all.
+IGNORE_MODES: tuple[str, ...] = ("background", "exclude")
+
+
+def resolve_target_padding(ignore_mode: str, target_padding: str) -> str:
+    """``grid_sample`` padding of the target masks: ``auto`` is mmdet's ``zeros`` with ``background`` and vltk's
+    earlier ``border`` with ``exclude``."""
+    if ignore_mode not in IGNORE_MODES:
+        raise ValueError(f"ignore_mode must be one of {IGNORE_MODES}, got {ignore_mode!r}")
+    if target_padding == "auto":
+        return "zeros" if ignore_mode == "background" else "border"
+    if target_padding not in ("zeros", "border"):
+        raise ValueError(f"target_padding must be 'auto', 'zeros' or 'border', got {target_padding!r}")
+    return target_padding
+
+
+def sample_targets(
+    target: SemanticTargets,
+    index: Tensor,
+    points: Tensor,
+    *,
+    ignore_mode: str = "background",
+    padding: str = "zeros",
+) -> tuple[Tensor, Tensor]:
     """Targets and weights ``[n, P]`` of the masks ``target.masks[index]`` at ``points`` ``[n or 1, P, 2]``.
 
-    weight = bilinear sample of the labelled-pixel map; target = bilinear sample of the mask (ignored pixels are 0
-    in it) divided by that weight, i.e. the average over labelled neighbours only. Both are edge-clamped.
+    ``background``: target = bilinear sample of the 0/1 mask (ignored pixels are 0 in it), weight 1. ``exclude``:
+    weight = bilinear sample of the labelled-pixel map; target = the mask's sample divided by that weight, i.e.
+    the average over labelled neighbours only. ``padding`` is the ``grid_sample`` padding of both samples.
     """
     count = int(index.numel())
     masks = target.masks[index].unsqueeze(0) if points.shape[0] == 1 else target.masks[index].unsqueeze(1)
-    sampled = point_sample(masks, points, padding_mode="border")  # [1, n, P] or [n, 1, P]
+    sampled = point_sample(masks, points, padding_mode=padding)  # [1, n, P] or [n, 1, P]
     sampled = sampled[0] if points.shape[0] == 1 else sampled[:, 0]
+    if ignore_mode == "background":
+        return sampled, torch.ones_like(sampled)
     flat_points = points.reshape(1, -1, 2)
-    weight = point_sample(target.valid[None, None], flat_points, padding_mode="border")[0, 0]
+    weight = point_sample(target.valid[None, None], flat_points, padding_mode=padding)[0, 0]
     weight = weight.view(points.shape[0], -1).expand(count, -1)
     sampled = torch.where(weight > 0, sampled / weight.clamp_min(1e-6), torch.zeros_like(sampled))
     return sampled.clamp(0.0, 1.0), weight
@@ -144,12 +176,21 @@ class HungarianMatcher:
     ``ClassificationCost`` + sigmoid ``CrossEntropyLossCost`` + ``DiceCost`` on shared random points)."""
 
     def __init__(
-        self, class_weight: float = 2.0, mask_weight: float = 5.0, dice_weight: float = 5.0, num_points: int = 12544
+        self,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        num_points: int = 12544,
+        *,
+        ignore_mode: str = "background",
+        target_padding: str = "auto",
     ) -> None:
         self.class_weight = class_weight
         self.mask_weight = mask_weight
         self.dice_weight = dice_weight
         self.num_points = num_points
+        self.ignore_mode = ignore_mode
+        self.target_padding = resolve_target_padding(ignore_mode, target_padding)
 
     def sample_points(self, device: torch.device) -> Tensor:
         """``[1, num_points, 2]`` uniform points shared by every query and target of one image."""
@@ -162,7 +203,9 @@ class HungarianMatcher:
         points = self.sample_points(mask_logits.device)
         pred = point_sample(mask_logits.unsqueeze(0).float(), points)[0]  # [Q, P]
         index = torch.arange(target.labels.numel(), device=mask_logits.device)
-        gt, weight = sample_targets(target, index, points)  # [n, P]
+        gt, weight = sample_targets(
+            target, index, points, ignore_mode=self.ignore_mode, padding=self.target_padding
+        )  # [n, P]
         cost_class = -class_logits.float().softmax(-1)[:, target.labels]
         return (
             self.class_weight * cost_class
@@ -199,6 +242,8 @@ class Mask2FormerCriterion:
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
         ignore_index: int = 255,
+        ignore_mode: str = "background",
+        target_padding: str = "auto",
     ) -> None:
         self.num_classes = num_classes
         self.class_weight = class_weight
@@ -209,7 +254,11 @@ class Mask2FormerCriterion:
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
         self.ignore_index = ignore_index
-        self.matcher = HungarianMatcher(class_weight, mask_weight, dice_weight, num_points)
+        self.matcher = HungarianMatcher(
+            class_weight, mask_weight, dice_weight, num_points, ignore_mode=ignore_mode, target_padding=target_padding
+        )
+        self.ignore_mode = self.matcher.ignore_mode
+        self.target_padding = self.matcher.target_padding
 
     def sample_points(self, mask_logits: Tensor) -> Tensor:
         """Loss points ``[n, num_points, 2]`` for matched mask logits ``[n, 1, h, w]`` (importance sampling)."""
@@ -253,7 +302,9 @@ class Mask2FormerCriterion:
             masks = mask_logits[b, query_index].unsqueeze(1)  # [n, 1, h, w]
             with torch.no_grad():
                 points = self.sample_points(masks.detach().float())
-                gt, weight = sample_targets(targets[b], target_index, points)
+                gt, weight = sample_targets(
+                    targets[b], target_index, points, ignore_mode=self.ignore_mode, padding=self.target_padding
+                )
             pred_points.append(point_sample(masks, points.to(masks.dtype))[:, 0])
             target_points.append(gt)
             point_weights.append(weight)
@@ -289,6 +340,7 @@ class Mask2FormerCriterion:
 
 
 __all__ = [
+    "IGNORE_MODES",
     "HungarianMatcher",
     "Mask2FormerCriterion",
     "SemanticTargets",
@@ -296,6 +348,7 @@ __all__ = [
     "batch_sigmoid_bce_cost",
     "dice_loss",
     "point_sample",
+    "resolve_target_padding",
     "semantic_to_instances",
     "sample_targets",
     "sigmoid_bce_loss",

@@ -86,6 +86,8 @@ class Mask2Former(Decoder):
         no_object_weight: float = 0.1,
         deep_supervision: bool = True,
         ignore_index: int = 255,
+        ignore_mode: str = "background",
+        target_padding: str = "auto",
     ) -> None:
         super().__init__()
         in_channels = [int(c) for c in in_channels]
@@ -146,6 +148,8 @@ class Mask2Former(Decoder):
             oversample_ratio=oversample_ratio,
             importance_sample_ratio=importance_sample_ratio,
             ignore_index=self.ignore_index,
+            ignore_mode=ignore_mode,
+            target_padding=target_padding,
         )
 
     @property

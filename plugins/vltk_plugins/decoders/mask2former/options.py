@@ -8,6 +8,8 @@ dec_layers=3 num_points=1024``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from vltk.api import Options
@@ -86,6 +88,24 @@ class Mask2FormerOptions(Options):
         0.1,
         ge=0.0,
         description="Cross-entropy weight of the extra 'no object' class (every real class weighs 1).",
+    )
+    ignore_mode: Literal["background", "exclude"] = Field(
+        "background",
+        description=(
+            "What ignored pixels (ignore_index, 255) mean to the mask losses and matching costs. background: they "
+            "are background of every class mask, as mmseg/mmdet's Mask2Former (and so Rein) train: every query "
+            "learns 'not here' on them. exclude: they carry no label; each sample point is weighted by the share "
+            "of labelled pixels around it and its target averages the labelled ones only (vltk's earlier rule)."
+        ),
+    )
+    target_padding: Literal["auto", "zeros", "border"] = Field(
+        "auto",
+        description=(
+            "How target masks are sampled at points within half a pixel of the image edge. zeros: zero padding as "
+            "mmcv's point_sample (a class touching the edge fades towards 0.25 in the corners); border: edge "
+            "clamped. auto: zeros with ignore_mode=background, border with exclude (together exactly vltk's "
+            "earlier behaviour)."
+        ),
     )
     deep_supervision: bool = Field(
         True,

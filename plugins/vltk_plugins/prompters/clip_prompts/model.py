@@ -190,7 +190,9 @@ class CoOpPrompter(TextGuidedPrompter):
 
     Sequence: ``[SOT, p1..p_n, name tokens, EOT, pad]`` of length ``context_length`` (13); class names are tokenised
     to ``context_length - n_ctx`` (5) positions, or more when a name needs them (identical results: the causal mask
-    hides positions after EOT); the EOT index is ``argmax(tokens) + n_ctx``.
+    hides positions after EOT); the EOT index is ``argmax(tokens) + n_ctx``. The context starts as
+    ``trunc_normal_(std=init_std)`` with torch's absolute bounds ±2: CoOp's N(0, 0.02) by default, DenseCLIP's
+    std-1 truncated normal with ``init_std=1`` (the ``denseclip`` default).
     """
 
     def __init__(

@@ -85,7 +85,13 @@ class CoOpOptions(TextGuidanceOptions):
         ),
     )
     init_std: float = Field(
-        default=0.02, gt=0.0, description="Std of the truncated-normal initialisation of the context tokens."
+        default=0.02,
+        gt=0.0,
+        description=(
+            "Std of the initial context tokens, drawn from a normal truncated at -2 and 2 (absolute bounds, "
+            "torch's trunc_normal_ defaults). 0.02 is CoOp's init (its normal_(std=0.02); the bounds never bind); "
+            "denseclip defaults to 1.0, DenseCLIP's trunc_normal_ with default arguments."
+        ),
     )
 
     @model_validator(mode="after")

@@ -38,7 +38,7 @@ from vltk.engine.checkpoint import (
 from vltk.engine.interrupts import Interrupted, StopSignals
 from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
 from vltk.engine.report import to_json
-from vltk.engine.run_folder import RunLock, record_changes, remove_unfinished_saves
+from vltk.engine.run_folder import CHANGES_NAME, RunLock, record_changes, remove_unfinished_saves
 from vltk.errors import UserError
 from vltk.resolved import ResolvedRun
 
@@ -227,6 +227,8 @@ class Trainer:
                 newest.replace(self.output / "last.broken.pt")  # kept for inspection, out of the rotation
             (self.output / "config.resolved.yaml").write_text(to_yaml(self.config))
             (self.output / "environment.json").write_text(to_json(environment()))
+            if self.last_saved_step is None:  # a run from scratch: earlier runs' changes do not describe it
+                (self.output / CHANGES_NAME).unlink(missing_ok=True)
             if changes:
                 record_changes(self.output, changes, self.step)
         except BaseException:

@@ -45,7 +45,9 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: 
     save_atomic(_state(1.0, 10), path, keep_previous=True)
     save_atomic(_state(2.0, 20), path, keep_previous=True)
     path.write_bytes(path.read_bytes()[:200])  # truncated after the fact
-    with pytest.warns(CheckpointWarning, match=r"cannot be read .*resuming from the previous checkpoint .*iteration 10"):
+    with pytest.warns(
+        CheckpointWarning, match=r"cannot be read .*resuming from the previous checkpoint .*iteration 10"
+    ):
         state, used = load_resume_checkpoint(tmp_path)
     assert used.name == "last.prev.pt" and state["step"] == 10
     path.unlink()

@@ -195,3 +195,24 @@ def test_batches_resume_mid_epoch_without_loading_the_skipped_ones() -> None:
         Numbers(), batch_size=3, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(5 * 100_003)
     )
     assert [list(map(int, batch)) for batch in old_style] == full[:2]  # the order of earlier versions' runs
+
+
+class _SignalDispositions(torch.utils.data.Dataset):
+    """Each item says whether SIGINT and SIGTERM are ignored in the process that loads it."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> bool:
+        return signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+def _first(items: list[bool]) -> list[bool]:
+    return items
+
+
+def test_loader_workers_leave_stopping_to_the_main_process() -> None:
+    """Ctrl-C reaches the whole process group; a worker killed by it would break the orderly stop."""
+    batch = next(EpochBatches(_SignalDispositions(), 2, 0, 1, _first))
+    assert batch == [True, True]
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the main process is untouched

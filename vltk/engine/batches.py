@@ -7,11 +7,20 @@ nor consume any global RNG that the model's dropout or augmentation then sees di
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of training loaders: Ctrl-C and SIGTERM reach the whole process group, and a worker that
+    died of them would turn the main process's orderly stop at the next step into "worker exited unexpectedly".
+    The main process decides when to stop (:mod:`vltk.engine.interrupts`) and shuts its workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class EpochBatches:
@@ -64,6 +73,7 @@ class EpochBatches:
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(seed),  # worker seeds, as before; not the global RNG
+            worker_init_fn=ignore_stop_signals if self.num_workers else None,
         )
 
     def __iter__(self) -> EpochBatches:
@@ -79,4 +89,4 @@ class EpochBatches:
         return item
 
 
-__all__ = ["EpochBatches"]
+__all__ = ["EpochBatches", "ignore_stop_signals"]

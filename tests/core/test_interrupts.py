@@ -38,9 +38,10 @@ TINY = [
 ]
 
 
-def _run() -> Any:
+def _run(*extra: str) -> Any:
     manager = get_plugin_manager()
-    return resolve(build_config(overrides=TINY, recipe_dirs=manager.recipe_dirs()), manager.get_registry())
+    config = build_config(overrides=[*TINY, *extra], recipe_dirs=manager.recipe_dirs())
+    return resolve(config, manager.get_registry())
 
 
 def _losses(trainer: Trainer) -> list[float]:
@@ -166,6 +167,24 @@ def test_ctrl_c_in_the_final_evaluation_stops_with_the_trained_model_saved(
     results = resumed.fit()
     _assert_exact(resumed, reference)
     assert json.dumps(results["summary"]) == json.dumps(reference["results"]["summary"])  # NaN-safe, exact
+
+
+@pytest.mark.slow
+def test_a_new_run_never_keeps_an_older_runs_checkpoint_as_its_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting over in a folder: the first save replaces the old last.pt and drops the old last.prev.pt, so a
+    fallback can never resume another run."""
+    from vltk.engine.checkpoint import save_atomic
+
+    out = tmp_path / "run"
+    for name in ("last.pt", "last.prev.pt"):
+        save_atomic({"model": {}, "config": {}, "step": 999}, out / name)
+    _signal_at(monkeypatch, "_train_step", 1, signal.SIGINT)
+    trainer = Trainer(_run(), out, quiet=True)
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    assert load_checkpoint(out / "last.pt")["step"] == 1 and not (out / "last.prev.pt").exists()
 
 
 def test_batches_resume_mid_epoch_without_loading_the_skipped_ones() -> None:

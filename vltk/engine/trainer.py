@@ -31,6 +31,7 @@ from vltk.engine.checkpoint import (
     load_model_state,
     load_resume_checkpoint,
     model_state_for_checkpoint,
+    previous_path,
     restore_rng_state,
     rng_state,
     save_atomic,
@@ -38,7 +39,7 @@ from vltk.engine.checkpoint import (
 from vltk.engine.interrupts import Interrupted, StopSignals
 from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
 from vltk.engine.report import to_json
-from vltk.engine.run_folder import CHANGES_NAME, RunLock, record_changes, remove_unfinished_saves
+from vltk.engine.run_folder import CHANGES_NAME, RunLock, record_changes, remove_unfinished_saves, resume_command
 from vltk.errors import UserError
 from vltk.resolved import ResolvedRun
 
@@ -294,17 +295,19 @@ class Trainer:
         return f"{self.last_saved_path} holds iteration {self.last_saved_step}, the last good checkpoint"
 
     def _save(self, name: str) -> None:
-        """Write ``name`` atomically (``last.pt`` keeps its previous generation); signals wait for it.
+        """Write ``name`` atomically; signals wait for it. ``last.pt`` keeps its previous generation once this run
+        has saved one (the first save of a new run replaces, and drops, what an earlier run left).
 
         A full disk or an unwritable folder is one :class:`UserError` that says what is still on disk.
         """
-        from vltk.engine.run_folder import resume_command
-
         path = self.output / name
+        rotate = name == "last.pt" and self.last_saved_step is not None
         saving = self._signals.saving() if self._signals is not None else contextlib.nullcontext()
         with saving:
             try:
-                save_atomic(self._state(), path, keep_previous=name == "last.pt")
+                save_atomic(self._state(), path, keep_previous=rotate)
+                if name == "last.pt" and not rotate:  # an older run's generation must never be resumed from
+                    previous_path(path).unlink(missing_ok=True)
             except OSError as error:
                 what = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
                 raise UserError(

@@ -27,6 +27,14 @@ from vltk.errors import UserError
 PREVIOUS_SUFFIX = ".prev.pt"
 
 
+class CheckpointError(UserError):
+    """A file that is no readable vltk checkpoint; ``reason`` is the short why (for the fallback warning)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class CheckpointWarning(UserWarning):
     """A checkpoint could not be used and an older one is used instead (printed as one ``warning:`` line)."""
 
@@ -84,22 +92,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle/zip errors come in many types; all mean "not a readable checkpoint"
-        raise UserError(
-            f"checkpoint '{path}' cannot be read ({_load_error_text(error)}); use a last.pt or best.pt written by "
-            "`vltk train`, or give backbone weights with backbone.pretrained=FILE"
+        reason = f"cannot be read ({_load_error_text(error)})"
+        raise CheckpointError(
+            f"checkpoint '{path}' {reason}; use a last.pt or best.pt written by `vltk train`, or give backbone "
+            "weights with backbone.pretrained=FILE",
+            reason,
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(
+        raise CheckpointError(
             f"'{path}' is not a vltk checkpoint (expected the keys 'model' and 'config'); "
-            "to start from backbone weights use backbone.pretrained=FILE instead"
+            "to start from backbone weights use backbone.pretrained=FILE instead",
+            "is not a vltk checkpoint",
         )
-    if not isinstance(state["model"], dict):
-        raise UserError(
-            f"checkpoint '{path}' is damaged: its 'model' entry is a {type(state['model']).__name__}, not a mapping "
-            "of parameter names to tensors; use a last.pt or best.pt written by `vltk train`"
-        )
-    if not isinstance(state["config"], dict):
-        raise UserError(f"checkpoint '{path}' is damaged: its 'config' entry is not a mapping; use another checkpoint")
+    for key, kind in (("model", "a mapping of parameter names to tensors"), ("config", "a mapping")):
+        if not isinstance(state[key], dict):
+            reason = f"is damaged: its '{key}' entry is a {type(state[key]).__name__}, not {kind}"
+            raise CheckpointError(
+                f"checkpoint '{path}' {reason}; use a last.pt or best.pt written by `vltk train`", reason
+            )
     return state
 
 
@@ -116,8 +126,8 @@ def load_resume_checkpoint(folder: str | Path, name: str = "last.pt") -> tuple[d
             continue
         try:
             state = load_checkpoint(path)
-        except UserError as error:
-            problems.append(str(error))
+        except CheckpointError as error:
+            problems.append(f"'{path}' {error.reason}")
             continue
         if path != newest:
             why = problems[0] if problems else f"'{newest}' is missing (a save was interrupted between two renames)"
@@ -128,7 +138,10 @@ def load_resume_checkpoint(folder: str | Path, name: str = "last.pt") -> tuple[d
             )
         return state, path
     if problems:
-        raise UserError(f"no readable checkpoint to resume from in '{folder}': " + "; ".join(problems))
+        raise UserError(
+            f"no readable checkpoint to resume from in '{folder}': {'; '.join(problems)}; restore last.pt from a "
+            "backup, or start the run again without --resume"
+        )
     return None
 
 

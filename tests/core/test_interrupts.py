@@ -75,6 +75,14 @@ def _assert_exact(trainer: Trainer, reference: dict[str, Any]) -> None:
         assert torch.equal(trainer.model.state_dict()[key], value), key
 
 
+def _resume_and_compare(out: Path, reference: dict[str, Any]) -> None:
+    """Resume the run in ``out`` to its end: losses, weights and final results equal the reference's exactly."""
+    resumed = Trainer(_run(), out, resume=True, quiet=True)
+    results = resumed.fit()
+    _assert_exact(resumed, reference)
+    assert json.dumps(results["summary"]) == json.dumps(reference["results"]["summary"])  # NaN-safe, exact
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "step", "method"),
@@ -102,10 +110,7 @@ def test_interrupt_saves_at_the_step_boundary_and_resumes_exactly(
     if step >= 3:
         assert [entry["iter"] for entry in state["history"]["eval"]] == [3]  # the evaluation completed
 
-    resumed = Trainer(_run(), out, resume=True, quiet=True)
-    results = resumed.fit()
-    _assert_exact(resumed, reference)
-    assert json.dumps(results["summary"]) == json.dumps(reference["results"]["summary"])  # NaN-safe, exact
+    _resume_and_compare(out, reference)
 
 
 @pytest.mark.slow
@@ -163,10 +168,7 @@ def test_ctrl_c_in_the_final_evaluation_stops_with_the_trained_model_saved(
     from vltk.cli.run import interrupt_message
 
     assert "final evaluation" in interrupt_message(trainer, stopped.value)
-    resumed = Trainer(_run(), out, resume=True, quiet=True)
-    results = resumed.fit()
-    _assert_exact(resumed, reference)
-    assert json.dumps(results["summary"]) == json.dumps(reference["results"]["summary"])  # NaN-safe, exact
+    _resume_and_compare(out, reference)
 
 
 @pytest.mark.slow

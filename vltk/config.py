@@ -164,13 +164,29 @@ def load_recipe(recipe: str | None, recipe_dirs: list[tuple[str, str]]) -> tuple
                 f"unknown recipe '{recipe}';{did_you_mean(recipe, known)} available: {', '.join(sorted(known))}"
             )
         path, name = known[recipe], recipe
+    return read_yaml_mapping(path, what="recipe"), name
+
+
+def read_yaml_mapping(path: Path, *, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (a recipe, a run's ``config.resolved.yaml``).
+
+    Unreadable bytes, bad YAML and other top-level types are one :class:`UserError` naming the file.
+    """
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{what} '{path}' is not UTF-8 text (byte {error.start} cannot be decoded); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise UserError(f"{what} '{path}' cannot be read: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise UserError(f"recipe '{path}' is not valid YAML: {error}") from None
+        raise UserError(f"{what} '{path}' is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
-        raise UserError(f"recipe '{path}' must be a YAML mapping at the top level")
-    return data, name
+        raise UserError(f"{what} '{path}' must be a YAML mapping at the top level")
+    return data
 
 
 # ------------------------------------------------------------------------------------------------- overrides
@@ -181,9 +197,14 @@ def parse_override(token: str) -> tuple[list[str], Any]:
     if "=" not in token:
         raise UserError(f"cannot read override '{token}': write KEY=VALUE, e.g. train.iters=100")
     key, raw = token.split("=", 1)
-    parts = [part for part in key.strip().split(".") if part]
-    if not parts:
+    parts = key.strip().split(".")
+    if not key.strip():
         raise UserError(f"override '{token}' has an empty key")
+    if not all(part.strip() for part in parts):
+        raise UserError(
+            f"override '{token}' has an empty part in its key (a dot too many?); write dotted keys like train.iters=3"
+        )
+    parts = [part.strip() for part in parts]
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -324,10 +345,30 @@ def _task_defaults(data: dict[str, Any], given: set[str]) -> None:
 
 
 def validate_run_config(data: dict[str, Any]) -> RunConfig:
+    """The top level of a run (component options are checked by :func:`resolve`); misspelt keys get a suggestion."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        raise UserError(format_validation_error(error, "config").replace("config.", "", 1)) from None
+        message = format_validation_error(error, "config").replace(": config.", ": ")
+        hints = [_suggest_key(item["loc"]) for item in error.errors() if item["type"] == "extra_forbidden"]
+        raise UserError(message + "".join(hint for hint in hints if hint)) from None
+
+
+def _suggest_key(loc: tuple[Any, ...]) -> str:
+    """`` did you mean 'train.iters'?`` for an unknown key of the run config or of one of its sections."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    prefix = ".".join(str(part) for part in loc[:-1])
+    hint = did_you_mean(str(loc[-1]), list(model.model_fields))
+    if not hint:
+        return f"; {prefix or 'top-level'} keys: {', '.join(model.model_fields)}"
+    close = hint.split("'")[1]
+    return f";{hint.replace(close, f'{prefix}.{close}' if prefix else close)}"
 
 
 def resolve(config: RunConfig | ResolvedRun, registry: Registry) -> ResolvedRun:

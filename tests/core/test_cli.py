@@ -123,9 +123,13 @@ def test_subprocess_train_writes_checkpoint_metrics_plot_then_eval_and_resume(tm
     results = json.loads(evaluated.stdout)
     assert results["domains"]["fog"]["miou"] == pytest.approx(metrics["final"]["domains"]["fog"]["miou"])
 
-    # resume: two more iterations continue from step 2, not from scratch
+    # resume: two more iterations continue from step 2, not from scratch (train.iters 2 -> 4 must be allowed)
     resumed = subprocess.run(
-        [*command, "train.iters=4", "--resume"], capture_output=True, text=True, env=_env(), timeout=600
+        [*command, "train.iters=4", "--resume", "--allow-changes"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr

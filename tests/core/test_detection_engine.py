@@ -118,6 +118,6 @@ def test_cli_trains_fits_evaluates_and_resumes(tmp_path: Path) -> None:
     evaluated = invoke(["eval", "--checkpoint", str(out / "last.pt"), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     assert "ap50" in json.loads(evaluated.output[evaluated.output.index("{") :])["domains"]["synthetic"]
-    resumed = invoke([*args, "train.iters=3", "--resume"])
+    resumed = invoke([*args, "train.iters=3", "--resume", "--allow-changes"])  # iters 2 -> 3 is a change
     assert resumed.exit_code == 0, resumed.output
     assert "fit phase" not in resumed.output  # fitted offsets came back with the checkpoint

@@ -164,5 +164,7 @@ def test_diverging_loss_is_a_user_error(tmp_path: Path) -> None:
     config = resolve(_config("train.iters=3", "dataset.domains=[synthetic]"), manager.get_registry())
     trainer = Trainer(config, tmp_path / "run", quiet=True)
     trainer.model.loss = lambda images, labels: {"loss": torch.tensor(float("nan"), requires_grad=True)}
-    with pytest.raises(UserError, match="diverged; lower train.lr"):
+    with pytest.raises(UserError, match="diverged; lower train.lr") as error:
         trainer.fit()
+    assert "no checkpoint of this run was saved yet" in str(error.value)  # never "last.pt holds ..." when none does
+    assert not (tmp_path / "run" / "run.lock").exists()

@@ -84,6 +84,17 @@ def collect_images(arguments: Sequence[str]) -> list[Path]:
     return paths
 
 
+def _image_error(path: Path, error: Exception) -> UserError:
+    """One line for a file PIL refuses; a decompression bomb (a header claiming billions of pixels) says so."""
+    from PIL import Image
+
+    if isinstance(error, Image.DecompressionBombError):
+        return UserError(
+            f"image '{path}' claims more pixels than PIL decodes safely ({error}); resize it to a real image size"
+        )
+    return UserError(f"image '{path}' cannot be read as an image ({type(error).__name__}: {error})")
+
+
 def read_image(path: Path) -> Any:
     """RGB uint8 array ``[H, W, 3]``; anything PIL cannot decode is an error naming the file."""
     import numpy as np
@@ -92,8 +103,8 @@ def read_image(path: Path) -> Any:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise UserError(f"image '{path}' cannot be read as an image ({type(error).__name__}: {error})") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
+        raise _image_error(path, error) from None
 
 
 def check_images(paths: Sequence[Path]) -> None:
@@ -104,8 +115,8 @@ def check_images(paths: Sequence[Path]) -> None:
         try:
             with Image.open(path) as image:
                 image.verify()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            raise UserError(f"image '{path}' cannot be read as an image ({type(error).__name__}: {error})") from None
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
+            raise _image_error(path, error) from None
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
@@ -157,13 +168,16 @@ def predict_images(
     from PIL import Image
 
     from vltk.cli.run import build_checkpoint_model, load_checkpoint_config
+    from vltk.engine.preflight import check_output_folder, make_output_folder
     from vltk.engine.report import to_json, write_overlay
     from vltk.engine.trainer import pick_device
     from vltk.models.inference import inference
+    from vltk.tasks import get_task
 
     paths = collect_images([str(path) for path in images])
     check_images(paths)
-    from vltk.tasks import get_task
+    out = Path(output)
+    check_output_folder(out)
 
     state, run = load_checkpoint_config(checkpoint, (), backbone_weights)
     trained = list(state.get("class_names") or [])
@@ -174,7 +188,7 @@ def predict_images(
             f"checkpoint '{checkpoint}' is a {run.task} model; vltk predict writes label maps of segmentation "
             "models (evaluate it with `vltk eval --checkpoint ...`)"
         )
-    model = build_checkpoint_model(state, run, trained, 255)
+    model = build_checkpoint_model(state, run, trained, 255, source=f"checkpoint '{checkpoint}'")
     target = pick_device(device or run.config.device)
     model = model.to(target)
     predict = model.predict
@@ -188,8 +202,7 @@ def predict_images(
         raise UserError(f"{len(names)} labels do not fit a 16-bit label PNG (at most 65535)")
     dtype = np.uint8 if len(names) <= 256 else np.uint16
     eval_config = run.config.eval
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
     written: dict[str, dict[str, str]] = {}
     for path, stem in zip(paths, output_stems(paths), strict=True):
         image = read_image(path)

@@ -15,20 +15,126 @@ Examples:
   vltk train --recipe rein/synthetic                  # Rein adapter, same data
   vltk train --adapter rein adapter.lora_dim=8 train.iters=100
   vltk train --dry-run                                # print the resolved config and stop
-  vltk train --output runs/exp1 --resume              # continue from runs/exp1/last.pt
+  vltk train --resume runs/exp1                       # continue runs/exp1 with its own saved configuration
+  vltk train --resume runs/exp1 train.iters=600 --allow-changes   # ... and change it (kept in changes.yaml)
   vltk train --recipe clip-gap/synthetic              # detection: CLIP the Gap on synthetic boxes, AP50
   vltk train --task detection --backbone clip-resnet --augmenter clip-gap --decoder clip-faster-rcnn
 Overrides are KEY=VALUE with dotted keys: train.lr=1e-4, dataset.domains=[synthetic,fog], seed=3.
+Ctrl-C or SIGTERM stop at the next step with last.pt saved (exit 130 / 143); a second Ctrl-C stops at once.
 """
 
+#: ``--resume`` given without a folder: the run folder is ``--output`` (or the recipe's default folder).
+RESUME_HERE = ""
 
-def _resolved_config(recipe: str | None, components: dict[str, Any], overrides: tuple[str, ...]) -> Any:
+
+def _resolved_config(recipe: str | None, components: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Any:
     from vltk.config import build_config, resolve
     from vltk.plugins import get_plugin_manager
 
     manager = get_plugin_manager()
     config = build_config(recipe, components=components, overrides=list(overrides), recipe_dirs=manager.recipe_dirs())
     return resolve(config, manager.get_registry())
+
+
+def _default_output(run: Any) -> Path:
+    return Path(run.config.output or Path("runs") / (run.config.recipe or "run").replace("/", "-"))
+
+
+def _folder_config(folder: Path) -> dict[str, Any] | None:
+    """The configuration a run folder was trained with: ``config.resolved.yaml``, else its checkpoint's."""
+    from vltk.engine.run_folder import saved_config
+
+    saved = saved_config(folder)
+    if saved is None and any((folder / name).is_file() for name in ("last.pt", "last.prev.pt")):
+        from vltk.engine.checkpoint import load_resume_checkpoint
+
+        found = load_resume_checkpoint(folder)
+        saved = found[0]["config"] if found else None
+    return saved
+
+
+def plan_resume(
+    resume: str,
+    output: str | None,
+    recipe: str | None,
+    components: dict[str, Any],
+    overrides: list[str],
+    allow_changes: bool,
+) -> tuple[Path, Any, dict[str, Any]]:
+    """``(run folder, resolved run, changes)`` of ``vltk train --resume``.
+
+    The run is rebuilt from the folder's saved configuration; what the command line gives (a recipe, component
+    flags, overrides) is applied on top, and any difference from the saved configuration is refused with a
+    one-line summary (dotted keys, old -> new) unless ``allow_changes``. A folder given as ``--output DIR
+    --resume`` that holds no run yet starts one from the command line, so one command can start and restart a
+    job; ``--resume DIR`` names an existing run.
+    """
+    from vltk.config import build_config, resolve
+    from vltk.engine.run_folder import CHANGES_NAME, config_changes, describe_changes
+    from vltk.plugins import get_plugin_manager
+
+    fresh = None
+    if resume == RESUME_HERE:
+        if output is None:
+            fresh = _resolved_config(recipe, components, overrides)
+        folder = Path(output) if output is not None else _default_output(fresh)
+    else:
+        folder = Path(resume)
+        if output is not None and Path(output) != folder:
+            raise UserError(
+                f"--resume {resume} and --output {output} name two folders; give the run folder once (--resume DIR)"
+            )
+        if not folder.is_dir():
+            raise UserError(
+                f"run folder '{folder}' does not exist; give the folder of an earlier run (`--output DIR --resume` "
+                "starts a new run in DIR when it holds none)"
+            )
+    saved = _folder_config(folder)
+    if saved is None:
+        if resume != RESUME_HERE:
+            raise UserError(
+                f"'{folder}' holds no run to resume (no config.resolved.yaml or last.pt); give the folder of an "
+                "earlier run, or start one with --output"
+            )
+        return folder, fresh or _resolved_config(recipe, components, overrides), {}
+    manager = get_plugin_manager()
+    base = resolve(build_config(base=saved), manager.get_registry())
+    given = bool(overrides) or any(value not in (None, (), []) for value in components.values())
+    if recipe is not None:
+        new = fresh or _resolved_config(recipe, components, overrides)
+    elif given:
+        new = resolve(build_config(base=saved, components=components, overrides=overrides), manager.get_registry())
+    else:
+        new = base
+    changes = config_changes(base.config.to_dict(), new.config.to_dict())
+    if changes and not allow_changes:
+        raise UserError(
+            f"resuming '{folder}' would change {describe_changes(changes)}; a resumed run keeps the configuration "
+            f"it was trained with: drop these, or pass --allow-changes to apply them (kept in {CHANGES_NAME})"
+        )
+    return folder, new, changes
+
+
+def interrupt_message(trainer: Any, interrupt: BaseException) -> str:
+    """What a stopped run says: which checkpoint holds what, and the resume command that works as printed."""
+    from vltk.engine.run_folder import resume_command
+
+    name = getattr(interrupt, "signal_name", "Ctrl-C")
+    command = resume_command(trainer.output)
+    step, saved, path = trainer.step, trainer.last_saved_step, trainer.last_saved_path
+    if saved == step and step >= trainer.config.train.iters:
+        return (
+            f"\n{name} during the final evaluation: {path} holds the trained model (iteration {step}); "
+            f"`{command}` runs the final evaluation"
+        )
+    if saved == step:
+        return f"\n{name}: stopped at iteration {step}; {path} saved; continue with `{command}`"
+    if saved is not None:
+        return (
+            f"\n{name}: stopped at once at iteration {step} without saving; {path} holds iteration {saved}; "
+            f"continue from there with `{command}`"
+        )
+    return f"\n{name}: stopped at once at iteration {step}; no checkpoint was saved yet (`{command}` starts over)"
 
 
 @click.command("train", epilog=TRAIN_EPILOG)
@@ -46,7 +152,19 @@ def _resolved_config(recipe: str | None, components: dict[str, Any], overrides: 
     help="what to predict [default: the recipe's]; detection without --dataset uses synthetic-det",
 )
 @click.option("--output", type=click.Path(file_okay=False), help="run folder [default: runs/<recipe>]")
-@click.option("--resume", is_flag=True, help="continue from <output>/last.pt when it exists")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value=RESUME_HERE,
+    default=None,
+    metavar="[RUN_DIR]",
+    help="continue the run in RUN_DIR (or --output) from its config.resolved.yaml and last.pt",
+)
+@click.option(
+    "--allow-changes",
+    is_flag=True,
+    help="with --resume: apply the flags and overrides that change the saved configuration (kept in changes.yaml)",
+)
 @click.option("--dry-run", is_flag=True, help="print the resolved configuration and exit")
 @click.option("--quiet", is_flag=True, help="no progress output (the final table is still printed)")
 def train_command(
@@ -60,11 +178,16 @@ def train_command(
     dataset: str | None,
     task: str | None,
     output: str | None,
-    resume: bool,
+    resume: str | None,
+    allow_changes: bool,
     dry_run: bool,
     quiet: bool,
 ) -> None:
     """Train a model. With no arguments, runs the default recipe on the embedded synthetic dataset."""
+    extra = list(overrides)
+    if resume and "=" in resume and not Path(resume).is_dir():  # `--resume train.iters=5`: an override, no folder
+        extra.insert(0, resume)
+        resume = RESUME_HERE
     components = {
         "task": task,
         "backbone": backbone,
@@ -74,28 +197,34 @@ def train_command(
         "dataset": dataset,
         "augmenters": list(augmenters),
     }
-    run = _resolved_config(recipe, components, overrides)
-    out = Path(output or run.config.output or Path("runs") / (run.config.recipe or "run").replace("/", "-"))
+    changes: dict[str, Any] = {}
+    if resume is None:
+        if allow_changes:
+            raise UserError("--allow-changes only applies with --resume; leave it out to start a new run")
+        run = _resolved_config(recipe, components, extra)
+        out = Path(output) if output else _default_output(run)
+    else:
+        out, run, changes = plan_resume(resume, output, recipe, components, extra, allow_changes)
     run = run.with_settings(output=str(out))
     if dry_run:
         from vltk.config import to_yaml
 
         click.echo(to_yaml(run), nl=False)
         return
-    if (out / "last.pt").is_file() and not resume:
+    if (out / "last.pt").is_file() and resume is None:
         click.echo(f"note: {out} already holds last.pt; starting over (pass --resume to continue it)", err=True)
     from vltk.engine.trainer import Trainer
 
-    trainer = Trainer(run, out, resume=resume, quiet=quiet)
+    try:
+        trainer = Trainer(run, out, resume=resume is not None, quiet=quiet, changes=changes)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted before training started", err=True)
+        raise SystemExit(130) from None
     try:
         trainer.fit()
-    except KeyboardInterrupt:
-        click.echo(
-            f"\ninterrupted at iteration {trainer.step}: {out / 'last.pt'} saved; continue with "
-            f"`vltk train --output {out} --resume`",
-            err=True,
-        )
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as interrupt:
+        click.echo(interrupt_message(trainer, interrupt), err=True)
+        raise SystemExit(getattr(interrupt, "exit_code", 130)) from None
     click.echo(f"run folder: {out}  (best.pt, last.pt, metrics.json, curves.png, overlays/)")
 
 
@@ -126,13 +255,16 @@ def load_checkpoint_config(
     return state, run
 
 
-def build_checkpoint_model(state: dict[str, Any], run: Any, class_names: list[str], ignore_index: int) -> Any:
-    """The model of ``run`` with the checkpoint's weights loaded (on the CPU, in eval mode)."""
-    from vltk.engine.trainer import load_model_state
+def build_checkpoint_model(
+    state: dict[str, Any], run: Any, class_names: list[str], ignore_index: int, *, source: str = "checkpoint"
+) -> Any:
+    """The model of ``run`` with the checkpoint's weights loaded (on the CPU, in eval mode); weights that do not
+    fit (another variant or architecture given as an override) are one error naming the keys and both shapes."""
+    from vltk.engine.checkpoint import load_model_state
     from vltk.pipeline import build_model
 
     model = build_model(run, class_names=class_names, ignore_index=ignore_index)
-    load_model_state(model, state)
+    load_model_state(model, state, source=source, fix="use the configuration it was trained with (drop the overrides)")
     return model.eval()
 
 
@@ -163,22 +295,27 @@ def eval_command(
     from rich.console import Console
 
     from vltk.engine.evaluation import evaluate
+    from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
     from vltk.engine.report import to_json
     from vltk.engine.trainer import pick_device
     from vltk.pipeline import build_data_source
     from vltk.tasks import get_task
 
+    out = Path(output) if output else Path(checkpoint).parent
+    check_output_folder(out)  # before any work: eval.json must have somewhere to go
     state, run = load_checkpoint_config(checkpoint, overrides, backbone_weights)
     source = build_data_source(run)
     if list(source.classes) != list(state.get("class_names", source.classes)):
         raise UserError("the dataset's classes differ from the checkpoint's; evaluate on the dataset it was trained on")
+    check_data_source(source)
     device = pick_device(run.config.device)
     task = get_task(run.task)
-    model = build_checkpoint_model(state, run, list(source.classes), source.ignore_index)
+    model = build_checkpoint_model(
+        state, run, list(source.classes), source.ignore_index, source=f"checkpoint '{checkpoint}'"
+    )
     results = evaluate(model.to(device), source, task, run.config.eval, device)
     results["checkpoint"] = str(checkpoint)
-    out = Path(output) if output else Path(checkpoint).parent
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
     (out / "eval.json").write_text(to_json(results))
     if as_json:
         click.echo(to_json(results))

@@ -1,28 +1,45 @@
-"""Iteration-based training and per-domain evaluation (AdamW, warm-up + poly, atomic checkpoints, resume).
+"""Iteration-based training and per-domain evaluation (AdamW, warm-up + poly, atomic checkpoints, exact resume).
 
-The loop is plain PyTorch so that a researcher can read it top to bottom. What it writes to the run folder:
-``config.resolved.yaml`` (before anything else), ``last.pt`` every ``checkpoint_interval`` steps and at the
-end, ``best.pt`` when the target-domain mIoU improves, ``metrics.json`` (history + final results),
-``curves.png`` (loss and per-domain mIoU) and ``overlays/<domain>_<i>.png``.
+The loop is plain PyTorch so that a researcher can read it top to bottom. Nothing is written before everything
+that can be checked has been (the output folder, every data split, the resume checkpoint's fit with the model:
+:mod:`vltk.engine.preflight`); then the run folder gets ``config.resolved.yaml`` and ``environment.json``,
+``last.pt`` (+ ``last.prev.pt``) every ``checkpoint_interval`` steps, before the final evaluation and at the end,
+``best.pt`` when the task's selection score improves, ``metrics.json`` (history + final results), ``curves.png``
+and ``overlays/<domain>_<i>.png``. Ctrl-C and SIGTERM stop at a step boundary (:mod:`vltk.engine.interrupts`), and
+a checkpoint holds every RNG and the position in the data order, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from vltk.config import RunConfig, to_yaml
-from vltk.engine.checkpoint import load_checkpoint, model_state_for_checkpoint, save_atomic
+from vltk.engine.batches import EpochBatches
+from vltk.engine.checkpoint import (
+    load_model_state,
+    load_resume_checkpoint,
+    model_state_for_checkpoint,
+    previous_path,
+    restore_rng_state,
+    rng_state,
+    save_atomic,
+)
+from vltk.engine.interrupts import Interrupted, StopSignals
+from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
 from vltk.engine.report import to_json
+from vltk.engine.run_folder import CHANGES_NAME, RunLock, record_changes, remove_unfinished_saves, resume_command
 from vltk.errors import UserError
 from vltk.resolved import ResolvedRun
 
@@ -136,43 +153,25 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, eps=train.eps)
 
 
-def infinite_batches(
-    dataset: Dataset,
-    batch_size: int,
-    seed: int,
-    num_workers: int,
-    collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]],
-    start_epoch: int = 0,
-) -> Iterator[dict[str, Any]]:
-    """Endless shuffled batches; epoch ``e`` is shuffled with seed ``(seed, e)`` so resuming replays the order."""
-    epoch = start_epoch
-    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
-    while True:
-        for part in parts:  # per-epoch augmentation (e.g. the synthetic set's flips) follows the epoch
-            if hasattr(part, "set_epoch"):
-                part.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=len(dataset) >= batch_size,
-            collate_fn=collate_fn,
-            num_workers=num_workers,
-            generator=generator,
-        )
-        yield from loader
-        epoch += 1
-
-
 class Trainer:
     """Owns a run folder: builds data and model, trains, evaluates, writes everything a run leaves behind.
 
     Task-agnostic: batching, losses, the per-domain metric, the selection score and the report are the run's
     :class:`~vltk.tasks.base.Task`'s; the loop, schedule, checkpoints and resume are the same for every task.
+    Construction checks everything it can before it writes (output folder, lock, every data split, the resume
+    checkpoint's fit with the model), so a failing construction leaves an existing run folder as it was; then it
+    takes the folder's lock (released when :meth:`fit` ends, or by :meth:`close`).
     """
 
-    def __init__(self, run: ResolvedRun, output: Path, *, resume: bool = False, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        run: ResolvedRun,
+        output: Path,
+        *,
+        resume: bool = False,
+        quiet: bool = False,
+        changes: dict[str, Any] | None = None,
+    ) -> None:
         from rich.console import Console
 
         from vltk.pipeline import build_data_source, build_model
@@ -187,12 +186,14 @@ class Trainer:
         self.quiet = quiet
         self.console = Console(stderr=True)
         self.stdout = Console()
-        self.output.mkdir(parents=True, exist_ok=True)
-        (self.output / "config.resolved.yaml").write_text(to_yaml(config))
-        (self.output / "environment.json").write_text(to_json(environment()))
+        check_output_folder(self.output)
+        self.lock = RunLock(self.output)
+        self.lock.check()
+        resumed = load_resume_checkpoint(self.output) if resume else None
         seed_everything(config.seed)
         self.device = pick_device(config.device)
         self.source = build_data_source(run)
+        self.train_splits = check_data_source(self.source, config.train.batch_size)
         self.model = build_model(run, class_names=list(self.source.classes), ignore_index=self.source.ignore_index).to(
             self.device
         )
@@ -200,8 +201,44 @@ class Trainer:
         self.step = 0
         self.history: dict[str, Any] = {"train": [], "eval": []}
         self.best: float | None = None
+        #: the iteration and file of the newest checkpoint on disk that a resume would continue from
+        self.last_saved_step: int | None = None
+        self.last_saved_path: Path | None = None
+        self._rng: dict[str, Any] | None = None
+        self._data_position: dict[str, int] | None = None
+        self._batches: EpochBatches | None = None
+        self._signals: StopSignals | None = None
         if resume:
-            self._resume()
+            self._resume(resumed)
+        self._prepare_folder(changes or {})
+
+    def _prepare_folder(self, changes: dict[str, Any]) -> None:
+        """Everything checked: lock the folder, clear leftovers, write the configuration and the environment."""
+        make_output_folder(self.output)
+        self.lock.acquire()
+        try:
+            removed = remove_unfinished_saves(self.output)
+            if removed and not self.quiet:
+                megabytes = sum(size for _, size in removed) / 1e6
+                self.console.print(
+                    f"removed {len(removed)} unfinished checkpoint file(s) of an interrupted save ({megabytes:.1f} MB)"
+                )
+            newest = self.output / "last.pt"
+            if self.last_saved_path is not None and self.last_saved_path != newest and newest.is_file():
+                newest.replace(self.output / "last.broken.pt")  # kept for inspection, out of the rotation
+            (self.output / "config.resolved.yaml").write_text(to_yaml(self.config))
+            (self.output / "environment.json").write_text(to_json(environment()))
+            if self.last_saved_step is None:  # a run from scratch: earlier runs' changes do not describe it
+                (self.output / CHANGES_NAME).unlink(missing_ok=True)
+            if changes:
+                record_changes(self.output, changes, self.step)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder (``fit`` does this itself); for callers that build a trainer and do not fit."""
+        self.lock.release()
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
@@ -221,68 +258,139 @@ class Trainer:
             "class_names": list(self.source.classes),
             "palette": [list(color) for color in self.source.palette],
             "backbone_included": self._keeps_backbone(),
-            "rng": {"torch": torch.get_rng_state(), "numpy_seed": int(self.config.seed)},
+            "rng": rng_state(),
+            "data": self._batches.position() if self._batches is not None else None,
         }
 
-    def _resume(self) -> None:
-        path = self.output / "last.pt"
-        if not path.is_file():
-            self.console.print(f"[yellow]no {path} to resume from: starting a new run[/yellow]")
+    def _resume(self, resumed: tuple[dict[str, Any], Path] | None) -> None:
+        if resumed is None:
+            self.console.print(f"[yellow]no {self.output / 'last.pt'} to resume from: starting a new run[/yellow]")
             return
-        state = load_checkpoint(path)
-        load_model_state(self.model, state)
-        self.optimizer.load_state_dict(state["optimizer"])
+        state, path = resumed
+        load_model_state(
+            self.model,
+            state,
+            source=f"checkpoint '{path}'",
+            fix="resume with the configuration it was trained with (drop the changes to the model)",
+        )
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError) as error:
+            raise UserError(
+                f"checkpoint '{path}' holds an optimizer state that does not fit this run's trainable parameters "
+                f"({error}); resume without the changes to what trains"
+            ) from None
         self.step = int(state["step"])
         self.history = state["history"]
         self.best = state["best"]
-        torch.set_rng_state(state["rng"]["torch"])
+        self._rng = state.get("rng")
+        self._data_position = state.get("data")
+        self.last_saved_step, self.last_saved_path = self.step, path
         self.console.print(f"resumed from {path} at iteration {self.step}")
+
+    def _saved_note(self) -> str:
+        """What a resume would continue from, for messages: only claims a checkpoint that exists."""
+        if self.last_saved_step is None or self.last_saved_path is None:
+            return "no checkpoint of this run was saved yet"
+        return f"{self.last_saved_path} holds iteration {self.last_saved_step}, the last good checkpoint"
+
+    def _save(self, name: str) -> None:
+        """Write ``name`` atomically; signals wait for it. ``last.pt`` keeps its previous generation once this run
+        has saved one (the first save of a new run replaces, and drops, what an earlier run left).
+
+        A full disk or an unwritable folder is one :class:`UserError` that says what is still on disk.
+        """
+        path = self.output / name
+        rotate = name == "last.pt" and self.last_saved_step is not None
+        saving = self._signals.saving() if self._signals is not None else contextlib.nullcontext()
+        with saving:
+            try:
+                save_atomic(self._state(), path, keep_previous=rotate)
+                if name == "last.pt" and not rotate:  # an older run's generation must never be resumed from
+                    previous_path(path).unlink(missing_ok=True)
+            except OSError as error:
+                what = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+                raise UserError(
+                    f"cannot save '{path}': {what} ({self._saved_note()}); free space or fix the folder, then "
+                    f"continue with `{resume_command(self.output)}`"
+                ) from None
+            if name == "last.pt":
+                self.last_saved_step, self.last_saved_path = self.step, path
 
     # ------------------------------------------------------------------------------------------------ train
 
     def _train_dataset(self) -> Dataset:
-        parts = [self.source.split("train", domain) for domain in self.source.train_domains]
+        parts = [self.train_splits[domain] for domain in self.source.train_domains]
         return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
+    def _batches_from_checkpoint(self, dataset: Dataset) -> EpochBatches:
+        """The training batches from where the resumed checkpoint left the data order (or from the start)."""
+        train = self.config.train
+        position = self._data_position
+        make = functools.partial(EpochBatches, dataset, train.batch_size, self.config.seed, train.num_workers)
+        if position is None:  # a new run, or a checkpoint older than the saved position: the order is the step's
+            steps = max(1, len(dataset) // train.batch_size)
+            return make(self.collate_fn, epoch=self.step // steps, batch=self.step % steps)
+        if (position["size"], position["batch_size"]) == (len(dataset), train.batch_size):
+            return make(self.collate_fn, epoch=position["epoch"], batch=position["batch"])
+        self.console.print("the training set or batch size changed on resume: continuing with a fresh epoch")
+        return make(self.collate_fn, epoch=position["epoch"] + 1)
+
+    def _notify(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False)
+
     def fit(self) -> dict[str, Any]:
-        """Train to ``train.iters`` (from the resumed step), evaluating and checkpointing on the way."""
+        """Train to ``train.iters`` (from the resumed step), evaluating and checkpointing on the way.
+
+        SIGINT/SIGTERM end it at the next step boundary with ``last.pt`` saved and :class:`Interrupted` raised
+        (its ``saved`` says whether ``last.pt`` holds the step it stopped at).
+        """
+        try:
+            with StopSignals(self._notify) as signals:
+                self._signals = signals
+                try:
+                    return self._fit(signals)
+                except Interrupted as interrupt:
+                    raise Interrupted(interrupt.signum, saved=self.last_saved_step == self.step) from None
+        finally:
+            self._signals = None
+            self.lock.release()
+
+    def _fit(self, signals: StopSignals) -> dict[str, Any]:
         config = self.config
         train = config.train
         dataset = self._train_dataset()
-        steps_per_epoch = max(1, len(dataset) // train.batch_size)
         self._fit_augmenters(dataset)
-        batches = infinite_batches(
-            dataset,
-            train.batch_size,
-            config.seed,
-            train.num_workers,
-            self.collate_fn,
-            start_epoch=self.step // steps_per_epoch,
-        )
-        for _ in range(self.step % steps_per_epoch):
-            next(batches)
+        batches = self._batches = self._batches_from_checkpoint(dataset)
+        if self._rng is not None:  # right before the first step, as the uninterrupted run was at this point
+            restore_rng_state(self._rng)
+            self._rng = None
         trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.model.train()
         progress = _Progress(
             self.console, total=train.iters, start=self.step, enabled=not self.quiet, log_interval=train.log_interval
         )
-        try:
-            with progress:
-                while self.step < train.iters:
-                    record = self._train_step(next(batches), trainable)
-                    self.history["train"].append(record)
-                    progress.advance(self.step, record["loss"])
-                    if train.eval_interval and self.step % train.eval_interval == 0 and self.step < train.iters:
-                        self._evaluate_and_record(progress)
-                        self.model.train()
-                    if self.step % train.checkpoint_interval == 0 and self.step < train.iters:
-                        save_atomic(self._state(), self.output / "last.pt")
-        except KeyboardInterrupt:
-            # Ctrl-C: keep what was learned so far; `vltk train --resume` continues from here.
-            save_atomic(self._state(), self.output / "last.pt")
-            raise
+        with progress:
+            while self.step < train.iters:
+                if signals.requested is not None:  # a step boundary: the state is whole, save it and stop
+                    if self.last_saved_step != self.step:
+                        self._save("last.pt")
+                    raise Interrupted(signals.requested, saved=True)
+                record = self._train_step(next(batches), trainable)
+                self.history["train"].append(record)
+                progress.advance(self.step, record["loss"])
+                if train.eval_interval and self.step % train.eval_interval == 0 and self.step < train.iters:
+                    self._evaluate_and_record(progress)
+                    self.model.train()
+                if self.step % train.checkpoint_interval == 0 and self.step < train.iters:
+                    self._save("last.pt")
+        if self.last_saved_step != self.step:  # the trained state is on disk before the final evaluation
+            self._save("last.pt")
+        if signals.requested is not None:
+            raise Interrupted(signals.requested, saved=True)
+        signals.immediate = True  # nothing left to lose: a signal now stops the final evaluation at once
         results = self._evaluate_and_record(None, overlays=True)
-        save_atomic(self._state(), self.output / "last.pt")
+        self._save("last.pt")
         self._write_reports(results)
         return results
 
@@ -300,7 +408,7 @@ class Trainer:
         if not pending:
             return
         train = self.config.train
-        batches = infinite_batches(dataset, train.batch_size, self.config.seed + 1, train.num_workers, self.collate_fn)
+        batches = EpochBatches(dataset, train.batch_size, self.config.seed + 1, train.num_workers, self.collate_fn)
         images = (self.task.batch_images(batch) for batch in batches)
         log = None if self.quiet else self.console.print
         for augmenter in pending:
@@ -328,7 +436,7 @@ class Trainer:
         if not torch.isfinite(loss):
             raise UserError(
                 f"loss became {loss.item()} at iteration {self.step + 1}: training diverged; lower train.lr or "
-                "set train.grad_clip (last.pt holds the last good checkpoint)"
+                f"set train.grad_clip ({self._saved_note()})"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -359,7 +467,7 @@ class Trainer:
         score = self.task.selection_score(results)
         if self.best is None or score > self.best:
             self.best = score
-            save_atomic(self._state(), self.output / "best.pt")
+            self._save("best.pt")
         if progress is not None:
             progress.note(self.task.progress_message(self.step, results))
         return results
@@ -375,20 +483,6 @@ class Trainer:
         (self.output / "metrics.json").write_text(to_json(metrics))
         self.task.plot_history(self.history, self.output / "curves.png", self.source.train_domains)
         self.stdout.print(self.task.result_table(results, self.source.train_domains))
-
-
-def load_model_state(model: nn.Module, state: dict[str, Any]) -> None:
-    """Load a checkpoint's weights; a backbone-less checkpoint keeps the backbone the model was built with."""
-    weights = state["model"]
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if not state.get("backbone_included", True):
-        missing = [key for key in missing if not key.startswith("backbone.")]
-    if missing or unexpected:
-        raise UserError(
-            "checkpoint does not match the model built from its config: "
-            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
-        )
 
 
 class _Progress:

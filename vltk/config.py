@@ -90,8 +90,19 @@ class EvalConfig(_Strict):
         341, description="slide window step, one int or [height, width], at most crop_size (Rein/DenseCLIP: 341)"
     )
 
+    flip: bool = Field(
+        False, description="test-time augmentation: also predict the mirrored image and average the probabilities"
+    )
+    scales: tuple[float, ...] = Field(
+        (1.0,),
+        description="test-time augmentation: resize factors of the image, probabilities averaged over them "
+        "(mmseg's multi-scale test: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]); [1.0] = no resizing",
+    )
+
     @model_validator(mode="after")
     def _check_window(self) -> EvalConfig:
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be a non-empty list of positive factors, got {list(self.scales)}")
         crop = (self.crop_size,) * 2 if isinstance(self.crop_size, int) else tuple(self.crop_size)
         stride = (self.stride,) * 2 if isinstance(self.stride, int) else tuple(self.stride)
         if min(crop) < 1 or min(stride) < 1:

@@ -36,6 +36,7 @@ from vltk.engine.checkpoint import (
     rng_state,
     save_atomic,
 )
+from vltk.engine.fingerprint import RECORD_KEY, backbone_record, check_backbone_fingerprint
 from vltk.engine.interrupts import Interrupted, StopSignals
 from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
 from vltk.engine.report import to_json
@@ -248,8 +249,12 @@ class Trainer:
         return not (self.model.adapter.freezes_backbone and pretrained)
 
     def _state(self) -> dict[str, Any]:
+        keeps_backbone = self._keeps_backbone()
+        section = {"name": self.config.backbone.name, **self.config.backbone.options()}
+        record = {} if keeps_backbone else {RECORD_KEY: backbone_record(self.model, section)}
         return {
-            "model": model_state_for_checkpoint(self.model, include_backbone=self._keeps_backbone()),
+            **record,
+            "model": model_state_for_checkpoint(self.model, include_backbone=keeps_backbone),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "config": self.config.to_dict(),
@@ -257,7 +262,7 @@ class Trainer:
             "best": self.best,
             "class_names": list(self.source.classes),
             "palette": [list(color) for color in self.source.palette],
-            "backbone_included": self._keeps_backbone(),
+            "backbone_included": keeps_backbone,
             "rng": rng_state(),
             "data": self._batches.position() if self._batches is not None else None,
         }
@@ -267,6 +272,9 @@ class Trainer:
             self.console.print(f"[yellow]no {self.output / 'last.pt'} to resume from: starting a new run[/yellow]")
             return
         state, path = resumed
+        check_backbone_fingerprint(
+            self.model, state, source=f"checkpoint '{path}'", weights=self.config.backbone.options().get("pretrained")
+        )
         load_model_state(
             self.model,
             state,

@@ -36,7 +36,7 @@ def _resolved_config(recipe: str | None, components: dict[str, Any], overrides: 
     return resolve(config, manager.get_registry())
 
 
-def _default_output(run: Any) -> Path:
+def default_output(run: Any) -> Path:
     return Path(run.config.output or Path("runs") / (run.config.recipe or "run").replace("/", "-"))
 
 
@@ -77,7 +77,7 @@ def plan_resume(
     if resume == RESUME_HERE:
         if output is None:
             fresh = _resolved_config(recipe, components, overrides)
-        folder = Path(output) if output is not None else _default_output(fresh)
+        folder = Path(output) if output is not None else default_output(fresh)
     else:
         folder = Path(resume)
         if output is not None and Path(output) != folder:
@@ -202,7 +202,7 @@ def train_command(
         if allow_changes:
             raise UserError("--allow-changes only applies with --resume; leave it out to start a new run")
         run = _resolved_config(recipe, components, extra)
-        out = Path(output) if output else _default_output(run)
+        out = Path(output) if output else default_output(run)
     else:
         out, run, changes = plan_resume(resume, output, recipe, components, extra, allow_changes)
     run = run.with_settings(output=str(out))

@@ -147,7 +147,9 @@ def inference(
     views = 0
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = images if size == (height, width) else F.interpolate(images, size, mode="bilinear", align_corners=False)
+        scaled = images
+        if size != (height, width):
+            scaled = F.interpolate(images, size, mode="bilinear", align_corners=False)
         for mirrored in (False, True) if flip else (False,):
             view = scaled.flip(-1) if mirrored else scaled
             scores = _single_view(model, view, mode, crop_size, stride)

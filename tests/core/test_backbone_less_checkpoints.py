@@ -97,7 +97,16 @@ def test_wrong_shape_backbone_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def _train_rein_with(backbone: Path | str, out: Path) -> float:
     result = invoke(
-        ["train", "--recipe", "rein/synthetic", "--output", str(out), "--quiet", *TINY, f"backbone.pretrained={backbone}"]
+        [
+            "train",
+            "--recipe",
+            "rein/synthetic",
+            "--output",
+            str(out),
+            "--quiet",
+            *TINY,
+            f"backbone.pretrained={backbone}",
+        ]
     )
     assert result.exit_code == 0, result.output
     return json.loads((out / "metrics.json").read_text())["final"]["domains"]["night"]["miou"]

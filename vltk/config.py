@@ -360,9 +360,7 @@ def validate_run_config(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        message = format_validation_error(error, "config").replace(": config.", ": ")
-        hints = [_suggest_key(item["loc"]) for item in error.errors() if item["type"] == "extra_forbidden"]
-        raise UserError(message + "".join(hint for hint in hints if hint)) from None
+        raise UserError(format_validation_error(error, "", suggest=_suggest_key)) from None
 
 
 def _suggest_key(loc: tuple[Any, ...]) -> str:
@@ -377,9 +375,9 @@ def _suggest_key(loc: tuple[Any, ...]) -> str:
     prefix = ".".join(str(part) for part in loc[:-1])
     hint = did_you_mean(str(loc[-1]), list(model.model_fields))
     if not hint:
-        return f"; {prefix or 'top-level'} keys: {', '.join(model.model_fields)}"
+        return f" {prefix or 'top-level'} keys: {', '.join(model.model_fields)}"
     close = hint.split("'")[1]
-    return f";{hint.replace(close, f'{prefix}.{close}' if prefix else close)}"
+    return hint.replace(close, f"{prefix}.{close}" if prefix else close)
 
 
 def resolve(config: RunConfig | ResolvedRun, registry: Registry) -> ResolvedRun:

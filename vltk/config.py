@@ -65,6 +65,14 @@ class TrainConfig(_Strict):
     gamma: float = Field(0.1, gt=0, le=1, description="factor of the step schedule")
     decoder_lr_mult: float = Field(1.0, gt=0, description="lr multiplier for the decoder (and prompter)")
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm (None: off)")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model's forward (inductor: C++ on CPU, Triton on CUDA); the first steps "
+        "pay the compilation, see benchmarks/compile_step.py for when it pays off",
+    )
+    compile_backend: str = Field(
+        "inductor", description="torch.compile backend with train.compile (inductor; aot_eager or eager to debug)"
+    )
     log_interval: int = Field(10, ge=1, description="steps between log lines when no progress bar is shown")
     eval_interval: int = Field(0, ge=0, description="steps between evaluations (0: only at the end)")
     checkpoint_interval: int = Field(100, ge=1, description="steps between last.pt checkpoints")

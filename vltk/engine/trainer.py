@@ -145,6 +145,21 @@ def lr_factor(step: int, config: RunConfig) -> float:
     return factor
 
 
+def compile_model(model: nn.Module, backend: str) -> None:
+    """``train.compile``: compile the model's forward in place (``nn.Module.compile``), so parameter names, the
+    optimizer and checkpoints stay those of the eager model; losses and the optimizer step run eagerly.
+
+    The backbone, the block hooks of every adapter and the decoder trace into one graph per mode and input size
+    (``tests/core/test_compile.py``); evaluation compiles its own (eval mode, no autograd) on first use.
+    """
+    import torch._dynamo
+
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        choices = ", ".join(sorted(torch._dynamo.list_backends(exclude_tags=())))
+        raise UserError(f"train.compile_backend '{backend}' is not a torch.compile backend; choose one of {choices}")
+    model.compile(backend=backend)
+
+
 def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
     """``train.optimizer``: AdamW (betas, eps) or SGD with ``train.momentum``, over :func:`build_param_groups`."""
     train = config.train
@@ -198,6 +213,8 @@ class Trainer:
         self.model = build_model(run, class_names=list(self.source.classes), ignore_index=self.source.ignore_index).to(
             self.device
         )
+        if config.train.compile:
+            compile_model(self.model, config.train.compile_backend)
         self.optimizer = build_optimizer(self.model, config)
         self.step = 0
         self.history: dict[str, Any] = {"train": [], "eval": []}

@@ -149,8 +149,8 @@ def compile_model(model: nn.Module, backend: str) -> None:
     """``train.compile``: compile the model's forward in place (``nn.Module.compile``), so parameter names, the
     optimizer and checkpoints stay those of the eager model; losses and the optimizer step run eagerly.
 
-    The backbone, the block hooks of every adapter and the decoder trace into one graph per mode and input size
-    (``tests/core/test_compile.py``); evaluation compiles its own (eval mode, no autograd) on first use.
+    The backbone, the block hooks of every adapter and the decoder trace into one graph per input size
+    (``tests/core/test_compile.py``); evaluation runs the same modules eagerly (``set_stance("force_eager")``).
     """
     import torch._dynamo
 
@@ -480,7 +480,10 @@ class Trainer:
         from vltk.engine.evaluation import evaluate
 
         overlay_dir = self.output / "overlays" if overlays else None
-        return evaluate(self.model, self.source, self.task, self.config.eval, self.device, overlay_dir=overlay_dir)
+        # a compiled model evaluates eagerly: eval mode, other batch and image sizes would each compile anew
+        stance = torch.compiler.set_stance("force_eager") if self.config.train.compile else contextlib.nullcontext()
+        with stance:
+            return evaluate(self.model, self.source, self.task, self.config.eval, self.device, overlay_dir=overlay_dir)
 
     def _evaluate_and_record(self, progress: _Progress | None, overlays: bool = False) -> dict[str, Any]:
         if progress is not None:

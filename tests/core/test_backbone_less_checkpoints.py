@@ -39,8 +39,7 @@ def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_frozen_pretrained_backbone_is_left_out_and_reloaded(backbone_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+def _train_rein_with(backbone: Path | str, out: Path) -> float:
     result = invoke(
         [
             "train",
@@ -50,15 +49,20 @@ def test_frozen_pretrained_backbone_is_left_out_and_reloaded(backbone_file: Path
             str(out),
             "--quiet",
             *TINY,
-            f"backbone.pretrained={backbone_file}",
+            f"backbone.pretrained={backbone}",
         ]
     )
     assert result.exit_code == 0, result.output
+    return json.loads((out / "metrics.json").read_text())["final"]["domains"]["night"]["miou"]
+
+
+def test_frozen_pretrained_backbone_is_left_out_and_reloaded(backbone_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    trained = _train_rein_with(backbone_file, out)
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["backbone_included"] is False
     assert not any(key.startswith("backbone.") for key in state["model"])
     assert any(key.startswith("adapter.learnable_tokens_a") for key in state["model"])
-    trained = json.loads((out / "metrics.json").read_text())["final"]["domains"]["night"]["miou"]
 
     evaluated = invoke(["eval", "--checkpoint", str(out / "last.pt"), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
@@ -93,23 +97,6 @@ def test_wrong_shape_backbone_file_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "cls_token" in result.output and "Traceback" not in result.output
-
-
-def _train_rein_with(backbone: Path | str, out: Path) -> float:
-    result = invoke(
-        [
-            "train",
-            "--recipe",
-            "rein/synthetic",
-            "--output",
-            str(out),
-            "--quiet",
-            *TINY,
-            f"backbone.pretrained={backbone}",
-        ]
-    )
-    assert result.exit_code == 0, result.output
-    return json.loads((out / "metrics.json").read_text())["final"]["domains"]["night"]["miou"]
 
 
 def test_backbone_less_checkpoint_records_its_backbone_and_works_from_another_folder(

@@ -147,6 +147,12 @@ def interrupt_message(trainer: Any, interrupt: BaseException) -> str:
 @click.option("--augmenter", "augmenters", multiple=True, help="augmenter name (repeatable)")
 @click.option("--dataset", help="dataset name")
 @click.option(
+    "--logger",
+    "loggers",
+    multiple=True,
+    help="experiment logger (repeatable; replaces the recipe's list): jsonl, tensorboard, wandb (`vltk list loggers`)",
+)
+@click.option(
     "--task",
     type=click.Choice(["segmentation", "detection"]),
     help="what to predict [default: the recipe's]; detection without --dataset uses synthetic-det",
@@ -176,6 +182,7 @@ def train_command(
     decoder: str | None,
     augmenters: tuple[str, ...],
     dataset: str | None,
+    loggers: tuple[str, ...],
     task: str | None,
     output: str | None,
     resume: str | None,
@@ -196,6 +203,7 @@ def train_command(
         "decoder": decoder,
         "dataset": dataset,
         "augmenters": list(augmenters),
+        "loggers": list(loggers),
     }
     changes: dict[str, Any] = {}
     if resume is None:

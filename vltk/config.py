@@ -322,7 +322,7 @@ def build_config(
     _task_defaults(data, given=given)  # before the overrides, so `dataset.size=...` lands in the swapped dataset
     for parts, value in parsed:
         apply_override(data, parts, value)
-    data = _normalise_sections(data)
+        data = _normalise_sections(data)  # `loggers=[a, b]` then `loggers.1.folder=x` reaches a mapping
     _task_defaults(data, given=given)  # again, for `task=detection` given as an override
     return validate_run_config(data)
 

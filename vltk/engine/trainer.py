@@ -15,7 +15,6 @@ import contextlib
 import errno
 import functools
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from vltk.engine.checkpoint import (
     rng_state,
     save_atomic,
 )
+from vltk.engine.fit_phase import fit_augmenters, pending_fits
 from vltk.engine.interrupts import Interrupted, StopSignals
 from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
 from vltk.engine.progress import EvalProgress, TrainProgress, parameter_summary
@@ -368,7 +368,7 @@ class Trainer:
         config = self.config
         train = config.train
         dataset = self._train_dataset()
-        self._fit_augmenters(dataset)
+        self._fit_augmenters(dataset, signals)
         batches = self._batches = self._batches_from_checkpoint(dataset)
         if self._rng is not None:  # right before the first step, as the uninterrupted run was at this point
             restore_rng_state(self._rng)
@@ -406,33 +406,27 @@ class Trainer:
         self.loggers.final(results, self.step)
         return results
 
-    def _fit_augmenters(self, dataset: Dataset) -> None:
-        """The ``fit`` phase of augmenters that have one (CLIP the Gap's offsets), before the first step.
+    def _fit_augmenters(self, dataset: Dataset, signals: StopSignals) -> None:
+        """The fit phase of augmenters that have one (:mod:`vltk.engine.fit_phase`), before the first step.
 
-        Fitted state is in the checkpoint, so a resumed run skips it. Batches come from the training set with
-        their own seed, so the training batch order is the same with or without the phase.
+        Batches come from the training set with their own seed, so the training batch order is the same with or
+        without the phase. A stop asked for during the phase ends it and the run (nothing of it is saved).
         """
-        pending = [
-            augmenter
-            for augmenter in getattr(self.model, "augmenters", ())
-            if callable(getattr(augmenter, "fit", None)) and not getattr(augmenter, "is_fitted", False)
-        ]
-        if not pending:
+        if not pending_fits(self.model):
             return
         train = self.config.train
         batches = EpochBatches(dataset, train.batch_size, self.config.seed + 1, train.num_workers, self.collate_fn)
-        images = (self.task.batch_images(batch) for batch in batches)
-        log = None if self.quiet else self.console.print
-        for augmenter in pending:
-            name = type(augmenter).__name__
-            if log is not None:
-                log(f"fit phase of {name} (before training)...")
-            started = time.perf_counter()
-            summary = augmenter.fit(self.model, images, device=self.device, log=log)
-            summary = {"augmenter": name, "seconds": time.perf_counter() - started, **dict(summary or {})}
-            self.history.setdefault("augmenter_fit", []).append(summary)
-            if log is not None:
-                log(f"fit phase of {name} done in {summary['seconds']:.1f}s")
+        summaries = fit_augmenters(
+            self.model,
+            (self.task.batch_images(batch) for batch in batches),
+            device=self.device,
+            run_iters=train.iters,
+            should_stop=lambda: signals.requested is not None,
+            log=None if self.quiet else self.console.print,
+        )
+        self.history.setdefault("augmenter_fit", []).extend(summaries)
+        if signals.requested is not None:
+            raise Interrupted(signals.requested, saved=self.last_saved_step == self.step)
 
     def _batch_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The model's loss terms for one collated batch (``"loss"`` is the total), as the task computes them."""

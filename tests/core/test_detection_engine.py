@@ -121,3 +121,41 @@ def test_cli_trains_fits_evaluates_and_resumes(tmp_path: Path) -> None:
     resumed = invoke([*args, "train.iters=3", "--resume", "--allow-changes"])  # iters 2 -> 3 is a change
     assert resumed.exit_code == 0, resumed.output
     assert "fit phase" not in resumed.output  # fitted offsets came back with the checkpoint
+
+
+def test_ctrl_c_in_the_fit_phase_stops_cleanly_and_the_resume_fits_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    from vltk.config import resolve
+    from vltk.engine.interrupts import Interrupted
+    from vltk.engine.trainer import Trainer
+    from vltk_plugins.clip_gap.augmenter import ClipGapAugmenter
+
+    targets = ClipGapAugmenter._targets
+    calls: list[int] = []
+
+    def interrupted_targets(self, *args, **kwargs):  # the first fit step is where Ctrl-C arrives
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return targets(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClipGapAugmenter, "_targets", interrupted_targets)
+    run = resolve(
+        _config(*TINY, "augmenters.0.fit_steps=null", "train.iters=3", **DETECTION),
+        get_plugin_manager().get_registry(),
+    )
+    trainer = Trainer(run, tmp_path / "run", quiet=True)
+    with pytest.raises(Interrupted) as stopped:
+        trainer.fit()
+    assert not stopped.value.saved and trainer.step == 0 and not (tmp_path / "run" / "last.pt").exists()
+    (summary,) = trainer.history["augmenter_fit"]
+    assert summary["stopped"] and summary["steps"] == 1  # stopped at the next step, not after the whole phase
+    assert not trainer.model.augmenters[0].is_fitted
+    resumed = Trainer(run, tmp_path / "run", resume=True, quiet=True)
+    resumed.fit()
+    (summary,) = resumed.history["augmenter_fit"]
+    assert not summary["stopped"] and summary["steps"] == 3  # fit_steps unset: capped at train.iters

@@ -56,7 +56,10 @@ def test_two_plugins_registering_one_name_is_one_error_line(duplicate_plugin: di
     ("args", "expected"),
     [
         (["--help"], "Usage:"),
-        (["list"], "no backbones, adapters, prompters, decoders, augmenters, datasets, loggers registered: install a plugin"),
+        (
+            ["list"],
+            "no backbones, adapters, prompters, decoders, augmenters, datasets, loggers registered: install a plugin",
+        ),
         (["list", "adapters"], "no adapters registered: install a plugin or unset VLTK_BLOCK_PLUGINS"),
         (["plugins"], "no plugins loaded: install a plugin or unset VLTK_BLOCK_PLUGINS"),
     ],

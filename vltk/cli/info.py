@@ -46,7 +46,8 @@ def _how_to_get_plugins() -> str:
 @click.argument("kind", required=False)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_command(kind: str | None, as_json: bool) -> None:
-    """List registered components (backbones, adapters, prompters, decoders, augmenters, datasets) or recipes."""
+    """List registered components (backbones, adapters, prompters, decoders, augmenters, datasets, loggers) or
+    recipes."""
     from rich.console import Console
     from rich.table import Table
 

@@ -134,7 +134,7 @@ def interrupt_message(trainer: Any, interrupt: BaseException) -> str:
             f"\n{name}: stopped at once at iteration {step} without saving; {path} holds iteration {saved}; "
             f"continue from there with `{command}`"
         )
-    return f"\n{name}: stopped at once at iteration {step}; no checkpoint was saved yet (`{command}` starts over)"
+    return f"\n{name}: stopped at iteration {step}; no checkpoint was saved yet (`{command}` starts over)"
 
 
 @click.command("train", epilog=TRAIN_EPILOG)

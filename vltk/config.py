@@ -150,6 +150,24 @@ def available_recipes(recipe_dirs: list[tuple[str, str]]) -> dict[str, Path]:
     return found
 
 
+def recipe_description(path: Path, limit: int = 110) -> str:
+    """The first sentence of a recipe's leading comment (what ``vltk list recipes`` shows); empty without one."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    block = []
+    for line in lines:
+        stripped = line.strip()
+        if not stripped.startswith("#"):
+            break
+        block.append(stripped.lstrip("#").strip())
+    text = " ".join(part for part in block if part)
+    end = text.find(". ")
+    text = text[: end + 1] if end >= 0 else text
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def load_recipe(recipe: str | None, recipe_dirs: list[tuple[str, str]]) -> tuple[dict[str, Any], str]:
     """Load a recipe by name or path; return ``(mapping, recipe name)``. Unknown names suggest the closest."""
     recipe = recipe or DEFAULT_RECIPE

@@ -98,7 +98,7 @@ def plan_resume(
             )
         return folder, fresh or _resolved_config(recipe, components, overrides), {}
     manager = get_plugin_manager()
-    base = resolve(build_config(base=saved), manager.get_registry())
+    base = _resolve_saved(saved, folder)
     given = bool(overrides) or any(value not in (None, (), []) for value in components.values())
     if recipe is not None:
         new = fresh or _resolved_config(recipe, components, overrides)
@@ -244,9 +244,7 @@ def load_checkpoint_config(
     Shared by ``vltk eval`` and ``vltk predict``. A checkpoint saved without its frozen backbone needs that
     backbone's weights file: the one recorded in its config, or ``backbone_weights``.
     """
-    from vltk.config import build_config, resolve
     from vltk.engine.checkpoint import load_checkpoint
-    from vltk.plugins import get_plugin_manager
 
     state = load_checkpoint(checkpoint)
     extra = list(overrides)
@@ -259,8 +257,24 @@ def load_checkpoint_config(
                 f"checkpoint '{checkpoint}' holds no backbone weights (the backbone was frozen) and its "
                 f"pretrained file {pretrained!r} is not available; pass --backbone-weights FILE"
             )
-    run = resolve(build_config(base=state["config"], overrides=extra), get_plugin_manager().get_registry())
+    run = _resolve_saved(state["config"], Path(checkpoint).parent, overrides=extra)
     return state, run
+
+
+def _resolve_saved(saved: dict[str, Any], folder: Path, **build: Any) -> Any:
+    """A saved configuration resolved again; a component that is gone names the plugin to reinstall, from the
+    run folder's environment.json."""
+    from vltk.config import build_config, resolve
+    from vltk.engine.run_folder import missing_plugins_hint
+    from vltk.plugins import get_plugin_manager
+
+    try:
+        return resolve(build_config(base=saved, **build), get_plugin_manager().get_registry())
+    except UserError as error:
+        hint = missing_plugins_hint(folder) if str(error).startswith("unknown ") else ""
+        if not hint:
+            raise
+        raise UserError(f"{error};{hint}") from None
 
 
 def build_checkpoint_model(

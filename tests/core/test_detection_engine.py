@@ -113,6 +113,13 @@ def test_cli_trains_fits_evaluates_and_resumes(tmp_path: Path) -> None:
     assert set(final["summary"]) >= {"source", "target_avg", "gap"}
     assert metrics["history"]["augmenter_fit"][0]["steps"] == 2
     assert (out / "best.pt").is_file() and (out / "curves.png").is_file()
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == [
+        "fog_0.png",
+        "fog_1.png",
+        "synthetic_0.png",
+        "synthetic_1.png",
+    ]
+    assert "overlays/" in result.output  # what the last line promises is there
     state = torch.load(out / "last.pt", weights_only=True, map_location="cpu")
     assert bool(state["model"]["augmenters.0.fitted"]) and state["step"] == 2
     evaluated = invoke(["eval", "--checkpoint", str(out / "last.pt"), "--json"])

@@ -233,7 +233,9 @@ def train_command(
     except KeyboardInterrupt as interrupt:
         click.echo(interrupt_message(trainer, interrupt), err=True)
         raise SystemExit(getattr(interrupt, "exit_code", 130)) from None
-    click.echo(f"run folder: {out}  (best.pt, last.pt, metrics.json, curves.png, overlays/)")
+    names = ("best.pt", "last.pt", "metrics.json", "metrics.jsonl", "curves.png", "tensorboard", "overlays")
+    present = [name + ("/" if (out / name).is_dir() else "") for name in names if (out / name).exists()]
+    click.echo(f"run folder: {out}  ({', '.join(present)})")
 
 
 def load_checkpoint_config(

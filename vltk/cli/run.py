@@ -18,6 +18,7 @@ Examples:
   vltk train --resume runs/exp1                       # continue runs/exp1 with its own saved configuration
   vltk train --resume runs/exp1 train.iters=600 --allow-changes   # ... and change it (kept in changes.yaml)
   vltk train --recipe clip-gap/synthetic              # detection: CLIP the Gap on synthetic boxes, AP50
+  vltk train --logger jsonl --logger tensorboard      # metrics.jsonl + RUN/tensorboard (`vltk list loggers`)
   vltk train --task detection --backbone clip-resnet --augmenter clip-gap --decoder clip-faster-rcnn
 Overrides are KEY=VALUE with dotted keys: train.lr=1e-4, dataset.domains=[synthetic,fog], seed=3.
 Ctrl-C or SIGTERM stop at the next step with last.pt saved (exit 130 / 143); a second Ctrl-C stops at once.
@@ -337,7 +338,13 @@ def eval_command(
     model = build_checkpoint_model(
         state, run, list(source.classes), source.ignore_index, source=f"checkpoint '{checkpoint}'"
     )
-    results = evaluate(model.to(device), source, task, run.config.eval, device)
+    from vltk.engine.progress import EvalProgress
+
+    shown = EvalProgress(Console(stderr=True), enabled=not as_json)
+    try:
+        results = evaluate(model.to(device), source, task, run.config.eval, device, progress=shown)
+    finally:
+        shown.close()
     results["checkpoint"] = str(checkpoint)
     make_output_folder(out)
     (out / "eval.json").write_text(to_json(results))

@@ -137,7 +137,8 @@ def show_command(kind: str, name: str, as_json: bool) -> None:
     if not options:
         console.print("no options")
         return
-    console.print(_options_table("options (set with --<kind> NAME and <kind>.<option>=VALUE)", options))
+    where = f"{spec.kind}s.<i>" if spec.kind in ("augmenter", "logger") else spec.kind  # list sections
+    console.print(_options_table(f"options (set with --{spec.kind} NAME and {where}.<option>=VALUE)", options))
     for model in nested:
         users = [option["name"] for option in options if model.__name__ in option["type"]]
         title = f"{model.__name__}: the fields of each item of {', '.join(users) or 'the options above'}"

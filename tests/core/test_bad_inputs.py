@@ -81,6 +81,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, finished: Path) -> Path:
     torch.save({"model": Foreign(), "config": {}}, folder / "pickled.pt")
     config = torch.load(finished / "last.pt", weights_only=True)["config"]
     torch.save({"model": [torch.zeros(2)], "config": config}, folder / "listed.pt")
+    detection = torch.load(finished / "last.pt", weights_only=True)
+    detection["config"]["task"] = "detection"  # what `vltk predict` reads first: a detection model's record
+    torch.save(detection, folder / "detection.pt")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "image.png")
     _png_claiming(folder / "bomb.png", 40_000, 40_000)
     for sub in ("images", "labels"):
@@ -168,6 +171,12 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
         None,
     ),
     (
+        "predict-output-in-proc",
+        ["predict", "{inputs}/image.png", "--checkpoint", "{run}/last.pt", "--output", "/proc/vltk-preds"],
+        "cannot be created",
+        None,
+    ),
+    (
         "resume-other-variant",
         ["train", "--resume", "{run}", "backbone.variant=small", "--allow-changes"],
         "in the checkpoint but [",
@@ -196,6 +205,12 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
     ("bench-json-behind-file", ["bench", "--json", "{run}/metrics.json/x.json"], "is a file, not a folder", None),
     ("resume-plugin-gone", ["train", "--resume", "{run}"], "pip install 'vltk-probe==0.3.0'", _plugin_gone),
     ("eval-plugin-gone", ["eval", "--checkpoint", "{run}/last.pt"], "pip install 'vltk-probe==0.3.0'", _plugin_gone),
+    (
+        "predict-detection-checkpoint",
+        ["predict", "{inputs}/image.png", "--checkpoint", "{inputs}/detection.pt", "--output", "{inputs}/preds"],
+        "is a detection model",
+        None,
+    ),
     (
         "predict-png-bomb",
         ["predict", "{inputs}/bomb.png", "--checkpoint", "{run}/last.pt", "--output", "{inputs}/preds"],

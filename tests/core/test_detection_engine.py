@@ -105,6 +105,10 @@ def test_cli_trains_fits_evaluates_and_resumes(tmp_path: Path) -> None:
     result = invoke(args)
     assert result.exit_code == 0, result.output
     assert "fit phase of ClipGapAugmenter" in result.output and "AP50" in result.output
+    assert "clip-gap fit 1/2: L_opt" in result.output and "ETA" in result.output  # the phase's progress
+    assert "total," in result.output and "trainable (" in result.output  # parameter counts at the start
+    assert "eval fog: 2 images in" in result.output  # the evaluation's own progress (log lines off a terminal)
+    assert "iter 2/2  loss " in result.output and "  lr " in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     final = metrics["final"]
     assert set(final["domains"]) == {"synthetic", "fog"}

@@ -18,6 +18,9 @@ Options and errors (light):
     pretrained weights; ``did_you_mean`` — the " did you mean 'x'?" suffix for such messages.
 Benchmarks (light):
     ``bench_cases`` — every ``vltk bench`` case the loaded plugins register, by name.
+Experiment loggers (light):
+    ``ExperimentLogger`` — base class of a logger (``start``, ``log_scalars``, ``log_results``, ``close``);
+    ``LoggerContext`` — what a logger factory is told (run folder, name, configuration, start step).
 Building (light):
     ``BuildContext`` — the frozen facts a factory receives beside its options (backbone facts, pyramid
     channels, classes, text and query widths); ``context.require(...)`` states what a component needs.
@@ -48,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from vltk.context import BuildContext
 from vltk.errors import RandomWeightsWarning, UserError, did_you_mean
 from vltk.hookspecs import Register, hookimpl
+from vltk.loggers import ExperimentLogger, LoggerContext
 from vltk.options import NoOptions, Options, coerce_options
 from vltk.registry import lazy_factory
 
@@ -121,6 +125,8 @@ __all__ = [
     "DetectionDataSource",
     "DetectionDecoder",
     "DetectionSample",
+    "ExperimentLogger",
+    "LoggerContext",
     "NoOptions",
     "Options",
     "Prompter",

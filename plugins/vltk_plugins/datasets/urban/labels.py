@@ -114,11 +114,15 @@ def read_label_file(path: Path, encoding: str) -> np.ndarray:
     if encoding != "synthia":
         with Image.open(path) as handle:
             return np.asarray(handle)
+    import warnings
+
     import torch
     from torchvision.io import ImageReadMode, decode_png, read_file
 
     try:
-        decoded = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)
+        with warnings.catch_warnings():  # torchvision 0.29 flags its decoders as deprecated; the pinned one works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            decoded = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)
     except RuntimeError as error:
         raise UserError(f"cannot read Synthia label '{path}': {error}; expected a PNG of GT/LABELS") from None
     return decoded[0].to(torch.int32).numpy()  # channel 0 = the class id (16-bit)

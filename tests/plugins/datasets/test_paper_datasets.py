@@ -201,6 +201,7 @@ def make_ade20k(root: Path, train: int = 3, val: int = 2) -> None:
             label[10:20] = 1  # wall -> class 0
             label[20:30] = 150  # flag -> class 149
             label[30:] = 21  # car -> class 20
+            label[39, 47] = 151  # no ADE20K class: ignored
             _write(root / "annotations" / split / f"{stem}.png", label)
 
 
@@ -215,6 +216,7 @@ def test_ade20k_counts_reduce_zero_label_and_crops(tmp_path: Path) -> None:
     assert val["image"].shape == (3, 48, 58)  # 40x48 fit into (long 96, short 48): x1.2, the short side binds
     rows = val["label"][:, 0].tolist()
     assert rows[0] == 255 and rows[18] == 0 and rows[30] == 149 and rows[-1] == 20
+    assert val["label"][-1, -1] == 255 and set(val["label"].unique().tolist()) == {0, 20, 149, 255}
     train = source.split("train", "ade20k")[1]
     assert train["image"].shape == (3, 32, 32) and set(train["label"].unique().tolist()) <= {0, 20, 149, 255}
 

@@ -42,7 +42,7 @@ def ade20k_pairs(root: Path, split: str) -> list[Pair]:
         label = labels_dir / f"{image.stem}.png"
         if not label.is_file():
             raise UserError(f"ADE20K image '{image}' has no label '{label}'; the annotations folder is incomplete")
-        pairs.append(Pair(image, label, "reduce_zero"))
+        pairs.append(Pair(image, label, "ade20k"))
     if not pairs:
         raise UserError(f"no ADE20K images (*.jpg) in '{images_dir}'; check dataset.root (now '{root}')")
     return pairs

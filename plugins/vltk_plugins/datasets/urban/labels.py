@@ -14,7 +14,7 @@ them by one), and doing that on load means no converted copy of a dataset has to
   exact Cityscapes names, then traffic sign front/back/frame -> traffic sign, on rails -> train, cyclists and
   riders -> rider, street light and utility pole -> pole, curb, curb cut and pedestrian area -> sidewalk,
   crosswalk, parking, bike lane, service lane and lane markings -> road; the other 34 classes are ignored.
-- ``reduce_zero``: ADE20K (mmseg's ``reduce_zero_label``): 0 = "other" -> ignore, 1..150 -> 0..149.
+- ``ade20k``: ADE20K (mmseg's ``reduce_zero_label``): 0 = "other" -> ignore, 1..150 -> 0..149.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def lookup_table(mapping: dict[int, int]) -> np.ndarray:
 LABEL_TABLES: dict[str, np.ndarray] = {
     "synthia": lookup_table(SYNTHIA_ID_TO_TRAIN_ID),
     "mapillary": lookup_table(MAPILLARY_ID_TO_TRAIN_ID),
-    "reduce_zero": lookup_table({raw_id: raw_id - 1 for raw_id in range(1, 255)}),
+    "ade20k": lookup_table({raw_id: raw_id - 1 for raw_id in range(1, 151)}),  # ids past 150 are no class: ignored
 }
 
 #: Cityscapes train id -> class index of the 16-class Synthia protocol (the three missing classes -> ignore).

@@ -85,6 +85,14 @@ def test_synthia_raw_labels_map_to_train_ids(tmp_path: Path) -> None:
     assert (label == np.resize(np.array(list(SYNTHIA_CASES.values())), (20, 24))).all()
 
 
+def test_folder_kind_reads_raw_synthia_labels(tmp_path: Path) -> None:
+    make_synthia(tmp_path / "syn", count=1)
+    folder = {"name": "f", "kind": "folder", "root": str(tmp_path / "syn"), "images": "RGB", "labels": "GT/LABELS"}
+    source = build_urban({"train": [{**folder, "label_ids": "synthia"}], "eval_size": [24, 20]})
+    label = source.split("val", "f")[0]["label"].numpy()
+    assert (label == np.resize(np.array(list(SYNTHIA_CASES.values())), (20, 24))).all()
+
+
 def test_synthia_16_class_protocol_drops_terrain_truck_train(tmp_path: Path) -> None:
     make_synthia(tmp_path / "syn", count=2)
     make_cityscapes_val(tmp_path / "city", 26)  # car label id (26 -> train id 13)

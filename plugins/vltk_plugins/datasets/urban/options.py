@@ -42,11 +42,12 @@ class UrbanDomain(Options):
     )
     images: str = Field("images", description="folder kind: image folder relative to root.")
     labels: str = Field("labels", description="folder kind: label folder relative to root.")
-    label_ids: Literal["train", "cityscapes"] = Field(
+    label_ids: Literal["train", "cityscapes", "synthia", "mapillary"] = Field(
         "train",
         description=(
-            "folder kind: label encoding. train = 0..18 Cityscapes train ids (255 ignore); cityscapes = the 34 "
-            "Cityscapes label ids (mapped to train ids on load)."
+            "folder kind: label encoding, mapped to train ids on load. train = 0..18 Cityscapes train ids (255 "
+            "ignore); cityscapes = the 34 Cityscapes label ids; synthia = raw Synthia labels (16-bit, class id in "
+            "the first channel); mapillary = raw Mapillary v1.2 ids (66 classes)."
         ),
     )
     mapillary_labels: Literal["auto", "raw", "trainid"] = Field(

@@ -13,7 +13,7 @@ them by one), and doing that on load means no converted copy of a dataset has to
   openseg-group/openseg.pytorch) evaluated on the 66 v1.2 names (mmseg's ``MapillaryDataset`` class order):
   exact Cityscapes names, then traffic sign front/back/frame -> traffic sign, on rails -> train, cyclists and
   riders -> rider, street light and utility pole -> pole, curb, curb cut and pedestrian area -> sidewalk,
-  crosswalk, parking, bike lane, service lane and lane markings -> road; the other 34 classes are ignored.
+  crosswalk, parking, bike lane, service lane and lane markings -> road; the other 32 classes are ignored.
 - ``ade20k``: ADE20K (mmseg's ``reduce_zero_label``): 0 = "other" -> ignore, 1..150 -> 0..149.
 """
 

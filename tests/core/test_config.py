@@ -113,6 +113,7 @@ def test_resolved_options_validate_again_for_every_component(manager) -> None:
     required = {
         "urban": {"train": [{"name": "gtav", "kind": "gtav", "root": "data/gta"}]},
         "dwd": {"root": "data/dwd"},
+        "ade20k": {"root": "data/ade/ADEChallengeData2016"},
     }
     for kind in KINDS:
         for spec in registry.specs(kind):

@@ -34,7 +34,7 @@ RECIPES = _recipes_on_disk()
 
 #: Recipes the paper plugins promise (issue 5): the paper settings and a tiny CPU version of each.
 EXPECTED = (
-    "denseclip/ade20k-fpn",
+    "denseclip/ade20k",
     "denseclip/synthetic",
     "lseg/gta2city",
     "lseg/synthetic",
@@ -70,7 +70,7 @@ def test_promised_recipes_exist(recipe: str) -> None:
 
 
 def test_denseclip_ade20k_follows_the_paper_settings() -> None:
-    config = _dry_run("denseclip/ade20k-fpn")
+    config = _dry_run("denseclip/ade20k")
     train = config["train"]
     assert config["backbone"] == {**config["backbone"], "name": "clip-resnet", "variant": "RN50"}
     assert config["prompter"]["name"] == "denseclip" and config["adapter"]["name"] == "full"
@@ -80,6 +80,17 @@ def test_denseclip_ade20k_follows_the_paper_settings() -> None:
     assert train["weight_decay"] == pytest.approx(1e-4) and train["poly_power"] == 0.9
     assert (train["warmup_iters"], train["iters"]) == (1500, 80000)
     assert (config["eval"]["mode"], config["eval"]["crop_size"], config["eval"]["stride"]) == ("slide", 512, 341)
+    dataset = config["dataset"]
+    assert dataset["name"] == "ade20k" and dataset["crop_size"] == 512
+    assert dataset["scale"] == [2048, 512] and dataset["ratio_range"] == [0.5, 2.0]
+
+
+@pytest.mark.parametrize("recipe", ["rein/gta2city", "lseg/gta2city", "vltseg/gta2city"])
+def test_gtav_recipes_evaluate_a_capped_source_split(recipe: str) -> None:
+    """GTAV has no val split: without a cap every evaluation would run over all ~25k training images."""
+    (gtav,) = _dry_run(recipe)["dataset"]["train"]
+    assert gtav["kind"] == "gtav" and gtav["max_val_images"] == 500
+    assert _dry_run(recipe, "dataset.train.0.max_val_images=null")["dataset"]["train"][0]["max_val_images"] is None
 
 
 def test_vltseg_gta2city_follows_the_reimplementation_settings() -> None:

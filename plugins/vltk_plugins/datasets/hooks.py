@@ -1,4 +1,4 @@
-"""Entry point of the built-in datasets: the embedded synthetic scenes, urban folders, synthetic-det, DWD.
+"""Entry point of the built-in datasets: the embedded synthetic scenes, urban folders, ADE20K, synthetic-det, DWD.
 
 Light on purpose: only options models are imported here; each factory imports torch and its module when a run
 actually builds the component (:func:`vltk.api.lazy_factory`).
@@ -7,6 +7,7 @@ actually builds the component (:func:`vltk.api.lazy_factory`).
 from __future__ import annotations
 
 from vltk.api import Register, hookimpl, lazy_factory
+from vltk_plugins.datasets.ade20k.options import ADE20KOptions
 from vltk_plugins.datasets.dwd.options import DWDOptions
 from vltk_plugins.datasets.synthetic.options import SyntheticOptions
 from vltk_plugins.datasets.synthetic_det.options import SyntheticDetectionOptions
@@ -26,8 +27,15 @@ def vltk_register_datasets(register: Register) -> None:
         "urban",
         lazy_factory("vltk_plugins.datasets.urban.dataset", "build_urban"),
         options=UrbanOptions,
-        summary="GTAV / Cityscapes / BDD100K / Mapillary / ACDC from local folders, 19 classes, mmseg augmentation",
+        summary="GTAV / Synthia / Cityscapes / BDD100K / Mapillary / ACDC from local folders, 19 (or 16) classes",
         paper="the DG segmentation protocol of Rein, VLTSeg and others (GTAV -> Cityscapes, BDD100K, Mapillary)",
+    )
+    register(
+        "ade20k",
+        lazy_factory("vltk_plugins.datasets.ade20k.dataset", "build_ade20k"),
+        options=ADE20KOptions,
+        summary="ADE20K (ADEChallengeData2016) from a local folder, 150 classes, mmseg's ADE20K pipeline",
+        paper="the benchmark of DenseCLIP (CVPR 2022) and most semantic segmentation papers",
     )
     register(
         "synthetic-det",

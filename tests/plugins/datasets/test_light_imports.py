@@ -18,6 +18,8 @@ LIGHT = {
         "from vltk_plugins.datasets.urban.options import UrbanOptions; "
         "UrbanOptions(train=[{'name': 'gtav', 'kind': 'gtav', 'root': '.'}])"
     ),
+    "ade20k options": "from vltk_plugins.datasets.ade20k.options import ADE20KOptions; ADE20KOptions(root='.')",
+    "ade20k classes": "from vltk_plugins.datasets.ade20k.classes import ADE20K_CLASSES, ADE20K_PALETTE",
     "datasets entry point": "import vltk_plugins.datasets.hooks",
     "synthetic render": (
         "from vltk_plugins.datasets.synthetic.render import render_scene; render_scene(0, 0, 32, 'night')"

@@ -1,9 +1,10 @@
-"""The ``urban`` dataset: GTAV, Cityscapes, BDD100K, Mapillary and ACDC read from local folders.
+"""The ``urban`` dataset: GTAV, Synthia, Cityscapes, BDD100K, Mapillary and ACDC read from local folders.
 
 Every paper of the toolkit evaluates domain generalisation on these street-scene datasets with Cityscapes' 19
-classes, so one reader with per-layout file discovery serves them all. Training items get the mmseg augmentation
-the papers use (random short-edge resize, crop with ``cat_max_ratio``, flip, photometric distortion); val items
-are resized to the evaluation size of the DG protocols (Cityscapes at 1024x512).
+classes (16 in Synthia's protocol), so one reader with per-layout file discovery serves them all (a new layout is
+a module beside this one, an entry in :data:`LAYOUTS` and its label table in ``labels.py``). Training items get
+the mmseg augmentation the papers use (random short-edge resize, crop with ``cat_max_ratio``, flip, photometric
+distortion); val items are resized to the evaluation size of the DG protocols (Cityscapes at 1024x512).
 
 Nothing is downloaded: a missing folder or an empty layout is a :class:`~vltk.api.UserError` that says which
 files were expected where.
@@ -12,7 +13,6 @@ files were expected where.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,18 @@ from vltk.api import (
     UserError,
     coerce_options,
 )
+from vltk_plugins.datasets.urban.discovery import Pair, holdout_split, images_in, match_pairs, require_dir, spread
+from vltk_plugins.datasets.urban.labels import (
+    LABEL_TABLES,
+    PROTOCOL16_TABLE,
+    SYNTHIA16_CLASSES,
+    SYNTHIA16_PALETTE,
+    read_label_file,
+    to_train_ids,
+)
+from vltk_plugins.datasets.urban.mapillary import mapillary_pairs
 from vltk_plugins.datasets.urban.options import UrbanDomain, UrbanOptions
+from vltk_plugins.datasets.urban.synthia import synthia_pairs
 
 #: Cityscapes label id -> train id (the official table; everything else is ignored). GTAV labels use label ids.
 CITYSCAPES_ID_TO_TRAIN_ID: dict[int, int] = {
@@ -43,79 +54,22 @@ _ID_LUT = np.full(256, IGNORE_INDEX, dtype=np.uint8)
 for _label_id, _train_id in CITYSCAPES_ID_TO_TRAIN_ID.items():
     _ID_LUT[_label_id] = _train_id
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One image and its label file; ``label_ids`` says how the label is encoded."""
-
-    image: Path
-    label: Path
-    label_ids: str = "train"
-
 
 # ------------------------------------------------------------------------------------------------ file discovery
 
 
-def _require_dir(path: Path, domain: UrbanDomain, what: str) -> Path:
-    if not path.is_dir():
-        raise UserError(
-            f"dataset folder '{path}' for domain '{domain.name}' ({domain.kind}) does not exist: expected {what}; "
-            f"check dataset.*.root (now '{domain.root}')"
-        )
-    return path
-
-
-def _by_stem(files: list[Path], suffix: str) -> dict[str, Path]:
-    return {path.name[: -len(suffix)] if suffix and path.name.endswith(suffix) else path.stem: path for path in files}
-
-
-def _match(
-    images: list[Path], labels: list[Path], image_suffix: str, label_suffix: str, domain: UrbanDomain, where: str
-) -> list[Pair]:
-    """Pair files that share a key after removing the layout's suffixes; an image without a label is an error."""
-    label_map = _by_stem(labels, label_suffix)
-    pairs = []
-    for image in sorted(images):
-        key = image.name[: -len(image_suffix)] if image_suffix and image.name.endswith(image_suffix) else image.stem
-        label = label_map.get(key)
-        if label is None:
-            raise UserError(
-                f"image '{image}' of domain '{domain.name}' has no label file "
-                f"(looked for '{key}{label_suffix or '.png'}' in {where})"
-            )
-        pairs.append(Pair(image, label, "cityscapes" if domain.kind == "gtav" else domain.label_ids))
-    if not pairs:
-        raise UserError(f"no images found for domain '{domain.name}' ({domain.kind}) under '{domain.root}'")
-    return pairs
-
-
-def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
-    pattern = "**/*" if recursive else "*"
-    return [path for path in folder.glob(pattern) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
-
-
-def _holdout(pairs: list[Pair], split: str, holdout: int) -> list[Pair]:
-    if holdout == 0:
-        return pairs
-    if holdout >= len(pairs):
-        raise UserError(f"holdout={holdout} leaves no training images ({len(pairs)} files)")
-    return pairs[-holdout:] if split == "val" else pairs[:-holdout]
-
-
 def _gtav(domain: UrbanDomain, split: str) -> list[Pair]:
     root = Path(domain.root)
-    images = _require_dir(root / "images", domain, "images/*.png and labels/*.png")
-    labels = _require_dir(root / "labels", domain, "images/*.png and labels/*.png")
-    pairs = _match(_images_in(images), _images_in(labels), "", "", domain, str(labels))
-    return _holdout(pairs, split, domain.holdout)
+    images = require_dir(root / "images", domain, "images/*.png and labels/*.png")
+    labels = require_dir(root / "labels", domain, "images/*.png and labels/*.png")
+    pairs = match_pairs(images_in(images), images_in(labels), "", "", domain, str(labels))
+    return holdout_split(pairs, split, domain.holdout)
 
 
 def _cityscapes(domain: UrbanDomain, split: str) -> list[Pair]:
     root = Path(domain.root)
-    images = _require_dir(root / "leftImg8bit" / split, domain, f"leftImg8bit/{split}/<city>/*_leftImg8bit.png")
-    labels = _require_dir(root / "gtFine" / split, domain, f"gtFine/{split}/<city>/*_gtFine_labelTrainIds.png")
+    images = require_dir(root / "leftImg8bit" / split, domain, f"leftImg8bit/{split}/<city>/*_leftImg8bit.png")
+    labels = require_dir(root / "gtFine" / split, domain, f"gtFine/{split}/<city>/*_gtFine_labelTrainIds.png")
     label_files = list(labels.glob("*/*_gtFine_labelTrainIds.png"))
     suffix, encoding = "_gtFine_labelTrainIds.png", "train"
     if not label_files:  # raw download: map the label ids ourselves
@@ -124,7 +78,7 @@ def _cityscapes(domain: UrbanDomain, split: str) -> list[Pair]:
             "_gtFine_labelIds.png",
             "cityscapes",
         )
-    pairs = _match(
+    pairs = match_pairs(
         list(images.glob("*/*_leftImg8bit.png")), label_files, "_leftImg8bit.png", suffix, domain, str(labels)
     )
     return [Pair(pair.image, pair.label, encoding) for pair in pairs]
@@ -132,20 +86,9 @@ def _cityscapes(domain: UrbanDomain, split: str) -> list[Pair]:
 
 def _bdd100k(domain: UrbanDomain, split: str) -> list[Pair]:
     root = Path(domain.root)
-    images = _require_dir(root / "images" / "10k" / split, domain, f"images/10k/{split}/*.jpg")
-    labels = _require_dir(root / "labels" / "sem_seg" / "masks" / split, domain, f"labels/sem_seg/masks/{split}/*.png")
-    return _match(_images_in(images), _images_in(labels), "", "", domain, str(labels))
-
-
-def _mapillary(domain: UrbanDomain, split: str) -> list[Pair]:
-    folder = Path(domain.root) / ("training" if split == "train" else "validation")
-    images = _require_dir(folder / "images", domain, f"{folder.name}/images/*.jpg")
-    labels = _require_dir(
-        folder / domain.mapillary_labels,
-        domain,
-        f"{folder.name}/{domain.mapillary_labels}/*.png in Cityscapes train ids (convert Mapillary's labels first)",
-    )
-    return _match(_images_in(images), _images_in(labels), "", "", domain, str(labels))
+    images = require_dir(root / "images" / "10k" / split, domain, f"images/10k/{split}/*.jpg")
+    labels = require_dir(root / "labels" / "sem_seg" / "masks" / split, domain, f"labels/sem_seg/masks/{split}/*.png")
+    return match_pairs(images_in(images), images_in(labels), "", "", domain, str(labels))
 
 
 def _acdc(domain: UrbanDomain, split: str) -> list[Pair]:
@@ -153,9 +96,9 @@ def _acdc(domain: UrbanDomain, split: str) -> list[Pair]:
     conditions = [domain.condition] if domain.condition else ["fog", "night", "rain", "snow"]
     pairs: list[Pair] = []
     for condition in conditions:
-        images = _require_dir(root / "rgb_anon" / condition / split, domain, f"rgb_anon/{condition}/{split}/<seq>/")
-        labels = _require_dir(root / "gt" / condition / split, domain, f"gt/{condition}/{split}/<seq>/")
-        pairs += _match(
+        images = require_dir(root / "rgb_anon" / condition / split, domain, f"rgb_anon/{condition}/{split}/<seq>/")
+        labels = require_dir(root / "gt" / condition / split, domain, f"gt/{condition}/{split}/<seq>/")
+        pairs += match_pairs(
             list(images.glob("*/*_rgb_anon.png")),
             list(labels.glob("*/*_gt_labelTrainIds.png")),
             "_rgb_anon.png",
@@ -168,18 +111,19 @@ def _acdc(domain: UrbanDomain, split: str) -> list[Pair]:
 
 def _folder(domain: UrbanDomain, split: str) -> list[Pair]:
     root = Path(domain.root)
-    images = _require_dir(root / domain.images, domain, f"{domain.images}/ with images")
-    labels = _require_dir(root / domain.labels, domain, f"{domain.labels}/ with label PNGs named like the images")
-    pairs = _match(_images_in(images, True), _images_in(labels, True), "", "", domain, str(labels))
-    return _holdout(pairs, split, domain.holdout)
+    images = require_dir(root / domain.images, domain, f"{domain.images}/ with images")
+    labels = require_dir(root / domain.labels, domain, f"{domain.labels}/ with label PNGs named like the images")
+    pairs = match_pairs(images_in(images, True), images_in(labels, True), "", "", domain, str(labels))
+    return holdout_split(pairs, split, domain.holdout)
 
 
 #: kind -> function listing the (image, label) pairs of a split.
 LAYOUTS: dict[str, Callable[[UrbanDomain, str], list[Pair]]] = {
     "gtav": _gtav,
+    "synthia": synthia_pairs,
     "cityscapes": _cityscapes,
     "bdd100k": _bdd100k,
-    "mapillary": _mapillary,
+    "mapillary": mapillary_pairs,
     "acdc": _acdc,
     "folder": _folder,
 }
@@ -194,8 +138,7 @@ def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     try:
         with Image.open(pair.image) as handle:
             image = np.asarray(handle.convert("RGB"))
-        with Image.open(pair.label) as handle:
-            label = np.asarray(handle)
+        label = read_label_file(pair.label, pair.label_ids)
     except Image.DecompressionBombError as error:  # a header claiming e.g. 40000x40000 pixels
         path = pair.image if image is None else pair.label
         raise UserError(
@@ -215,9 +158,9 @@ def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     label = label.astype(np.uint8) if label.max(initial=0) < 256 else np.minimum(label, 255).astype(np.uint8)
     if pair.label_ids == "cityscapes":
         label = _ID_LUT[label]  # every id outside the 34 Cityscapes label ids becomes ignore
-    else:
+    elif pair.label_ids not in LABEL_TABLES:  # already train ids: check them (the tables' outputs always are)
         check_train_ids(label, pair.label)
-    return image, label
+    return image, to_train_ids(label, pair.label_ids)
 
 
 def check_train_ids(label: np.ndarray, path: Path) -> None:
@@ -314,6 +257,8 @@ class UrbanSplit(Dataset):
 
     def __getitem__(self, index: int) -> DenseSample:
         image, label = read_pair(self.pairs[index])
+        if self.options.protocol == 16:
+            label = PROTOCOL16_TABLE[label]
         if self.train:
             image, label = self._augment(image, label, np.random.default_rng([self.epoch, index, 11]))
         else:
@@ -347,6 +292,8 @@ class UrbanScenes(DenseDataSource):
 
     def __init__(self, options: UrbanOptions) -> None:
         self.options = options
+        if options.protocol == 16:  # the Synthia protocol: 16 classes in every domain (see UrbanOptions.protocol)
+            self.classes, self.palette = SYNTHIA16_CLASSES, SYNTHIA16_PALETTE
         self._domains = {domain.name: domain for domain in [*options.train, *options.test]}
         self.domains = tuple(self._domains)
         self.train_domains = tuple(domain.name for domain in options.train)
@@ -358,6 +305,8 @@ class UrbanScenes(DenseDataSource):
         if key not in self._pairs:
             spec = self._domains[domain]
             pairs = LAYOUTS[spec.kind](spec, split)
+            if split == "val":
+                pairs = spread(pairs, spec.max_val_images)
             if split == "val" and self.options.max_val_images is not None:
                 pairs = pairs[: self.options.max_val_images]
             self._pairs[key] = pairs

@@ -234,13 +234,14 @@ def load_checkpoint_config(
     """A checkpoint's state and the resolved run it was trained with (plus ``overrides``).
 
     Shared by ``vltk eval`` and ``vltk predict``. A checkpoint saved without its frozen backbone needs that
-    backbone's weights file: the one recorded in its config, or ``backbone_weights``.
+    backbone's weights file: the one recorded in its config, or ``backbone_weights``. A released paper checkpoint
+    (Rein, DenseCLIP, LSeg, CLIP the Gap, Hugging Face Mask2Former) is converted in memory by its plugin's format.
     """
     from vltk.config import build_config, resolve
-    from vltk.engine.checkpoint import load_checkpoint
+    from vltk.engine.releases import load_checkpoint_or_release
     from vltk.plugins import get_plugin_manager
 
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint_or_release(checkpoint, backbone_weights=backbone_weights, overrides=overrides)
     extra = list(overrides)
     if backbone_weights:
         extra.append(f"backbone.pretrained={backbone_weights}")
@@ -273,12 +274,18 @@ Examples:
   vltk eval --checkpoint runs/default/best.pt
   vltk eval --checkpoint runs/rein-synthetic/best.pt dataset.num_val=64
   vltk eval --checkpoint rein_head.pt --backbone-weights eva02_converted.pt
+  vltk eval --checkpoint dinov2_rein_and_head.pth --backbone-weights dinov2_converted.pth   # a Rein release
 """
 
 
 @click.command("eval", epilog=EVAL_EPILOG)
 @click.argument("overrides", nargs=-1)
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="a vltk checkpoint (.pt)")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="a vltk checkpoint (.pt) or a released paper checkpoint",
+)
 @click.option(
     "--backbone-weights",
     type=click.Path(dir_okay=False),

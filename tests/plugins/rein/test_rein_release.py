@@ -32,35 +32,21 @@ RUN = ["dataset=synthetic", "dataset.size=64", "dataset.num_train=2", "dataset.n
 
 #: vltk name -> Rein/mmdet name, written from mmdet's module structure (ConvModule conv/gn, FFN layers.0.0 and
 #: layers.1, MultiheadAttention .attn, encoder.layers, level_encoding), independently of the plugin's key map.
+_PD, _TD = "decode_head.pixel_decoder.", "decode_head.transformer_decoder.layers."
 INVERSE = [
     (r"adapter\.(.*)", r"backbone.reins.\1"),
-    (r"decoder\.pixel_decoder\.input_convs\.(\d)\.0\.(.*)", r"decode_head.pixel_decoder.input_convs.\1.conv.\2"),
-    (r"decoder\.pixel_decoder\.input_convs\.(\d)\.1\.(.*)", r"decode_head.pixel_decoder.input_convs.\1.gn.\2"),
-    (r"decoder\.pixel_decoder\.level_embed", r"decode_head.pixel_decoder.level_encoding.weight"),
-    (
-        r"decoder\.pixel_decoder\.encoder\.(\d)\.ffn\.0\.(.*)",
-        r"decode_head.pixel_decoder.encoder.layers.\1.ffn.layers.0.0.\2",
-    ),
-    (
-        r"decoder\.pixel_decoder\.encoder\.(\d)\.ffn\.2\.(.*)",
-        r"decode_head.pixel_decoder.encoder.layers.\1.ffn.layers.1.\2",
-    ),
-    (r"decoder\.pixel_decoder\.encoder\.(\d)\.(.*)", r"decode_head.pixel_decoder.encoder.layers.\1.\2"),
-    (r"decoder\.pixel_decoder\.(lateral|output)_convs\.0\.0\.(.*)", r"decode_head.pixel_decoder.\1_convs.0.conv.\2"),
-    (r"decoder\.pixel_decoder\.(lateral|output)_convs\.0\.1\.(.*)", r"decode_head.pixel_decoder.\1_convs.0.gn.\2"),
-    (r"decoder\.pixel_decoder\.mask_feature\.(.*)", r"decode_head.pixel_decoder.mask_feature.\1"),
-    (
-        r"decoder\.transformer_decoder\.layers\.(\d)\.(self|cross)_attn\.(.*)",
-        r"decode_head.transformer_decoder.layers.\1.\2_attn.attn.\3",
-    ),
-    (
-        r"decoder\.transformer_decoder\.layers\.(\d)\.ffn\.0\.(.*)",
-        r"decode_head.transformer_decoder.layers.\1.ffn.layers.0.0.\2",
-    ),
-    (
-        r"decoder\.transformer_decoder\.layers\.(\d)\.ffn\.2\.(.*)",
-        r"decode_head.transformer_decoder.layers.\1.ffn.layers.1.\2",
-    ),
+    (r"decoder\.pixel_decoder\.input_convs\.(\d)\.0\.(.*)", _PD + r"input_convs.\1.conv.\2"),
+    (r"decoder\.pixel_decoder\.input_convs\.(\d)\.1\.(.*)", _PD + r"input_convs.\1.gn.\2"),
+    (r"decoder\.pixel_decoder\.level_embed", _PD + "level_encoding.weight"),
+    (r"decoder\.pixel_decoder\.encoder\.(\d)\.ffn\.0\.(.*)", _PD + r"encoder.layers.\1.ffn.layers.0.0.\2"),
+    (r"decoder\.pixel_decoder\.encoder\.(\d)\.ffn\.2\.(.*)", _PD + r"encoder.layers.\1.ffn.layers.1.\2"),
+    (r"decoder\.pixel_decoder\.encoder\.(\d)\.(.*)", _PD + r"encoder.layers.\1.\2"),
+    (r"decoder\.pixel_decoder\.(lateral|output)_convs\.0\.0\.(.*)", _PD + r"\1_convs.0.conv.\2"),
+    (r"decoder\.pixel_decoder\.(lateral|output)_convs\.0\.1\.(.*)", _PD + r"\1_convs.0.gn.\2"),
+    (r"decoder\.pixel_decoder\.mask_feature\.(.*)", _PD + r"mask_feature.\1"),
+    (r"decoder\.transformer_decoder\.layers\.(\d)\.(self|cross)_attn\.(.*)", _TD + r"\1.\2_attn.attn.\3"),
+    (r"decoder\.transformer_decoder\.layers\.(\d)\.ffn\.0\.(.*)", _TD + r"\1.ffn.layers.0.0.\2"),
+    (r"decoder\.transformer_decoder\.layers\.(\d)\.ffn\.2\.(.*)", _TD + r"\1.ffn.layers.1.\2"),
     (r"decoder\.(.*)", r"decode_head.\1"),
 ]
 

@@ -117,6 +117,7 @@ def mmdet_head_options(release: ReleaseFile, prefix: str, hints: dict[str, Any],
 _HF_PD = r"model\.pixel_level_module\.decoder\."
 _HF_TM = r"model\.transformer_module\."
 _HF_DL = _HF_TM + r"decoder\.layers\.(\d+)\."
+_VPE = "decoder.pixel_decoder.encoder."
 
 #: Hugging Face ``Mask2FormerForUniversalSegmentation`` -> vltk ``mask2former`` (under ``decoder.``).
 HF_RULES: tuple[Rename | Drop | Concat, ...] = (
@@ -138,8 +139,9 @@ HF_RULES: tuple[Rename | Drop | Concat, ...] = (
     Rename(
         _HF_PD + r"encoder\.layers\.(\d+)\.final_layer_norm\." + _WB, r"decoder.pixel_decoder.encoder.\1.norms.1.\2"
     ),
-    Rename(_HF_PD + r"adapter_(\d+)\.([01])\." + _WB, r"decoder.pixel_decoder.lateral_convs.\1.\2.\3"),
-    Rename(_HF_PD + r"layer_(\d+)\.([01])\." + _WB, r"decoder.pixel_decoder.output_convs.\1.\2.\3"),
+    # the one FPN level (stride 4) is ``adapter_1`` / ``layer_1``: Hugging Face numbers these from 1
+    Rename(_HF_PD + r"adapter_1\.([01])\." + _WB, r"decoder.pixel_decoder.lateral_convs.0.\1.\2"),
+    Rename(_HF_PD + r"layer_1\.([01])\." + _WB, r"decoder.pixel_decoder.output_convs.0.\1.\2"),
     Rename(_HF_PD + r"mask_projection\." + _WB, r"decoder.pixel_decoder.mask_feature.\1"),
     Rename(_HF_TM + r"queries_embedder\.weight", "decoder.query_embed.weight"),
     Rename(_HF_TM + r"queries_features\.weight", "decoder.query_feat.weight"),
@@ -203,12 +205,16 @@ def _plan_hf(release: ReleaseFile, hints: dict[str, Any]) -> ReleasePlan:
         "dec_layers": layers,
         "dec_ffn": int(state["model.transformer_module.decoder.layers.0.fc1.weight"].shape[0]),
     }
+    widths = [int(state["model.pixel_level_module.decoder.adapter_1.0.weight"].shape[1])] + [
+        int(state[f"model.pixel_level_module.decoder.input_projections.{index}.0.weight"].shape[1])
+        for index in (2, 1, 0)
+    ]
     num_classes = int(state["class_predictor.weight"].shape[0]) - 1
     labels = config.get("id2label") or {}
     names = [labels.get(str(index)) for index in range(num_classes)] if labels else None
     return ReleasePlan(
         rules=HF_RULES,
-        config={"decoder": decoder},
+        config={"backbone": _backbone_for(widths, hints), "decoder": decoder},
         num_classes=num_classes,
         class_names=names if names and all(names) else None,
         notes=[
@@ -217,6 +223,31 @@ def _plan_hf(release: ReleaseFile, hints: dict[str, Any]) -> ReleasePlan:
             "(backbone=NAME ...)",
         ],
     )
+
+
+#: Pyramid widths (strides 4..32) -> the vltk backbone that has them: equal widths are a ViT (EVA02 sizes).
+BACKBONES_BY_WIDTHS: dict[tuple[int, ...], dict[str, Any]] = {
+    (192,) * 4: {"name": "eva02", "variant": "tiny"},
+    (384,) * 4: {"name": "eva02", "variant": "small"},
+    (768,) * 4: {"name": "eva02", "variant": "base"},
+    (1024,) * 4: {"name": "eva02", "variant": "large"},
+    (256, 512, 1024, 2048): {"name": "clip-resnet", "variant": "RN50"},
+}
+
+
+def _backbone_for(widths: list[int], hints: dict[str, Any]) -> dict[str, Any]:
+    """The backbone section: named on the command line (``backbone=NAME``), else the vltk backbone whose pyramid
+    widths the file's input projections take; a Swin's widths match none, which is refused."""
+    named = hinted(hints, "backbone", None) or hinted(hints, "backbone.name", None)
+    if named:
+        return {"name": str(named)}
+    found = BACKBONES_BY_WIDTHS.get(tuple(widths))
+    if found is None:
+        raise UserError(
+            f"{HF_TITLE}: the pixel decoder takes pyramid widths {widths} (a Swin backbone in the released models), "
+            "which no vltk backbone has; pass backbone=NAME (and its options) of a backbone with these widths"
+        )
+    return dict(found)
 
 
 HF_MASK2FORMER = ReleaseFormat(

@@ -11,6 +11,7 @@ checking a ViT-L release costs no memory for weights).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ def check_checkpoint(checkpoint: dict[str, Any], overrides: list[str] | tuple[st
     """``checkpoint`` with its configuration resolved (``overrides`` applied, every default filled in), after
     checking that its weights fit the model that configuration builds.
 
-    The model is built on the meta device with the backbone's ``pretrained`` file left unread. A misfit is one
+    The model is built on the meta device (on the CPU when a component computes while it builds, as a prompter
+    encoding its class names does) with the backbone's ``pretrained`` file left unread. A misfit is one
     :class:`UserError` listing the first offending keys with both shapes, named as in the released file when the
     checkpoint carries a ``release`` record of its renames.
     """
@@ -88,8 +90,14 @@ def check_checkpoint(checkpoint: dict[str, Any], overrides: list[str] | tuple[st
     class_names = list(checkpoint.get("class_names") or [])
     if not class_names:  # a release that does not record its classes: the dataset's, of the recorded number
         class_names = [f"class_{index}" for index in range(int(checkpoint.get("num_classes", 0)))]
-    with torch.device("meta"):
-        model = build_model(probe, class_names=class_names, ignore_index=int(checkpoint.get("ignore_index", 255)))
+    ignore_index = int(checkpoint.get("ignore_index", 255))
+    with warnings.catch_warnings():  # the probe has no backbone weights on purpose: no "random weights" warning
+        warnings.simplefilter("ignore")
+        try:
+            with torch.device("meta"):
+                model = build_model(probe, class_names=class_names, ignore_index=ignore_index)
+        except (RuntimeError, NotImplementedError):  # a component that computes while it builds (a text prompt)
+            model = build_model(probe, class_names=class_names, ignore_index=ignore_index)
     weights = checkpoint["model"]
     own = model.state_dict()
     upstream = (checkpoint.get("release") or {}).get("renamed", {})

@@ -26,7 +26,8 @@ from vltk_plugins.common.releases.read import ReleaseFile, read_release
 class ReleasePlan:
     """What one released file becomes: ``rules`` map its keys, ``config`` is the run configuration (a recipe)
     that rebuilds the model, ``class_names`` the classes when the file records them (``None``: the dataset's),
-    ``backbone_included`` whether the file holds the backbone, ``notes`` what the report should say."""
+    ``backbone_included`` whether the file holds the backbone, ``notes`` what the report should say, ``extra``
+    tensors the upstream model has implicitly (a constant), filled in under their vltk names."""
 
     rules: Sequence[Rule]
     config: dict[str, Any]
@@ -34,6 +35,7 @@ class ReleasePlan:
     class_names: list[str] | None = None
     backbone_included: bool = False
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class ReleaseFormat:
             return None
         plan = self.plan(release, hints)
         mapped = apply_keymap(release.state, plan.rules, title=self.title)
+        for key, value in plan.extra.items():
+            mapped.state.setdefault(key, value)
         checkpoint: dict[str, Any] = {
             "model": mapped.state,
             "config": plan.config,

@@ -11,6 +11,7 @@ state together with the record of what became what, which the error messages use
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +23,19 @@ from vltk.api import UserError
 
 @dataclass(frozen=True)
 class Rename:
-    """``pattern`` (a regular expression matched against the whole released key) -> ``target`` (its template)."""
+    """``pattern`` (a regular expression matched against the whole released key) -> ``target`` (its template).
+
+    Two reshapes a vltk module may need, each named where it is used: ``pad_rows`` zero-pads dim 0 to that many
+    rows (DenseCLIP's 13-position text encoder into CLIP's 77-position tower, whose extra rows vltk reads only for
+    prompts longer than the release allows); ``grid`` resamples a ``[1 + g*g, C]`` position embedding (class row
+    first) to ``grid x grid`` bicubically (DenseCLIP's attention pool trained at 512 px into the 224-px pool
+    vltk builds, which interpolates to the feature size at run time anyway).
+    """
 
     pattern: str
     target: str
+    pad_rows: int | None = None
+    grid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,24 @@ def _expand(match: re.Match[str], template: str) -> str:
     return match.expand(template)
 
 
+def _reshaped(value: Tensor, rule: Rename, key: str, title: str) -> Tensor:
+    import torch
+    import torch.nn.functional as F
+
+    if rule.pad_rows is not None and value.shape[0] != rule.pad_rows:
+        if value.shape[0] > rule.pad_rows:
+            raise UserError(f"{title}: {key} has {value.shape[0]} rows, more than the {rule.pad_rows} vltk keeps")
+        value = torch.cat([value, value.new_zeros((rule.pad_rows - value.shape[0], *value.shape[1:]))])
+    if rule.grid is not None and value.shape[0] != rule.grid**2 + 1:
+        side = math.isqrt(value.shape[0] - 1)
+        if side * side != value.shape[0] - 1:
+            raise UserError(f"{title}: {key} {list(value.shape)} is no class row + square grid of positions")
+        grid = value[1:].T.reshape(1, -1, side, side).float()
+        grid = F.interpolate(grid, size=(rule.grid, rule.grid), mode="bicubic", align_corners=False)
+        value = torch.cat([value[:1], grid.reshape(value.shape[1], -1).T.to(value.dtype)])
+    return value
+
+
 def apply_keymap(state: dict[str, Tensor], rules: Sequence[Rule], *, title: str) -> MappedState:
     """Map every tensor of ``state`` through the first rule that matches its key.
 
@@ -92,7 +120,7 @@ def apply_keymap(state: dict[str, Tensor], rules: Sequence[Rule], *, title: str)
                         f"{title}: '{mapped.renamed[target]}' and '{key}' both map to '{target}'; the file holds the "
                         "same tensor twice, which no release of this format does"
                     )
-                mapped.state[target] = value
+                mapped.state[target] = _reshaped(value, rule, key, title)
                 mapped.renamed[target] = key
             else:
                 target = _expand(match, rule.target)

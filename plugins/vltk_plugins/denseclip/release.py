@@ -35,6 +35,7 @@ TEXT_POSITIONS = 77
 POOL_GRID = 7
 
 _WB = r"(weight|bias)"
+_TEXT = r"backbone.text.\1"
 
 
 def rules() -> list[Rename | Drop]:

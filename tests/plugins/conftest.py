@@ -67,14 +67,20 @@ class ReleaseTools:
             return model(images)["seg_logits"]
 
     @staticmethod
-    def load_converted(path: str | Path, overrides: Sequence[str] = (), backbone_weights: str | None = None) -> Any:
-        """The model ``vltk eval`` builds from ``path`` (a converted checkpoint or a release read in memory)."""
+    def load_converted(
+        path: str | Path,
+        overrides: Sequence[str] = (),
+        backbone_weights: str | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> Any:
+        """The model ``vltk eval`` builds from ``path`` (a converted checkpoint or a release read in memory), with
+        the dataset's ``class_names`` where the release records none."""
         from vltk.cli.run import build_checkpoint_model, load_checkpoint_config
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state, run = load_checkpoint_config(str(path), tuple(overrides), backbone_weights)
-            names = state.get("class_names") or [f"class_{i}" for i in range(state["num_classes"])]
+            names = state.get("class_names") or class_names or [f"class_{i}" for i in range(state["num_classes"])]
             return build_checkpoint_model(state, run, list(names), 255)
 
 

@@ -29,13 +29,18 @@ class Rename:
     rows (DenseCLIP's 13-position text encoder into CLIP's 77-position tower, whose extra rows vltk reads only for
     prompts longer than the release allows); ``grid`` resamples a ``[1 + g*g, C]`` position embedding (class row
     first) to ``grid x grid`` bicubically (DenseCLIP's attention pool trained at 512 px into the 224-px pool
-    vltk builds, which interpolates to the feature size at run time anyway).
+    vltk builds, which interpolates to the feature size at run time anyway); ``rows`` reorders dim 0 (vltk row
+    ``i`` is released row ``rows[i]``: detectron2's anchors per location are size-major, torchvision's
+    ratio-major); ``prepend_rows`` puts that many zero rows first (torchvision's background slot of class-specific
+    box deltas, which detectron2 does not have and no prediction reads).
     """
 
     pattern: str
     target: str
     pad_rows: int | None = None
     grid: int | None = None
+    rows: tuple[int, ...] | None = None
+    prepend_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,16 @@ def _reshaped(value: Tensor, rule: Rename, key: str, title: str) -> Tensor:
         grid = value[1:].T.reshape(1, -1, side, side).float()
         grid = F.interpolate(grid, size=(rule.grid, rule.grid), mode="bicubic", align_corners=False)
         value = torch.cat([value[:1], grid.reshape(value.shape[1], -1).T.to(value.dtype)])
+    if rule.rows is not None:
+        if len(rule.rows) != value.shape[0]:
+            raise UserError(
+                f"{title}: {key} has {value.shape[0]} rows where {len(rule.rows)} are expected (anchors per location "
+                "x outputs); give the anchors it was trained with (decoder.anchor_sizes=[...] "
+                "decoder.aspect_ratios=[...])"
+            )
+        value = value[list(rule.rows)]
+    if rule.prepend_rows:
+        value = torch.cat([value.new_zeros((rule.prepend_rows, *value.shape[1:])), value])
     return value
 
 

@@ -22,6 +22,9 @@ Released checkpoints (torch when called):
     ``release_formats`` — every ``vltk_release_formats`` format the loaded plugins declare, by name;
     ``check_checkpoint`` — a (converted) vltk checkpoint checked against the model its configuration builds,
     returned with that configuration resolved.
+Experiment loggers (light):
+    ``ExperimentLogger`` — base class of a logger (``start``, ``log_scalars``, ``log_results``, ``close``);
+    ``LoggerContext`` — what a logger factory is told (run folder, name, configuration, start step).
 Building (light):
     ``BuildContext`` — the frozen facts a factory receives beside its options (backbone facts, pyramid
     channels, classes, text and query widths); ``context.require(...)`` states what a component needs.
@@ -52,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from vltk.context import BuildContext
 from vltk.errors import RandomWeightsWarning, UserError, did_you_mean
 from vltk.hookspecs import Register, hookimpl
+from vltk.loggers import ExperimentLogger, LoggerContext
 from vltk.options import NoOptions, Options, coerce_options
 from vltk.registry import lazy_factory
 
@@ -125,6 +129,8 @@ __all__ = [
     "DetectionDataSource",
     "DetectionDecoder",
     "DetectionSample",
+    "ExperimentLogger",
+    "LoggerContext",
     "NoOptions",
     "Options",
     "Prompter",

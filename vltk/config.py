@@ -136,6 +136,9 @@ class RunConfig(_Strict):
     decoder: ComponentConfig
     augmenters: list[ComponentConfig] = Field(default_factory=list)
     dataset: ComponentConfig
+    loggers: list[ComponentConfig] = Field(
+        default_factory=list, description="experiment loggers (`vltk list loggers`), e.g. [jsonl, tensorboard]"
+    )
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     seed: int = Field(0, description="seed for weights, data order and augmentation")
@@ -143,7 +146,7 @@ class RunConfig(_Strict):
     output: str | None = Field(None, description="run folder (default runs/<recipe>)")
     recipe: str | None = Field(None, description="name of the recipe this run started from")
 
-    @field_validator("augmenters", mode="before")
+    @field_validator("augmenters", "loggers", mode="before")
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         return [] if value is None else value
@@ -164,6 +167,24 @@ def available_recipes(recipe_dirs: list[tuple[str, str]]) -> dict[str, Path]:
         for path in sorted(Path(folder).glob("*.yaml")):
             found[f"{plugin}/{path.stem}"] = path
     return found
+
+
+def recipe_description(path: Path, limit: int = 110) -> str:
+    """The first sentence of a recipe's leading comment (what ``vltk list recipes`` shows); empty without one."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    block = []
+    for line in lines:
+        stripped = line.strip()
+        if not stripped.startswith("#"):
+            break
+        block.append(stripped.lstrip("#").strip())
+    text = " ".join(part for part in block if part)
+    end = text.find(". ")
+    text = text[: end + 1] if end >= 0 else text
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def load_recipe(recipe: str | None, recipe_dirs: list[tuple[str, str]]) -> tuple[dict[str, Any], str]:
@@ -278,13 +299,20 @@ def _normalise_sections(data: dict[str, Any]) -> dict[str, Any]:
     for section in ("backbone", "adapter", "prompter", "decoder", "dataset"):
         if isinstance(data.get(section), str):
             data[section] = {"name": data[section]}
-    if isinstance(data.get("augmenters"), list):
-        data["augmenters"] = [{"name": item} if isinstance(item, str) else item for item in data["augmenters"]]
+    for section in LIST_SECTIONS:
+        if isinstance(data.get(section), list):
+            data[section] = [{"name": item} if isinstance(item, str) else item for item in data[section]]
     return data
+
+
+#: Sections that are lists of components (written ``[a, b]`` or ``[{name: a, ...}]``).
+LIST_SECTIONS: tuple[str, ...] = ("augmenters", "loggers")
 
 
 #: Sections a recipe may leave out: they come from the default recipe (the core's defaults are data, not code).
 DEFAULTED_SECTIONS: tuple[str, ...] = ("adapter", "dataset")
+#: Lists that come from the default recipe only when a recipe does not mention them (``loggers: []`` means none).
+DEFAULTED_LISTS: tuple[str, ...] = ("loggers",)
 #: ``<task>.yaml`` here says what that task changes on a recipe written for another task (see :func:`_task_defaults`).
 TASK_DEFAULTS = CORE_RECIPES / "tasks"
 
@@ -320,6 +348,9 @@ def build_config(
                 current[index] if index < len(current) and current[index].get("name") == item else {"name": item}
                 for index, item in enumerate(value)
             ]
+        elif section == "loggers":
+            current = {item.get("name"): item for item in data.get("loggers") or []}
+            data["loggers"] = [current.get(item, {"name": item}) for item in value]  # a listed logger keeps options
         else:
             set_component(data, section, value)
     parsed = [parse_override(token) for token in overrides]  # each token is read once
@@ -328,7 +359,7 @@ def build_config(
     _task_defaults(data, given=given)  # before the overrides, so `dataset.size=...` lands in the swapped dataset
     for parts, value in parsed:
         apply_override(data, parts, value)
-    data = _normalise_sections(data)
+        data = _normalise_sections(data)  # `loggers=[a, b]` then `loggers.1.folder=x` reaches a mapping
     _task_defaults(data, given=given)  # again, for `task=detection` given as an override
     return validate_run_config(data)
 
@@ -336,11 +367,12 @@ def build_config(
 def _default_sections(data: dict[str, Any]) -> None:
     """Fill the :data:`DEFAULTED_SECTIONS` a recipe left out from the default recipe."""
     missing = [section for section in DEFAULTED_SECTIONS if not data.get(section)]
+    missing += [section for section in DEFAULTED_LISTS if data.get(section) is None]
     if missing:
         default, _ = load_recipe(DEFAULT_RECIPE, [])
         default = _normalise_sections(default)
         for section in missing:
-            data[section] = copy.deepcopy(default[section])
+            data[section] = copy.deepcopy(default.get(section) or [])
 
 
 def _task_defaults(data: dict[str, Any], given: set[str]) -> None:
@@ -411,7 +443,15 @@ def resolve(config: RunConfig | ResolvedRun, registry: Registry) -> ResolvedRun:
         for index, item in enumerate(config.augmenters)
     )
     data["augmenters"] = [item.to_dict() for item in augmenters]
-    return ResolvedRun(config=validate_run_config(data), augmenters=augmenters, **resolved)
+    loggers = tuple(
+        _resolve_component(registry, "logger", item, f"loggers.{index}") for index, item in enumerate(config.loggers)
+    )
+    names = [item.name for item in loggers]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(f"loggers lists '{repeated[0]}' twice; give each logger once (loggers: {names})")
+    data["loggers"] = [item.to_dict() for item in loggers]
+    return ResolvedRun(config=validate_run_config(data), augmenters=augmenters, loggers=loggers, **resolved)
 
 
 #: Component sections of a run config and the kind of component each holds (``augmenters`` is a list of them).

@@ -138,6 +138,21 @@ def vltk_register_datasets(register: Register) -> None:
 
 
 @hookspec
+def vltk_register_loggers(register: Register) -> None:
+    """Register experiment loggers (the run config's ``loggers:`` list, e.g. ``loggers: [jsonl, tensorboard]``).
+
+    A factory ``build_x(options, context)`` gets a :class:`vltk.api.LoggerContext` (run folder, configuration,
+    start step) and returns a :class:`vltk.api.ExperimentLogger`; it must not write anything (the run's checks
+    are not over yet) and should raise :class:`vltk.api.UserError` when a package it needs is missing. Import the
+    tracking library inside the factory's module, never in the hook module. Example::
+
+        @hookimpl
+        def vltk_register_loggers(register):
+            register("csv", lazy_factory("my_pkg.csv_logger", "build_csv"), summary="scalars as CSV")
+    """
+
+
+@hookspec
 def vltk_register_commands(cli: Any) -> None:
     """Add subcommands to the ``vltk`` click group. Keep imports inside the command functions.
 

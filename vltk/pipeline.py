@@ -30,7 +30,11 @@ if TYPE_CHECKING:
 
 
 def as_resolved_run(config: ResolvedRun | RunConfig | dict[str, Any] | str | Path) -> ResolvedRun:
-    """Accept a ResolvedRun (returned as it is), a RunConfig, a plain dict, a recipe name or a YAML path."""
+    """Accept a ResolvedRun (returned as it is), a RunConfig, a plain dict, a recipe name or a YAML path.
+
+    Building a model or a data source logs nothing, so a configuration given here is resolved without its
+    ``loggers`` (a Python caller with only the component plugins it needs loaded does not need a logger plugin).
+    """
     if isinstance(config, ResolvedRun):
         return config
     manager = get_plugin_manager()
@@ -38,7 +42,7 @@ def as_resolved_run(config: ResolvedRun | RunConfig | dict[str, Any] | str | Pat
         config = build_config(base=config)
     elif not isinstance(config, RunConfig):
         config = build_config(str(config), recipe_dirs=manager.recipe_dirs())
-    return resolve(config, manager.get_registry())
+    return resolve(config.model_copy(update={"loggers": []}), manager.get_registry())
 
 
 def build_data_source(config: ResolvedRun | RunConfig | dict[str, Any] | str | Path) -> Any:

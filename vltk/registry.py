@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from vltk.hookspecs import Register
 
 #: Component kinds in the order ``vltk list`` shows them. Plurals are accepted on the command line.
-KINDS: tuple[str, ...] = ("backbone", "adapter", "prompter", "decoder", "augmenter", "dataset")
+KINDS: tuple[str, ...] = ("backbone", "adapter", "prompter", "decoder", "augmenter", "dataset", "logger")
 
 
 def normalise_kind(kind: str) -> str:

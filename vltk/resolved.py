@@ -56,6 +56,8 @@ class ResolvedRun:
     dataset: ResolvedComponent
     prompter: ResolvedComponent | None = None
     augmenters: tuple[ResolvedComponent, ...] = ()
+    #: experiment loggers (not part of the model: :meth:`components` leaves them out)
+    loggers: tuple[ResolvedComponent, ...] = ()
 
     @property
     def task(self) -> str:
@@ -74,7 +76,7 @@ class ResolvedRun:
     def with_settings(self, **changes: Any) -> ResolvedRun:
         """A copy with top-level settings changed (``output``, ``device``...); component sections cannot change
         here, since that would need their options validated again (build a new config and resolve it)."""
-        sections = {"backbone", "adapter", "prompter", "decoder", "dataset", "augmenters"} & set(changes)
+        sections = {"backbone", "adapter", "prompter", "decoder", "dataset", "augmenters", "loggers"} & set(changes)
         if sections:
             raise ValueError(f"with_settings cannot change component sections {sorted(sections)}; resolve anew")
         config = self.config.model_validate({**self.config.to_dict(), **changes})
@@ -86,6 +88,7 @@ class ResolvedRun:
             dataset=self.dataset,
             prompter=self.prompter,
             augmenters=self.augmenters,
+            loggers=self.loggers,
         )
 
 

@@ -81,6 +81,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, finished: Path) -> Path:
     torch.save({"model": Foreign(), "config": {}}, folder / "pickled.pt")
     config = torch.load(finished / "last.pt", weights_only=True)["config"]
     torch.save({"model": [torch.zeros(2)], "config": config}, folder / "listed.pt")
+    detection = torch.load(finished / "last.pt", weights_only=True)
+    detection["config"]["task"] = "detection"  # what `vltk predict` reads first: a detection model's record
+    torch.save(detection, folder / "detection.pt")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "image.png")
     _png_claiming(folder / "bomb.png", 40_000, 40_000)
     for sub in ("images", "labels"):
@@ -88,7 +91,36 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, finished: Path) -> Path:
     for index in range(2):
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "gta" / "images" / f"{index}.png")
         Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / "gta" / "labels" / f"{index}.png")
+    for name in ("ids", "bomb"):  # folder-kind domains: train-id labels
+        for sub in ("images", "labels"):
+            (folder / name / sub).mkdir(parents=True)
+        for index in range(2):
+            Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / name / "images" / f"{index}.png")
+            Image.fromarray(np.full((32, 32), 26 if name == "ids" else 0, np.uint8)).save(
+                folder / name / "labels" / f"{index}.png"
+            )
+    _png_claiming(folder / "bomb" / "images" / "0.png", 40_000, 40_000)
     return folder
+
+
+def _plugin_gone(run: Path) -> None:
+    """The run was trained with a decoder of plugin 'probe' (vltk-probe 0.3.0), since uninstalled."""
+    config = (run / "config.resolved.yaml").read_text()
+    (run / "config.resolved.yaml").write_text(config.replace("name: fpn", "name: probe-head"))
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["config"]["decoder"] = {"name": "probe-head"}
+    torch.save(state, run / "last.pt")
+    environment = json.loads((run / "environment.json").read_text())
+    environment["plugins"]["probe"] = {"distribution": "vltk-probe", "version": "0.3.0"}
+    (run / "environment.json").write_text(json.dumps(environment))
+
+
+def _tensorboard_installed() -> bool:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _hold_lock(run: Path) -> None:
@@ -139,6 +171,12 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
         None,
     ),
     (
+        "predict-output-in-proc",
+        ["predict", "{inputs}/image.png", "--checkpoint", "{run}/last.pt", "--output", "/proc/vltk-preds"],
+        "cannot be created",
+        None,
+    ),
+    (
         "resume-other-variant",
         ["train", "--resume", "{run}", "backbone.variant=small", "--allow-changes"],
         "in the checkpoint but [",
@@ -152,12 +190,45 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
     ("resume-while-live", ["train", "--resume", "{run}"], "in use by another vltk run", _hold_lock),
     ("resume-unreadable", ["train", "--resume", "{run}"], "no readable checkpoint", _damage_both_generations),
     (
+        "urban-label-ids-out-of-range",
+        ["train", "--output", "{run}", *URBAN, "dataset.train=[{{name: city, kind: folder, root: '{inputs}/ids'}}]"],
+        "ids/labels/0.png' holds class id(s) 26, outside the Cityscapes train ids 0..18",
+        None,
+    ),
+    (
+        "urban-png-bomb",
+        ["train", "--output", "{run}", *URBAN, "dataset.train=[{{name: city, kind: folder, root: '{inputs}/bomb'}}]"],
+        "bomb/images/0.png' claims more pixels",
+        None,
+    ),
+    ("bench-json-in-proc", ["bench", "--json", "/proc/vltk-bench.json"], "cannot be written (in '/proc')", None),
+    ("bench-json-behind-file", ["bench", "--json", "{run}/metrics.json/x.json"], "is a file, not a folder", None),
+    ("resume-plugin-gone", ["train", "--resume", "{run}"], "pip install 'vltk-probe==0.3.0'", _plugin_gone),
+    ("eval-plugin-gone", ["eval", "--checkpoint", "{run}/last.pt"], "pip install 'vltk-probe==0.3.0'", _plugin_gone),
+    (
+        "predict-detection-checkpoint",
+        ["predict", "{inputs}/image.png", "--checkpoint", "{inputs}/detection.pt", "--output", "{inputs}/preds"],
+        "is a detection model",
+        None,
+    ),
+    (
         "predict-png-bomb",
         ["predict", "{inputs}/bomb.png", "--checkpoint", "{run}/last.pt", "--output", "{inputs}/preds"],
         "claims more pixels",
         None,
     ),
 ]
+
+
+if not _tensorboard_installed():
+    CASES.append(
+        (
+            "tensorboard-not-installed",
+            ["train", "--output", "{run}", *TINY, "--logger", "tensorboard"],
+            'pip install "vltk-dg[tensorboard]"',
+            None,
+        )
+    )
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

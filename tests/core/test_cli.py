@@ -47,6 +47,31 @@ def test_list_adapters_and_show_rein() -> None:
     assert "lora_dim" in invoke(["show", "adapter", "rein"]).output
 
 
+def test_show_dataset_urban_prints_required_options_and_the_domain_fields() -> None:
+    shown = invoke(["show", "dataset", "urban"])
+    assert shown.exit_code == 0, shown.output
+    assert "PydanticUndefined" not in shown.output and "vltk_plugins." not in shown.output
+    assert "list[UrbanDomain]" in shown.output and "required" in shown.output
+    assert "UrbanDomain: the fields of each item of train, test" in shown.output
+    payload = json.loads(invoke(["show", "dataset", "urban", "--json"]).output)
+    train = next(option for option in payload["options"] if option["name"] == "train")
+    assert train["required"] and train["default"] is None and train["type"] == "list[UrbanDomain]"
+    domain = {field["name"]: field for field in payload["nested"]["UrbanDomain"]}
+    assert {"name", "kind", "root"} <= set(domain) and domain["root"]["required"]
+
+
+def test_list_recipes_describes_them_and_show_recipe_prints_one() -> None:
+    listed = json.loads(invoke(["list", "recipes", "--json"]).output)
+    assert listed["rein/synthetic"]["description"].startswith("Rein on the embedded synthetic scenes")
+    assert invoke(["list", "recipes"]).output.count("Rein on the embedded") == 1
+    shown = invoke(["show", "recipe", "rein/synthetic"])
+    assert shown.exit_code == 0 and "vltk train --recipe rein/synthetic" in shown.output
+    assert "name: rein" in shown.output  # the YAML itself
+    assert json.loads(invoke(["show", "recipe", "clip_gap/synthetic", "--json"]).output)["name"] == "clip-gap/synthetic"
+    unknown = invoke(["show", "recipe", "rein/synthtic"])
+    assert unknown.exit_code == 2 and "did you mean 'rein/synthetic'?" in unknown.output
+
+
 def test_list_recipes_and_plugins_json() -> None:
     assert "rein/synthetic" in invoke(["list", "recipes"]).output
     plugins = json.loads(invoke(["plugins", "--json"]).output)

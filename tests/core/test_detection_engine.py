@@ -105,6 +105,10 @@ def test_cli_trains_fits_evaluates_and_resumes(tmp_path: Path) -> None:
     result = invoke(args)
     assert result.exit_code == 0, result.output
     assert "fit phase of ClipGapAugmenter" in result.output and "AP50" in result.output
+    assert "clip-gap fit 1/2: L_opt" in result.output and "ETA" in result.output  # the phase's progress
+    assert "total," in result.output and "trainable (" in result.output  # parameter counts at the start
+    assert "eval fog: 2 images in" in result.output  # the evaluation's own progress (log lines off a terminal)
+    assert "iter 2/2  loss " in result.output and "  lr " in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     final = metrics["final"]
     assert set(final["domains"]) == {"synthetic", "fog"}
@@ -113,6 +117,13 @@ def test_cli_trains_fits_evaluates_and_resumes(tmp_path: Path) -> None:
     assert set(final["summary"]) >= {"source", "target_avg", "gap"}
     assert metrics["history"]["augmenter_fit"][0]["steps"] == 2
     assert (out / "best.pt").is_file() and (out / "curves.png").is_file()
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == [
+        "fog_0.png",
+        "fog_1.png",
+        "synthetic_0.png",
+        "synthetic_1.png",
+    ]
+    assert "overlays/" in result.output  # what the last line promises is there
     state = torch.load(out / "last.pt", weights_only=True, map_location="cpu")
     assert bool(state["model"]["augmenters.0.fitted"]) and state["step"] == 2
     evaluated = invoke(["eval", "--checkpoint", str(out / "last.pt"), "--json"])
@@ -121,3 +132,41 @@ def test_cli_trains_fits_evaluates_and_resumes(tmp_path: Path) -> None:
     resumed = invoke([*args, "train.iters=3", "--resume", "--allow-changes"])  # iters 2 -> 3 is a change
     assert resumed.exit_code == 0, resumed.output
     assert "fit phase" not in resumed.output  # fitted offsets came back with the checkpoint
+
+
+def test_ctrl_c_in_the_fit_phase_stops_cleanly_and_the_resume_fits_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    from vltk.config import resolve
+    from vltk.engine.interrupts import Interrupted
+    from vltk.engine.trainer import Trainer
+    from vltk_plugins.clip_gap.augmenter import ClipGapAugmenter
+
+    targets = ClipGapAugmenter._targets
+    calls: list[int] = []
+
+    def interrupted_targets(self, *args, **kwargs):  # the first fit step is where Ctrl-C arrives
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return targets(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClipGapAugmenter, "_targets", interrupted_targets)
+    run = resolve(
+        _config(*TINY, "augmenters.0.fit_steps=null", "train.iters=3", **DETECTION),
+        get_plugin_manager().get_registry(),
+    )
+    trainer = Trainer(run, tmp_path / "run", quiet=True)
+    with pytest.raises(Interrupted) as stopped:
+        trainer.fit()
+    assert not stopped.value.saved and trainer.step == 0 and not (tmp_path / "run" / "last.pt").exists()
+    (summary,) = trainer.history["augmenter_fit"]
+    assert summary["stopped"] and summary["steps"] == 1  # stopped at the next step, not after the whole phase
+    assert not trainer.model.augmenters[0].is_fitted
+    resumed = Trainer(run, tmp_path / "run", resume=True, quiet=True)
+    resumed.fit()
+    (summary,) = resumed.history["augmenter_fit"]
+    assert not summary["stopped"] and summary["steps"] == 3  # fit_steps unset: capped at train.iters

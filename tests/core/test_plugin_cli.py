@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-BUILT_IN_PLUGINS = "backbones,adapters,prompters,decoders,datasets,kernels,rein,denseclip,lseg,vltseg,clip-gap"
+BUILT_IN_PLUGINS = "backbones,adapters,prompters,decoders,datasets,kernels,rein,denseclip,lseg,vltseg,clip-gap,loggers"
 
 
 def _vltk(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -42,6 +43,22 @@ def duplicate_plugin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
+def test_a_plugin_that_fails_to_import_says_how_to_skip_it(tmp_path: Path) -> None:
+    (tmp_path / "vltk_broken_hooks.py").write_text("import a_module_that_is_not_installed\n")
+    dist_info = tmp_path / "vltk_broken-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: vltk-broken\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[vltk]\nbroken = vltk_broken_hooks\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    for args in (["list"], ["train", "--dry-run"]):
+        done = _vltk(*args, env=env)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+        assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "plugin 'broken'" in errors[0] and "skip it with VLTK_BLOCK_PLUGINS=broken" in errors[0]
+    skipped = _vltk("list", "adapters", env={**env, "VLTK_BLOCK_PLUGINS": "broken"})
+    assert skipped.returncode == 0 and "rein" in skipped.stdout, skipped.stderr
+
+
 def test_two_plugins_registering_one_name_is_one_error_line(duplicate_plugin: dict[str, str]) -> None:
     done = _vltk("list", env=duplicate_plugin)
     assert done.returncode == 2, done.stdout + done.stderr
@@ -56,7 +73,10 @@ def test_two_plugins_registering_one_name_is_one_error_line(duplicate_plugin: di
     ("args", "expected"),
     [
         (["--help"], "Usage:"),
-        (["list"], "no backbones, adapters, prompters, decoders, augmenters, datasets registered: install a plugin"),
+        (
+            ["list"],
+            "no backbones, adapters, prompters, decoders, augmenters, datasets, loggers registered: install a plugin",
+        ),
         (["list", "adapters"], "no adapters registered: install a plugin or unset VLTK_BLOCK_PLUGINS"),
         (["plugins"], "no plugins loaded: install a plugin or unset VLTK_BLOCK_PLUGINS"),
     ],

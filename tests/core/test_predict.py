@@ -102,7 +102,11 @@ def test_training_labels_by_default(lseg_checkpoint: Path, images: list[Path], t
     street = _read(tmp_path / "street.png")
     assert street.dtype == np.uint8 and street.shape == (40, 56) and street.max() < 19
     assert _read(tmp_path / "field.png").shape == (48, 33)
-    assert _read(tmp_path / "street_overlay.png").shape == (40, 2 * 56 + 4, 3)
+    overlay = _read(tmp_path / "street_overlay.png")  # image | prediction, captioned, with a class legend
+    assert overlay.ndim == 3 and overlay.shape[1] >= 2 * 56 + 4 and overlay.shape[0] > 40
+    predicted = {int(index) for index in np.unique(street)}
+    colours = {tuple(int(c) for c in pixel) for pixel in np.unique(overlay.reshape(-1, 3), axis=0)}
+    assert all(tuple(summary["palette"][index]) in colours for index in predicted)  # a swatch per class shown
 
 
 def test_new_labels_give_indices_into_the_new_list(lseg_checkpoint: Path, images: list[Path], tmp_path: Path) -> None:

@@ -167,3 +167,7 @@ def test_sigkill_after_a_checkpoint_resumes_exactly_and_takes_over_the_stale_loc
     assert "stale lock" in resumed.stderr
     assert _losses(out) == _losses(finished)
     assert not (out / "run.lock").exists()
+    # metrics.jsonl had step 4 (after the checkpoint of step 3) when the run died: rewound, every step once
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [(record["step"], record["train/loss"]) for record in logged if "train/loss" in record]
+    assert steps == list(enumerate(_losses(finished), start=1))

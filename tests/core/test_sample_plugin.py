@@ -76,8 +76,9 @@ def test_installed_plugin_ships_its_decoder_and_recipe(installed_sample: dict[st
     assert {option["name"]: option["default"] for option in shown["options"]} == {"stride": 16, "batch_norm": True}
     recipes = json.loads(_vltk(installed_sample, "list", "recipes", "--json").stdout)
     # the recipe comes from the installed copy (package data), not from the source tree
-    assert Path(recipes["sample/linear"]).parent.parent.name == "vltk_sample"
-    assert not Path(recipes["sample/linear"]).is_relative_to(SAMPLE)
+    assert Path(recipes["sample/linear"]["file"]).parent.parent.name == "vltk_sample"
+    assert not Path(recipes["sample/linear"]["file"]).is_relative_to(SAMPLE)
+    assert recipes["sample/linear"]["description"].startswith("Linear probe of a frozen tiny EVA02")
 
 
 @pytest.mark.slow

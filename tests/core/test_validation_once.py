@@ -70,6 +70,7 @@ def validations(monkeypatch: pytest.MonkeyPatch) -> Counter:
                 "prompter": "clip-template",
                 "decoder": "fpn",
                 "dataset": "synthetic",
+                "loggers.0": "jsonl",
             },
         ),
         (
@@ -81,6 +82,7 @@ def validations(monkeypatch: pytest.MonkeyPatch) -> Counter:
                 "decoder": "clip-faster-rcnn",
                 "dataset": "synthetic-det",
                 "augmenters.0": "clip-gap",
+                "loggers.0": "jsonl",
             },
         ),
     ],

@@ -46,24 +46,28 @@ def _how_to_get_plugins() -> str:
 @click.argument("kind", required=False)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_command(kind: str | None, as_json: bool) -> None:
-    """List registered components (backbones, adapters, prompters, decoders, augmenters, datasets) or recipes."""
+    """List registered components (backbones, adapters, prompters, decoders, augmenters, datasets, loggers) or
+    recipes."""
     from rich.console import Console
     from rich.table import Table
 
     if kind in ("recipe", "recipes"):
-        from vltk.config import available_recipes
+        from vltk.config import available_recipes, recipe_description
         from vltk.plugins import get_plugin_manager
 
         recipes = available_recipes(get_plugin_manager().recipe_dirs())
         if as_json:
-            click.echo(json.dumps({name: str(path) for name, path in recipes.items()}, indent=2))
+            payload = {
+                name: {"file": str(path), "description": recipe_description(path)} for name, path in recipes.items()
+            }
+            click.echo(json.dumps(payload, indent=2))
             return
-        table = Table(title="recipes")
-        table.add_column("name")
-        table.add_column("file")
+        table = Table(title="recipes (`vltk show recipe NAME` prints one)")
+        for column in ("name", "description", "file"):
+            table.add_column(column)
         for name, path in recipes.items():
-            table.add_row(escape(name), escape(str(path)))
-        Console().print(table)
+            table.add_row(escape(name), escape(recipe_description(path)), escape(str(path)))
+        Console(width=max(120, Console().width)).print(table)
         return
     registry = _registry()
     kinds = [normalise_kind(kind)] if kind else list(KINDS)
@@ -94,6 +98,7 @@ SHOW_EPILOG = """\b
 Examples:
   vltk show adapter rein
   vltk show backbone eva02
+  vltk show recipe rein/synthetic     # a recipe's description and YAML
 """
 
 
@@ -102,22 +107,15 @@ Examples:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def show_command(kind: str, name: str, as_json: bool) -> None:
-    """Show one component: its options (type, default, description), paper and providing plugin."""
+    """Show one component (its options: type, default, description; paper and plugin) or one recipe."""
     from rich.console import Console
-    from rich.table import Table
 
+    if kind in ("recipe", "recipes"):
+        _show_recipe(name, as_json)
+        return
     spec = _registry().get(kind, name)
-    options = []
-    for field_name, field in spec.options.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        options.append(
-            {
-                "name": field_name,
-                "type": _type_name(field.annotation),
-                "default": default,
-                "description": field.description or "",
-            }
-        )
+    options = _fields(spec.options)
+    nested = _nested_models(spec.options)
     if as_json:
         payload = {
             "kind": spec.kind,
@@ -126,6 +124,7 @@ def show_command(kind: str, name: str, as_json: bool) -> None:
             "summary": spec.summary,
             "paper": spec.paper,
             "options": options,
+            "nested": {model.__name__: _fields(model) for model in nested},
         }
         click.echo(json.dumps(payload, indent=2, default=str))
         return
@@ -138,22 +137,95 @@ def show_command(kind: str, name: str, as_json: bool) -> None:
     if not options:
         console.print("no options")
         return
-    table = Table(title="options (set with --<kind> NAME and <kind>.<option>=VALUE)")
-    for column in ("option", "type", "default", "description"):
-        table.add_column(column)
-    for option in options:
-        table.add_row(
-            *(
-                escape(str(value))
-                for value in (option["name"], option["type"], repr(option["default"]), option["description"])
-            )
+    where = f"{spec.kind}s.<i>" if spec.kind in ("augmenter", "logger") else spec.kind  # list sections
+    console.print(_options_table(f"options (set with --{spec.kind} NAME and {where}.<option>=VALUE)", options))
+    for model in nested:
+        users = [option["name"] for option in options if model.__name__ in option["type"]]
+        title = f"{model.__name__}: the fields of each item of {', '.join(users) or 'the options above'}"
+        console.print(_options_table(title, _fields(model)))
+
+
+def _fields(model: Any) -> list[dict[str, Any]]:
+    """Name, readable type, default (``required`` when there is none) and description of a pydantic model's fields."""
+    fields = []
+    for field_name, field in model.model_fields.items():
+        required = field.is_required()
+        fields.append(
+            {
+                "name": field_name,
+                "type": _type_name(field.annotation),
+                "required": required,
+                "default": None if required else field.get_default(call_default_factory=True),
+                "description": field.description or "",
+            }
         )
-    console.print(table)
+    return fields
+
+
+def _options_table(title: str, fields: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("option", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for field in fields:
+        default = "required" if field["required"] else repr(field["default"])
+        table.add_row(*(escape(str(value)) for value in (field["name"], field["type"], default, field["description"])))
+    return table
+
+
+def _nested_models(model: Any) -> list[Any]:
+    """Pydantic models inside the field types of ``model`` (``list[UrbanDomain]``), so their fields are shown too."""
+    import typing
+
+    from pydantic import BaseModel
+
+    found: list[Any] = []
+
+    def walk(annotation: Any) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation not in found:
+                found.append(annotation)
+                for field in annotation.model_fields.values():
+                    walk(field.annotation)
+            return
+        for argument in typing.get_args(annotation):
+            walk(argument)
+
+    for field in model.model_fields.values():
+        walk(field.annotation)
+    return found
 
 
 def _type_name(annotation: Any) -> str:
+    """``list[UrbanDomain]``, ``int | None``: the type as a user reads it, without module paths."""
+    import re
+
     text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
-    return text or str(annotation).replace("typing.", "")
+    text = text or str(annotation)
+    text = re.sub(r"<class '([\w.]+)'>", r"\1", text)
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)
+
+
+def _show_recipe(name: str, as_json: bool) -> None:
+    """A recipe's name, file, description and YAML, as ``--recipe NAME`` would load it."""
+    from vltk.config import available_recipes, recipe_description
+    from vltk.errors import UserError, did_you_mean
+    from vltk.plugins import get_plugin_manager
+
+    recipes = available_recipes(get_plugin_manager().recipe_dirs())
+    match = next((known for known in recipes if known.replace("_", "-") == name.replace("_", "-")), None)
+    if match is None:
+        raise UserError(f"unknown recipe '{name}';{did_you_mean(name, recipes)} see `vltk list recipes`")
+    path = recipes[match]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if as_json:
+        payload = {"name": match, "file": str(path), "description": recipe_description(path), "yaml": text}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(f"recipe {match}  ({path})")
+    click.echo(f"train it with: vltk train --recipe {match}\n")
+    click.echo(text, nl=not text.endswith("\n"))
 
 
 @click.command("plugins")

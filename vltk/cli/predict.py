@@ -151,7 +151,8 @@ def predict_images(
         overlay_path = out / f"{stem}_overlay.png"
         Image.fromarray(prediction.astype(dtype)).save(label_path)
         if len(names) < 255:
-            write_overlay(overlay_path, image, None, prediction, palette)
+            title = f"{Path(path).name}: {Path(checkpoint).name} ({predictor.scores_from})"
+            write_overlay(overlay_path, image, None, prediction, palette, class_names=names, title=title)
         else:  # colorize's lookup table holds 256 entries (255 = ignore): colour through the palette directly
             colored = np.asarray(palette, dtype=np.uint8)[prediction]
             blend = (0.4 * image + 0.6 * colored).astype(np.uint8)

@@ -18,6 +18,7 @@ Examples:
   vltk train --resume runs/exp1                       # continue runs/exp1 with its own saved configuration
   vltk train --resume runs/exp1 train.iters=600 --allow-changes   # ... and change it (kept in changes.yaml)
   vltk train --recipe clip-gap/synthetic              # detection: CLIP the Gap on synthetic boxes, AP50
+  vltk train --logger jsonl --logger tensorboard      # metrics.jsonl + RUN/tensorboard (`vltk list loggers`)
   vltk train --task detection --backbone clip-resnet --augmenter clip-gap --decoder clip-faster-rcnn
 Overrides are KEY=VALUE with dotted keys: train.lr=1e-4, dataset.domains=[synthetic,fog], seed=3.
 Ctrl-C or SIGTERM stop at the next step with last.pt saved (exit 130 / 143); a second Ctrl-C stops at once.
@@ -98,7 +99,7 @@ def plan_resume(
             )
         return folder, fresh or _resolved_config(recipe, components, overrides), {}
     manager = get_plugin_manager()
-    base = resolve(build_config(base=saved), manager.get_registry())
+    base = _resolve_saved(saved, folder)
     given = bool(overrides) or any(value not in (None, (), []) for value in components.values())
     if recipe is not None:
         new = fresh or _resolved_config(recipe, components, overrides)
@@ -134,7 +135,7 @@ def interrupt_message(trainer: Any, interrupt: BaseException) -> str:
             f"\n{name}: stopped at once at iteration {step} without saving; {path} holds iteration {saved}; "
             f"continue from there with `{command}`"
         )
-    return f"\n{name}: stopped at once at iteration {step}; no checkpoint was saved yet (`{command}` starts over)"
+    return f"\n{name}: stopped at iteration {step}; no checkpoint was saved yet (`{command}` starts over)"
 
 
 @click.command("train", epilog=TRAIN_EPILOG)
@@ -146,6 +147,12 @@ def interrupt_message(trainer: Any, interrupt: BaseException) -> str:
 @click.option("--decoder", help="decoder name")
 @click.option("--augmenter", "augmenters", multiple=True, help="augmenter name (repeatable)")
 @click.option("--dataset", help="dataset name")
+@click.option(
+    "--logger",
+    "loggers",
+    multiple=True,
+    help="experiment logger (repeatable; replaces the recipe's list): jsonl, tensorboard, wandb (`vltk list loggers`)",
+)
 @click.option(
     "--task",
     type=click.Choice(["segmentation", "detection"]),
@@ -176,6 +183,7 @@ def train_command(
     decoder: str | None,
     augmenters: tuple[str, ...],
     dataset: str | None,
+    loggers: tuple[str, ...],
     task: str | None,
     output: str | None,
     resume: str | None,
@@ -196,6 +204,7 @@ def train_command(
         "decoder": decoder,
         "dataset": dataset,
         "augmenters": list(augmenters),
+        "loggers": list(loggers),
     }
     changes: dict[str, Any] = {}
     if resume is None:
@@ -225,7 +234,9 @@ def train_command(
     except KeyboardInterrupt as interrupt:
         click.echo(interrupt_message(trainer, interrupt), err=True)
         raise SystemExit(getattr(interrupt, "exit_code", 130)) from None
-    click.echo(f"run folder: {out}  (best.pt, last.pt, metrics.json, curves.png, overlays/)")
+    names = ("best.pt", "last.pt", "metrics.json", "metrics.jsonl", "curves.png", "tensorboard", "overlays")
+    present = [name + ("/" if (out / name).is_dir() else "") for name in names if (out / name).exists()]
+    click.echo(f"run folder: {out}  ({', '.join(present)})")
 
 
 def load_checkpoint_config(
@@ -240,10 +251,8 @@ def load_checkpoint_config(
     checkpoint (Rein, DenseCLIP, LSeg, CLIP the Gap, Hugging Face Mask2Former) is converted in memory by its
     plugin's format (:mod:`vltk.engine.releases`).
     """
-    from vltk.config import build_config, resolve
     from vltk.engine.fingerprint import recorded_source
     from vltk.engine.releases import load_checkpoint_or_release
-    from vltk.plugins import get_plugin_manager
 
     state = load_checkpoint_or_release(checkpoint, backbone_weights=backbone_weights, overrides=overrides)
     extra = list(overrides)
@@ -265,8 +274,24 @@ def load_checkpoint_config(
             )
     elif "pretrained" in backbone_section and backbone_section["pretrained"] is not None:
         extra.append("backbone.pretrained=null")  # the checkpoint's own backbone tensors replace the file's
-    run = resolve(build_config(base=state["config"], overrides=extra), get_plugin_manager().get_registry())
+    run = _resolve_saved(state["config"], Path(checkpoint).parent, overrides=extra)
     return state, run
+
+
+def _resolve_saved(saved: dict[str, Any], folder: Path, **build: Any) -> Any:
+    """A saved configuration resolved again; a component that is gone names the plugin to reinstall, from the
+    run folder's environment.json."""
+    from vltk.config import build_config, resolve
+    from vltk.engine.run_folder import missing_plugins_hint
+    from vltk.plugins import get_plugin_manager
+
+    try:
+        return resolve(build_config(base=saved, **build), get_plugin_manager().get_registry())
+    except UserError as error:
+        hint = missing_plugins_hint(folder) if str(error).startswith("unknown ") else ""
+        if not hint:
+            raise
+        raise UserError(f"{error};{hint}") from None
 
 
 def build_checkpoint_model(
@@ -346,7 +371,13 @@ def eval_command(
     model = build_checkpoint_model(
         state, run, list(source.classes), source.ignore_index, source=f"checkpoint '{checkpoint}'"
     )
-    results = evaluate(model.to(device), source, task, run.config.eval, device)
+    from vltk.engine.progress import EvalProgress
+
+    shown = EvalProgress(Console(stderr=True), enabled=not as_json)
+    try:
+        results = evaluate(model.to(device), source, task, run.config.eval, device, progress=shown)
+    finally:
+        shown.close()
     results["checkpoint"] = str(checkpoint)
     make_output_folder(out)
     (out / "eval.json").write_text(to_json(results))

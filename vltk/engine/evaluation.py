@@ -18,6 +18,7 @@ from vltk.engine.metrics import nanmean, relative_drops, summarise_domains
 
 if TYPE_CHECKING:
     from vltk.config import EvalConfig
+    from vltk.engine.progress import EvalProgress
     from vltk.tasks.base import Task
 
 
@@ -29,12 +30,14 @@ def evaluate(
     eval_config: EvalConfig,
     device: torch.device,
     overlay_dir: Path | None = None,
+    progress: EvalProgress | None = None,
 ) -> dict[str, Any]:
     """``{"domains": {domain: result}, "summary": {...}}`` for every domain of ``source``.
 
     Each domain's result is the task metric's (plus ``images`` and, for targets, ``rpd``: the relative
     performance drop against the source in percent); ``summary`` has ``source``, ``target_avg``, ``gap`` and
     ``rpd_avg`` of the task's ``score_key``. ``eval_config.max_images`` caps each domain.
+    ``progress`` (see :mod:`vltk.engine.progress`) is told each domain's start, the images done and its score.
     """
     model.eval()
     domains: dict[str, Any] = {}
@@ -44,9 +47,16 @@ def evaluate(
             dataset = Subset(dataset, range(eval_config.max_images))
         loader = DataLoader(dataset, batch_size=eval_config.batch_size, collate_fn=task.collate)
         metric = task.domain_metric(source, eval_config, domain, overlay_dir)
+        if progress is not None:
+            progress.start_domain(domain, len(dataset))
         for batch in loader:
             metric.update(model, batch, device)
+            if progress is not None:
+                progress.advance(len(task.batch_images(batch)))
         domains[domain] = {**metric.result(), "images": len(dataset)}
+        if progress is not None:
+            score = domains[domain].get(task.score_key)
+            progress.end_domain(f"{task.score_key} {100 * score:.1f}" if isinstance(score, float) else "")
     scores = {domain: entry[task.score_key] for domain, entry in domains.items()}
     summary = summarise_domains(scores, source.train_domains)
     drops = relative_drops(scores, source.train_domains)

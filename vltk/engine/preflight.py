@@ -67,11 +67,16 @@ def check_data_source(source: Any, train_batch_size: int | None = None) -> dict[
     the val split of every domain) so that a missing folder fails now, not at the first evaluation.
 
     Returns the opened training splits by domain (the trainer reuses them). A training set smaller than one
-    batch is an error: the loop would otherwise train silently on smaller batches than configured.
+    batch is an error: the loop would otherwise train silently on smaller batches than configured. The first
+    sample of every split is read too (every random state kept as it was), so that files a dataset cannot use
+    throughout (labels in another id encoding, an image header claiming 40000x40000 pixels) fail before anything
+    is written; a bad file later in a split still fails with one error naming it, when it is read.
     """
     train: dict[str, Any] = {}
     if train_batch_size is not None:
         train = {domain: source.split("train", domain) for domain in source.train_domains}
+        for split in train.values():
+            read_first_sample(split)
         total = sum(len(split) for split in train.values())
         if total < train_batch_size:
             domains = ", ".join(source.train_domains)
@@ -80,8 +85,27 @@ def check_data_source(source: Any, train_batch_size: int | None = None) -> dict[
                 f"set train.batch_size to at most {total} or use more training images"
             )
     for domain in source.domains:
-        source.split("val", domain)
+        read_first_sample(source.split("val", domain))
     return train
 
 
-__all__ = ["check_data_source", "check_output_folder", "make_output_folder"]
+def read_first_sample(split: Any) -> None:
+    """Read ``split[0]`` (if there is one) leaving Python's, NumPy's and torch's random states untouched, so that
+    a checked run draws exactly what an unchecked one would."""
+    if not len(split):
+        return
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            split[0]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+
+
+__all__ = ["check_data_source", "check_output_folder", "make_output_folder", "read_first_sample"]

@@ -146,19 +146,25 @@ def write_overlay(
     prediction: np.ndarray,
     palette: Sequence[Sequence[int]],
     ignore_index: int = 255,
+    *,
+    class_names: Sequence[str] = (),
+    title: str = "",
 ) -> Path:
-    """One PNG: image | ground truth blended on the image | prediction blended on the image.
+    """One PNG: image | ground truth blended on the image | prediction blended on the image, each panel captioned,
+    under ``title`` and above a legend of the classes that appear (with ``class_names``: which colour is which).
 
     ``label=None`` (``vltk predict``: no ground truth) leaves the middle panel out.
     """
-    from PIL import Image
+    from vltk.engine.overlays import compose, legend_entries
 
-    gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
-    panels = [image]
+    panels = [("image", image)]
+    maps = [prediction]
     if label is not None:
         truth = colorize(label, palette, ignore_index)
-        panels += [gap, (0.4 * image + 0.6 * truth).astype(np.uint8)]
+        panels.append(("ground truth", (0.4 * image + 0.6 * truth).astype(np.uint8)))
+        maps.append(label)
     predicted = colorize(prediction, palette, ignore_index)
-    panels += [gap, (0.4 * image + 0.6 * predicted).astype(np.uint8)]
-    Image.fromarray(np.concatenate(panels, axis=1)).save(path)
+    panels.append(("prediction", (0.4 * image + 0.6 * predicted).astype(np.uint8)))
+    legend = legend_entries(maps, class_names, palette, ignore_index) if class_names else []
+    compose(panels, title=title, legend=legend).save(path)
     return Path(path)

@@ -247,3 +247,40 @@ __all__ = [
     "resume_command",
     "saved_config",
 ]
+
+
+ENVIRONMENT_NAME = "environment.json"
+
+
+def missing_plugins_hint(folder: str | Path) -> str:
+    """What to install (or unblock) to rebuild a run whose plugins are gone, from the folder's ``environment.json``.
+
+    A run folder records every plugin loaded when it trained, with its distribution and version; a plugin named
+    there that is not loaded now is why a component of the run's configuration is unknown. Returns
+    ``" the run was trained with plugin 'x' (vltk-x 0.3.0), which is not installed: pip install 'vltk-x==0.3.0'"``
+    (or the ``VLTK_BLOCK_PLUGINS`` setting that skips it), or ``""`` when nothing is missing or nothing is recorded.
+    """
+    from vltk.plugins import get_plugin_manager
+
+    try:
+        recorded = json.loads((Path(folder) / ENVIRONMENT_NAME).read_text()).get("plugins") or {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    manager = get_plugin_manager()
+    loaded = {info.name for info in manager.plugins()}
+    hints = []
+    for name, facts in sorted(recorded.items()):
+        if name in loaded or not isinstance(facts, dict):
+            continue
+        distribution, version = facts.get("distribution"), facts.get("version")
+        if name in manager.blocked:
+            hints.append(f"plugin '{name}' is blocked by VLTK_BLOCK_PLUGINS: unset it or drop '{name}' from it")
+        elif distribution:
+            pinned = f"{distribution}=={version}" if version else distribution
+            hints.append(
+                f"the run was trained with plugin '{name}' ({distribution} {version or ''}".rstrip()
+                + f"), which is not installed: pip install '{pinned}'"
+            )
+        else:
+            hints.append(f"the run was trained with plugin '{name}', which is not loaded now")
+    return (" " + "; ".join(hints)) if hints else ""

@@ -15,8 +15,6 @@ import contextlib
 import errno
 import functools
 import random
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +35,13 @@ from vltk.engine.checkpoint import (
     save_atomic,
 )
 from vltk.engine.fingerprint import RECORD_KEY, backbone_record, check_backbone_fingerprint
+from vltk.engine.fit_phase import fit_augmenters, pending_fits
 from vltk.engine.interrupts import Interrupted, StopSignals
 from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
+from vltk.engine.progress import EvalProgress, TrainProgress, parameter_summary
 from vltk.engine.report import to_json
 from vltk.engine.run_folder import CHANGES_NAME, RunLock, record_changes, remove_unfinished_saves, resume_command
+from vltk.engine.run_log import RunLoggers
 from vltk.errors import UserError
 from vltk.resolved import ResolvedRun
 
@@ -206,6 +207,9 @@ class Trainer:
         self.lock = RunLock(self.output)
         self.lock.check()
         resumed = load_resume_checkpoint(self.output) if resume else None
+        # built (not started) before anything heavy: a logger whose package is missing fails here, nothing written
+        start_step = int(resumed[0]["step"]) if resumed else 0
+        self.loggers = RunLoggers.build(run, self.output, start_step=start_step, resumed=resumed is not None)
         seed_everything(config.seed)
         self.device = pick_device(config.device)
         self.source = build_data_source(run)
@@ -374,25 +378,31 @@ class Trainer:
             with StopSignals(self._notify) as signals:
                 self._signals = signals
                 try:
+                    self.loggers.start()
                     return self._fit(signals)
                 except Interrupted as interrupt:
                     raise Interrupted(interrupt.signum, saved=self.last_saved_step == self.step) from None
         finally:
             self._signals = None
-            self.lock.release()
+            try:
+                self.loggers.close()
+            finally:
+                self.lock.release()
 
     def _fit(self, signals: StopSignals) -> dict[str, Any]:
         config = self.config
         train = config.train
         dataset = self._train_dataset()
-        self._fit_augmenters(dataset)
+        self._fit_augmenters(dataset, signals)
         batches = self._batches = self._batches_from_checkpoint(dataset)
         if self._rng is not None:  # right before the first step, as the uninterrupted run was at this point
             restore_rng_state(self._rng)
             self._rng = None
         trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.model.train()
-        progress = _Progress(
+        if not self.quiet:
+            self._notify(parameter_summary(self.model))
+        progress = TrainProgress(
             self.console, total=train.iters, start=self.step, enabled=not self.quiet, log_interval=train.log_interval
         )
         with progress:
@@ -403,7 +413,8 @@ class Trainer:
                     raise Interrupted(signals.requested, saved=True)
                 record = self._train_step(next(batches), trainable)
                 self.history["train"].append(record)
-                progress.advance(self.step, record["loss"])
+                self.loggers.train_step(record)
+                progress.advance(self.step, record)
                 if train.eval_interval and self.step % train.eval_interval == 0 and self.step < train.iters:
                     self._evaluate_and_record(progress)
                     self.model.train()
@@ -417,35 +428,30 @@ class Trainer:
         results = self._evaluate_and_record(None, overlays=True)
         self._save("last.pt")
         self._write_reports(results)
+        self.loggers.final(results, self.step)
         return results
 
-    def _fit_augmenters(self, dataset: Dataset) -> None:
-        """The ``fit`` phase of augmenters that have one (CLIP the Gap's offsets), before the first step.
+    def _fit_augmenters(self, dataset: Dataset, signals: StopSignals) -> None:
+        """The fit phase of augmenters that have one (:mod:`vltk.engine.fit_phase`), before the first step.
 
-        Fitted state is in the checkpoint, so a resumed run skips it. Batches come from the training set with
-        their own seed, so the training batch order is the same with or without the phase.
+        Batches come from the training set with their own seed, so the training batch order is the same with or
+        without the phase. A stop asked for during the phase ends it and the run (nothing of it is saved).
         """
-        pending = [
-            augmenter
-            for augmenter in getattr(self.model, "augmenters", ())
-            if callable(getattr(augmenter, "fit", None)) and not getattr(augmenter, "is_fitted", False)
-        ]
-        if not pending:
+        if not pending_fits(self.model):
             return
         train = self.config.train
         batches = EpochBatches(dataset, train.batch_size, self.config.seed + 1, train.num_workers, self.collate_fn)
-        images = (self.task.batch_images(batch) for batch in batches)
-        log = None if self.quiet else self.console.print
-        for augmenter in pending:
-            name = type(augmenter).__name__
-            if log is not None:
-                log(f"fit phase of {name} (before training)...")
-            started = time.perf_counter()
-            summary = augmenter.fit(self.model, images, device=self.device, log=log)
-            summary = {"augmenter": name, "seconds": time.perf_counter() - started, **dict(summary or {})}
-            self.history.setdefault("augmenter_fit", []).append(summary)
-            if log is not None:
-                log(f"fit phase of {name} done in {summary['seconds']:.1f}s")
+        summaries = fit_augmenters(
+            self.model,
+            (self.task.batch_images(batch) for batch in batches),
+            device=self.device,
+            run_iters=train.iters,
+            should_stop=lambda: signals.requested is not None,
+            log=None if self.quiet else self.console.print,
+        )
+        self.history.setdefault("augmenter_fit", []).extend(summaries)
+        if signals.requested is not None:
+            raise Interrupted(signals.requested, saved=self.last_saved_step == self.step)
 
     def _batch_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The model's loss terms for one collated batch (``"loss"`` is the total), as the task computes them."""
@@ -475,21 +481,30 @@ class Trainer:
             **{name: float(value.detach()) for name, value in losses.items()},
         }
 
-    def _run_evaluation(self, overlays: bool) -> dict[str, Any]:
+    def _run_evaluation(self, overlays: bool, progress: EvalProgress | None = None) -> dict[str, Any]:
         """Per-domain results of the current model (the task decides what is measured)."""
         from vltk.engine.evaluation import evaluate
 
         overlay_dir = self.output / "overlays" if overlays else None
+        config, device = self.config.eval, self.device
         # a compiled model evaluates eagerly: eval mode, other batch and image sizes would each compile anew
         stance = torch.compiler.set_stance("force_eager") if self.config.train.compile else contextlib.nullcontext()
         with stance:
-            return evaluate(self.model, self.source, self.task, self.config.eval, self.device, overlay_dir=overlay_dir)
+            return evaluate(
+                self.model, self.source, self.task, config, device, overlay_dir=overlay_dir, progress=progress
+            )
 
-    def _evaluate_and_record(self, progress: _Progress | None, overlays: bool = False) -> dict[str, Any]:
-        if progress is not None:
-            progress.note("evaluating...")
-        results = self._run_evaluation(overlays)
+    def _evaluate_and_record(self, progress: TrainProgress | None, overlays: bool = False) -> dict[str, Any]:
+        """Evaluate (the training clock paused, so the ETA stays a training ETA), log, keep ``best.pt``."""
+        shown = progress.evaluation() if progress is not None else EvalProgress(self.console, enabled=not self.quiet)
+        paused = progress.paused() if progress is not None else contextlib.nullcontext()
+        try:
+            with paused:
+                results = self._run_evaluation(overlays, shown)
+        finally:
+            shown.close()
         results["iter"] = self.step
+        self.loggers.evaluation(results, self.step)
         if not self.history["eval"] or self.history["eval"][-1]["iter"] != self.step:
             self.history["eval"].append(results)
         score = self.task.selection_score(results)
@@ -511,65 +526,3 @@ class Trainer:
         (self.output / "metrics.json").write_text(to_json(metrics))
         self.task.plot_history(self.history, self.output / "curves.png", self.source.train_domains)
         self.stdout.print(self.task.result_table(results, self.source.train_domains))
-
-
-class _Progress:
-    """rich progress bar on stderr when it is a terminal; plain periodic log lines otherwise (CI, pipes)."""
-
-    def __init__(self, console: Any, total: int, start: int, enabled: bool, log_interval: int) -> None:
-        self.console = console
-        self.total = total
-        self.start_step = start
-        self.enabled = enabled
-        self.interactive = enabled and console.is_terminal
-        self.log_interval = log_interval
-        self.started = time.perf_counter()
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.interactive:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("{task.fields[speed]} it/s"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self.bar.__enter__()
-            self.task = self.bar.add_task("train", total=self.total, completed=self.start_step, loss="-", speed="-")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def advance(self, step: int, loss: float) -> None:
-        elapsed = time.perf_counter() - self.started
-        speed = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.3f}", speed=f"{speed:.2f}")
-        elif self.enabled and (step % self.log_interval == 0 or step == self.total):
-            eta = (self.total - step) / speed if speed > 0 else float("inf")
-            print(
-                f"iter {step}/{self.total}  loss {loss:.4f}  {speed:.2f} it/s  ETA {eta:.0f}s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def note(self, message: str) -> None:
-        if self.enabled:
-            self.console.print(message)

@@ -37,16 +37,45 @@ def _pct(value: float | None) -> str:
 class DetectionMetric:
     """VOC AP50 of one domain: per-class AP, the mean over classes and the ground-truth counts."""
 
-    def __init__(self, source: Any, eval_config: EvalConfig) -> None:
+    def __init__(self, source: Any, eval_config: EvalConfig, domain: str = "", overlay_dir: Path | None = None) -> None:
         from vltk.engine.detection_metrics import VOCAveragePrecision
 
+        self.source = source
         self.classes = list(source.classes)
         self.interpolation = eval_config.ap_interpolation
         self.metric = VOCAveragePrecision(len(self.classes), iou_threshold=0.5, interpolation=self.interpolation)
+        self.domain = domain
+        self.overlay_dir = overlay_dir
+        self.wanted = eval_config.overlays
+        self.written = 0
 
     def update(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> None:
         predictions = model.predict([image.to(device) for image in batch["images"]])
-        self.metric.update([{k: v.cpu() for k, v in p.items()} for p in predictions], batch["targets"])
+        predictions = [{k: v.cpu() for k, v in p.items()} for p in predictions]
+        self.metric.update(predictions, batch["targets"])
+        if self.overlay_dir is not None and self.written < self.wanted:
+            self._write_overlays(batch, predictions)
+
+    def _write_overlays(self, batch: dict[str, Any], predictions: list[dict[str, Any]]) -> None:
+        """``overlays/<domain>_<i>.png``: true and predicted boxes with class names (scores above
+        ``score_thresh`` of the head), as segmentation runs write their label-map overlays."""
+        from vltk.engine.overlays import write_box_overlay
+
+        self.overlay_dir.mkdir(parents=True, exist_ok=True)
+        for image, target, prediction in zip(batch["images"], batch["targets"], predictions, strict=True):
+            if self.written >= self.wanted:
+                return
+            pixels = (image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype("uint8")
+            write_box_overlay(
+                self.overlay_dir / f"{self.domain}_{self.written}.png",
+                pixels,
+                {key: target[key].numpy() for key in ("boxes", "labels")},
+                {key: value.numpy() for key, value in prediction.items()},
+                self.classes,
+                self.source.palette,
+                title=f"domain {self.domain}, image {self.written}",
+            )
+            self.written += 1
 
     def result(self) -> dict[str, Any]:
         result = self.metric.compute()
@@ -140,7 +169,7 @@ class DetectionTask(Task):
     def domain_metric(
         self, source: Any, eval_config: EvalConfig, domain: str, overlay_dir: Path | None = None
     ) -> DetectionMetric:
-        return DetectionMetric(source, eval_config)
+        return DetectionMetric(source, eval_config, domain, overlay_dir)
 
     def result_extras(self, eval_config: EvalConfig) -> dict[str, Any]:
         return {"metric": f"AP50 ({eval_config.ap_interpolation})"}

@@ -62,6 +62,8 @@ class SegmentationMetric:
                 prediction[i].numpy(),
                 self.source.palette,
                 self.source.ignore_index,
+                class_names=self.source.classes,
+                title=f"domain {self.domain}, image {self.written}",
             )
             self.written += 1
 

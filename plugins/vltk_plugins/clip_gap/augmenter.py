@@ -43,6 +43,7 @@ Either way the phase changes nothing but ``A``: modes, ``requires_grad`` flags a
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -53,6 +54,9 @@ from torch import Tensor, nn
 
 from vltk.api import Augmenter, BuildContext, UserError, coerce_options, require_split_backbone
 from vltk_plugins.clip_gap.options import ClipGapOptions
+
+#: OFFSET_OPT_ITERS of the released code: fit steps when ``fit_steps`` is unset and the run is at least this long
+PAPER_FIT_STEPS = 1000
 
 #: The normalisation layers whose training mode means "batch statistics" (and whose running statistics move).
 BATCH_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -243,11 +247,19 @@ class ClipGapAugmenter(Augmenter):
         directions: Tensor,
         log: Callable[[str], None] | None,
         log_interval: int,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[float]:
-        """The Adam steps of :meth:`fit` (modes and flags are set by the caller); returns L_opt per step."""
+        """The Adam steps of :meth:`fit` (modes and flags are set by the caller); returns L_opt per step.
+
+        Progress goes to ``log`` after the first step (the first estimate of the phase's duration) and every
+        ``log_interval`` steps; ``should_stop`` is asked before every step (a Ctrl-C ends the phase there).
+        """
         optimizer = torch.optim.Adam([self.offsets], lr=self.options.fit_lr)
         history: list[float] = []
+        started = time.perf_counter()
         for step in range(steps):
+            if should_stop is not None and should_stop():
+                break
             batch = next(iterator, None)
             if batch is None:  # a finite iterable: one pass over it is the phase
                 break
@@ -262,8 +274,10 @@ class ClipGapAugmenter(Augmenter):
                 total += float(loss.detach())
             optimizer.step()
             history.append(total)
-            if log is not None and ((step + 1) % log_interval == 0 or step + 1 == steps):
-                log(f"clip-gap fit {step + 1}/{steps}: L_opt {total:.4f}")
+            if log is not None and (step == 0 or (step + 1) % log_interval == 0 or step + 1 == steps):
+                per_step = (time.perf_counter() - started) / (step + 1)
+                left = per_step * (steps - step - 1)
+                log(f"clip-gap fit {step + 1}/{steps}: L_opt {total:.4f}  {per_step:.2f} s/step, ETA {left:.0f}s")
         return history
 
     def fit(
@@ -274,11 +288,17 @@ class ClipGapAugmenter(Augmenter):
         steps: int | None = None,
         device: torch.device | str | None = None,
         log: Callable[[str], None] | None = None,
-        log_interval: int = 100,
+        log_interval: int | None = None,
+        run_iters: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """Fit the offsets on source images (one batch of images per step, float [0, 1]); returns a summary.
 
-        Runs ``steps`` (default ``fit_steps``) Adam steps, or fewer when ``batches`` runs out.
+        Runs ``steps`` Adam steps, or fewer when ``batches`` runs out. ``steps`` defaults to ``fit_steps``, whose
+        own default is the paper's 1000 capped at ``run_iters`` (the training run's length, given by the engine).
+        Progress lines (with an estimate of the time left) go to ``log`` every ``log_interval`` steps (default:
+        about ten lines per phase). ``should_stop`` is asked before each step; when it says stop, the phase ends
+        there, the offsets are not marked fitted and the summary has ``stopped: True``.
 
         ``model`` is the whole predictor (its ``backbone`` is used, or ``model`` itself when it is the backbone).
         Backbone and prompter stay untouched: they run in the ``fit_bn`` mode with gradients off, and their modes,
@@ -286,7 +306,8 @@ class ClipGapAugmenter(Augmenter):
         """
         backbone = getattr(model, "backbone", model)
         require_split_backbone(backbone, needed_by="augmenter 'clip-gap'")
-        steps = self.options.fit_steps if steps is None else int(steps)
+        steps = self.fit_budget(run_iters) if steps is None else int(steps)
+        log_interval = log_interval or max(1, min(100, steps // 10))
         device = torch.device(device) if device is not None else self.offsets.device
         directions = self.text_directions(model, backbone).to(device)
         grads = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
@@ -295,19 +316,31 @@ class ClipGapAugmenter(Augmenter):
         self.offsets.requires_grad_(True)
         try:
             with fit_modes(model, self.options.fit_bn):
-                history = self._fit_loop(backbone, iter(batches), steps, device, directions, log, log_interval)
+                history = self._fit_loop(
+                    backbone, iter(batches), steps, device, directions, log, log_interval, should_stop
+                )
         finally:
             self.offsets.requires_grad_(False)
             self.offsets.grad = None
             for parameter, flag in grads:
                 parameter.requires_grad_(flag)
-        self.fitted.fill_(True)
+        stopped = should_stop is not None and len(history) < steps and should_stop()
+        if not stopped:
+            self.fitted.fill_(True)
         return {
+            "stopped": stopped,
             "steps": len(history),
             "initial_loss": history[0] if history else math.nan,
             "final_loss": history[-1] if history else math.nan,
             "offset_norm": float(self.offsets.detach().norm()),
         }
+
+    def fit_budget(self, run_iters: int | None = None) -> int:
+        """Steps of the fit phase: ``fit_steps`` when set, else the paper's :data:`PAPER_FIT_STEPS` capped at the
+        run's ``train.iters`` (a 30-step smoke run must not spend minutes fitting offsets)."""
+        if self.options.fit_steps is not None:
+            return self.options.fit_steps
+        return PAPER_FIT_STEPS if run_iters is None else min(PAPER_FIT_STEPS, int(run_iters))
 
     def extra_repr(self) -> str:
         return (
@@ -329,4 +362,4 @@ def build_clip_gap(options: ClipGapOptions | dict[str, Any] | None, context: Bui
     return ClipGapAugmenter(options, channels=int(channels), stride=context.stride_a or 16)
 
 
-__all__ = ["BATCH_NORMS", "ClipGapAugmenter", "build_clip_gap", "fit_modes"]
+__all__ = ["BATCH_NORMS", "PAPER_FIT_STEPS", "ClipGapAugmenter", "build_clip_gap", "fit_modes"]

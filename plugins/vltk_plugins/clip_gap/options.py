@@ -58,7 +58,14 @@ class ClipGapOptions(Options):
             "the offset index j is drawn per image either way)."
         ),
     )
-    fit_steps: int = Field(1000, ge=0, description="Adam steps of the fit phase (OFFSET_OPT_ITERS; 0 = no fitting).")
+    fit_steps: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Adam steps of the fit phase (0 = no fitting). None: the paper's 1000 (OFFSET_OPT_ITERS), but at most "
+            "the run's train.iters, so a short run has a short fit phase."
+        ),
+    )
     fit_lr: float = Field(0.01, gt=0, description="Adam learning rate of the fit phase.")
     fit_bn: Literal["train", "eval"] = Field(
         "train",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,8 @@ def bench_command(
 ) -> None:
     """Time each op's Triton kernel against its PyTorch reference: median/p20/p80, speed-up, peak memory next to
     the theoretical minimum, max error vs the reference, and TFLOP/s and GB/s on CUDA."""
+    if json_path and json_path != "-":
+        check_json_path(Path(json_path))  # before the work: the results must have somewhere to go
     torch_device = _pick_device(device)
     if threads is not None:
         import torch
@@ -201,9 +204,32 @@ def bench_command(
     _print_table(payload)
     if json_path:
         path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2) + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(payload, indent=2) + "\n")
+        except OSError as error:
+            raise UserError(f"cannot write --json '{path}': {error.strerror or error}; choose another path") from None
         click.echo(f"wrote {path}")
+
+
+def check_json_path(path: Path) -> None:
+    """Refuse a ``--json`` file that cannot be written (a folder by that name, a file in the way of its folder,
+    no permission) without creating anything, so a benchmark never runs for minutes to fail at its last line."""
+    if path.is_dir():
+        raise UserError(f"--json '{path}' is a folder; give a file name, e.g. {path / 'bench.json'}")
+    folder = path.parent
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"--json '{path}' cannot be created: '{folder}' is a file, not a folder; choose another path")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".vltk-bench-check.", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(
+            f"--json '{path}' cannot be written (in '{folder}'): {error.strerror or error}; choose another path"
+        ) from None
 
 
 def _progress(message: str) -> None:

@@ -40,9 +40,13 @@ def test_prompts_reproduce_the_paper() -> None:
     assert options.target_prompts == diverse_weather_prompts() == PAPER_TARGETS
     assert VOC_STYLE_PROMPTS[0] == "an image in the comics style" and len(VOC_STYLE_PROMPTS) == 7
     # paper parity defaults
-    assert (options.probability, options.fit_steps, options.fit_lr) == (0.5, 1000, 0.01)
+    assert (options.probability, options.fit_steps, options.fit_lr) == (0.5, None, 0.01)
     assert (options.crops_per_image, options.crop_size, options.offset_size) == (15, 400, 14)
     augmenter = build_clip_gap(options, BuildContext(channels_a=1024))
+    assert augmenter.fit_budget() == 1000  # OFFSET_OPT_ITERS, unless the run is shorter
+    assert (augmenter.fit_budget(run_iters=30), augmenter.fit_budget(run_iters=90_000)) == (30, 1000)
+    explicit = build_clip_gap(ClipGapOptions(fit_steps=7), BuildContext(channels_a=8))
+    assert explicit.fit_budget(run_iters=3) == 7
     assert augmenter.offsets.shape == (15, 1024, 14, 14) and augmenter.offsets.numel() == 3_010_560
     assert augmenter.stage == "feature" and augmenter.crop_resolution == 224
     with pytest.raises(ValueError, match="empty"):
@@ -268,3 +272,27 @@ def test_build_errors() -> None:
     aug = augmenter()
     with pytest.raises(UserError, match="stage_a"):
         aug.fit(nn.Linear(2, 2), iter([]))
+
+
+def test_a_stop_request_ends_the_fit_phase_unfitted_and_progress_has_an_estimate(make_backbone) -> None:
+    torch.manual_seed(0)
+    backbone = make_backbone(trainable=[])
+    prompter = build_clip_template(None, BuildContext.from_backbone(backbone, class_names=["car", "person"]))
+    options = {"target_prompts": PAPER_TARGETS[:2], "crops_per_image": 2, "crop_size": 32, "offset_size": 2}
+    aug = build_clip_gap(options, BuildContext.from_backbone(backbone))
+    model = Holder(backbone, prompter, aug).train()
+    images = [torch.rand(3, 48, 48)]
+    lines: list[str] = []
+    asked = []
+
+    def stop_after_three() -> bool:
+        asked.append(1)
+        return len(lines) >= 3
+
+    summary = aug.fit(
+        model, iter([images] * 100), run_iters=50, log=lines.append, log_interval=1, should_stop=stop_after_three
+    )
+    assert summary["stopped"] and summary["steps"] == 3 and not aug.is_fitted  # a resume fits again
+    assert lines[0].startswith("clip-gap fit 1/50: L_opt") and "s/step, ETA" in lines[0]
+    done = aug.fit(model, iter([images] * 4), run_iters=4, log=lines.append, should_stop=lambda: False)
+    assert not done["stopped"] and done["steps"] == 4 and aug.is_fitted

@@ -162,7 +162,8 @@ EARLIER_LOSSES = {"loss_cls": 3.2128114700317383, "loss_mask": 3.119669437408447
 
 
 @pytest.mark.parametrize(("options", "same"), [({"ignore_mode": "exclude"}, True), ({}, False)])
-def test_exclude_reproduces_the_earlier_numbers_exactly(options: dict[str, str], same: bool) -> None:
+def test_exclude_reproduces_the_earlier_numbers(options: dict[str, str], same: bool) -> None:
+    """Equal to float32 rounding: the last bit depends on the thread count (reduction order), so not ``equal``."""
     labels, points, mask_logits, class_logits = golden_case()
     criterion = Mask2FormerCriterion(num_classes=4, num_points=points.shape[1], **options)
     criterion.matcher.sample_points = lambda device: points  # type: ignore[method-assign]
@@ -172,8 +173,8 @@ def test_exclude_reproduces_the_earlier_numbers_exactly(options: dict[str, str],
     losses = criterion.single(class_logits, mask_logits, targets)
     queries, matched = criterion.matcher.match(class_logits[0], mask_logits[0], targets[0])
     if same:
-        assert torch.equal(cost, torch.tensor(EARLIER_COST))
-        assert {name: value.item() for name, value in losses.items()} == EARLIER_LOSSES
+        torch.testing.assert_close(cost, torch.tensor(EARLIER_COST), rtol=1e-6, atol=1e-6)
+        assert {name: value.item() for name, value in losses.items()} == pytest.approx(EARLIER_LOSSES, rel=1e-6)
         assert (queries.tolist(), matched.tolist()) == ([0, 1, 2], [1, 0, 2])
     else:  # the default (background, zero padding) is a different objective on this case
         assert not torch.allclose(cost, torch.tensor(EARLIER_COST))

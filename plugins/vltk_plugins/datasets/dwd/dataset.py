@@ -113,6 +113,10 @@ class VOCDetectionSplit(Dataset):
         try:
             with Image.open(path) as handle:
                 image = torch.from_numpy(np.asarray(handle.convert("RGB")).copy()).permute(2, 0, 1)
+        except Image.DecompressionBombError as error:  # a header claiming e.g. 40000x40000 pixels
+            raise UserError(
+                f"image '{path}' claims more pixels than PIL decodes safely ({error}); replace the file or resize it"
+            ) from None
         except (OSError, UnidentifiedImageError) as error:
             raise UserError(f"cannot decode image '{path}': {error}") from None
         height, width = image.shape[-2:]

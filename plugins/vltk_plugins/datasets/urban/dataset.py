@@ -190,11 +190,17 @@ LAYOUTS: dict[str, Callable[[UrbanDomain, str], list[Pair]]] = {
 
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """``(image uint8 [H,W,3], label uint8 [H,W] in train ids)``; unreadable files name themselves."""
+    image = label = None
     try:
         with Image.open(pair.image) as handle:
             image = np.asarray(handle.convert("RGB"))
         with Image.open(pair.label) as handle:
             label = np.asarray(handle)
+    except Image.DecompressionBombError as error:  # a header claiming e.g. 40000x40000 pixels
+        path = pair.image if image is None else pair.label
+        raise UserError(
+            f"image '{path}' claims more pixels than PIL decodes safely ({error}); replace the file or resize it"
+        ) from None
     except (OSError, UnidentifiedImageError) as error:
         raise UserError(
             f"cannot read '{error.filename or pair.image}': {error}; the file is corrupt or not an image"
@@ -208,8 +214,25 @@ def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         )
     label = label.astype(np.uint8) if label.max(initial=0) < 256 else np.minimum(label, 255).astype(np.uint8)
     if pair.label_ids == "cityscapes":
-        label = _ID_LUT[label]
+        label = _ID_LUT[label]  # every id outside the 34 Cityscapes label ids becomes ignore
+    else:
+        check_train_ids(label, pair.label)
     return image, label
+
+
+def check_train_ids(label: np.ndarray, path: Path) -> None:
+    """Train-id labels hold 0..18 and 255 (ignore) only; anything else would fail inside the loss (``Target 26 is
+    out of bounds``) without naming the file, or, worse, count as a wrong class in evaluation."""
+    invalid = (label >= len(CITYSCAPES_CLASSES)) & (label != IGNORE_INDEX)
+    if invalid.any():
+        found = sorted({int(value) for value in np.unique(label[invalid])})
+        shown = ", ".join(map(str, found[:6])) + (", ..." if len(found) > 6 else "")
+        last = len(CITYSCAPES_CLASSES) - 1
+        raise UserError(
+            f"label '{path}' holds class id(s) {shown}, outside the Cityscapes train ids 0..{last}"
+            f" (and {IGNORE_INDEX} = ignore); convert the labels to train ids, or set label_ids: cityscapes for "
+            "the 34 Cityscapes label ids"
+        )
 
 
 def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

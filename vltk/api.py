@@ -18,6 +18,10 @@ Options and errors (light):
     pretrained weights; ``did_you_mean`` — the " did you mean 'x'?" suffix for such messages.
 Benchmarks (light):
     ``bench_cases`` — every ``vltk bench`` case the loaded plugins register, by name.
+Released checkpoints (torch when called):
+    ``release_formats`` — every ``vltk_release_formats`` format the loaded plugins declare, by name;
+    ``check_checkpoint`` — a (converted) vltk checkpoint checked against the model its configuration builds,
+    returned with that configuration resolved.
 Experiment loggers (light):
     ``ExperimentLogger`` — base class of a logger (``start``, ``log_scalars``, ``log_results``, ``close``);
     ``LoggerContext`` — what a logger factory is told (run folder, name, configuration, start step).
@@ -137,6 +141,7 @@ __all__ = [
     "UserError",
     "as_label_map",
     "bench_cases",
+    "check_checkpoint",
     "coerce_options",
     "colorize",
     "collate_detection",
@@ -147,6 +152,7 @@ __all__ = [
     "logits_at_label_size",
     "named_trainable",
     "require_adapter_fits",
+    "release_formats",
     "require_split_backbone",
     "require_text_space",
 ]
@@ -161,6 +167,23 @@ def bench_cases() -> dict[str, tuple[str, Any]]:
     from vltk.plugins import get_plugin_manager
 
     return get_plugin_manager().bench_cases()
+
+
+def release_formats() -> dict[str, tuple[str, Any]]:
+    """``{format name: (plugin name, format)}`` of every released-checkpoint format the loaded plugins declare
+    (``vltk_release_formats``); ``vltk convert`` detects a release file's format among these."""
+    from vltk.engine.releases import release_formats as formats
+
+    return formats()
+
+
+def check_checkpoint(checkpoint: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """``checkpoint`` (``model``, ``config``, ``class_names``, ...) with its configuration resolved (``overrides``
+    applied), after checking on the meta device that its weights fit the model that configuration builds; a
+    misfit is one :class:`UserError` naming the first keys with both shapes."""
+    from vltk.engine.releases import check_checkpoint as check
+
+    return check(checkpoint, overrides)
 
 
 def __getattr__(name: str) -> Any:

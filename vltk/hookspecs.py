@@ -220,3 +220,25 @@ def vltk_user_error_types() -> list[type[BaseException]]:
 
             return [MyBackendError]
     """
+
+
+@hookspec
+def vltk_release_formats() -> list[Any]:
+    """Return the released-checkpoint formats a plugin reads: the files a paper's authors published (an mmseg
+    or detectron2 checkpoint, a PyTorch Lightning file, a Hugging Face model), which ``vltk convert`` rewrites
+    and ``vltk eval --checkpoint`` / ``vltk predict --checkpoint`` read directly, converting in memory.
+
+    Each format is an object with ``name`` (what ``vltk convert --from NAME`` takes), ``title`` (one line naming
+    the paper and the layout, for errors and ``vltk convert``) and ``convert(path, hints)``: the vltk checkpoint
+    the file holds (a dict with ``model``, ``config``, ``class_names``, ``backbone_included`` and a ``release``
+    record of what was renamed and dropped), or ``None`` when the file is not of this format (so the next format
+    is tried). ``hints`` is a dict of what the caller knows (``backbone_weights``: the file given with
+    ``--backbone-weights``). A file that is of the format but cannot be converted raises
+    :class:`vltk.errors.UserError`. Example::
+
+        @hookimpl
+        def vltk_release_formats():
+            from my_plugin.release import MY_PAPER_RELEASE  # import torch-free; convert() imports torch
+
+            return [MY_PAPER_RELEASE]
+    """

@@ -217,6 +217,27 @@ class VltkPluginManager:
             call(register=functools.partial(register, plugin=plugin))
         return cases
 
+    def release_formats(self) -> dict[str, tuple[str, Any]]:
+        """``{format name: (plugin name, format)}`` of every ``vltk_release_formats`` implementation, in plugin
+        order. A name given twice is a :class:`UserError` naming both plugins; a format without a ``name``,
+        ``title`` or ``convert`` is a :class:`PluginLoadError` naming its plugin."""
+        formats: dict[str, tuple[str, Any]] = {}
+        for plugin, call in self._callers_by_plugin("vltk_release_formats"):
+            for release_format in (item for result in call() for item in result or []):
+                name = getattr(release_format, "name", None)
+                if not isinstance(name, str) or not name or not callable(getattr(release_format, "convert", None)):
+                    raise PluginLoadError(
+                        f"plugin '{plugin}': vltk_release_formats returned {release_format!r}, which has no name or "
+                        "no convert(path, hints); return objects with name, title and convert"
+                    )
+                if name in formats:
+                    raise UserError(
+                        f"release format '{name}' is declared twice: by '{formats[name][0]}' and by '{plugin}'; "
+                        "rename one, or skip a plugin with VLTK_BLOCK_PLUGINS"
+                    )
+                formats[name] = (plugin, release_format)
+        return formats
+
     def user_error_types(self) -> tuple[type[BaseException], ...]:
         """Every exception type plugins declare through ``vltk_user_error_types``: the CLI prints them as one
         ``Error:`` line, like :class:`UserError`. Anything but exception classes is a :class:`PluginLoadError`."""

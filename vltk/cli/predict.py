@@ -176,7 +176,12 @@ def predict_images(
 
 @click.command("predict", epilog=PREDICT_EPILOG)
 @click.argument("images", nargs=-1, required=True)
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="a vltk checkpoint (.pt)")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="a vltk checkpoint (.pt) or a released paper checkpoint",
+)
 @click.option(
     "--labels",
     help="comma-separated class names that replace the training label set (needs a model with a prompter)",

@@ -247,12 +247,14 @@ def load_checkpoint_config(
     Shared by ``vltk eval``, ``vltk predict`` and :func:`vltk.load`. A checkpoint saved without its frozen backbone
     needs that backbone's weights file: ``backbone_weights``, else the one recorded in its config, else the
     absolute path it recorded (so a relative path still works from another folder). A checkpoint that holds its
-    backbone needs no file at all: the backbone is built empty and the checkpoint fills it.
+    backbone needs no file at all: the backbone is built empty and the checkpoint fills it. A released paper
+    checkpoint (Rein, DenseCLIP, LSeg, CLIP the Gap, Hugging Face Mask2Former) is converted in memory by its
+    plugin's format (:mod:`vltk.engine.releases`).
     """
-    from vltk.engine.checkpoint import load_checkpoint
     from vltk.engine.fingerprint import recorded_source
+    from vltk.engine.releases import load_checkpoint_or_release
 
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint_or_release(checkpoint, backbone_weights=backbone_weights, overrides=overrides)
     extra = list(overrides)
     backbone_section = state["config"].get("backbone", {})
     if backbone_weights:
@@ -323,12 +325,18 @@ Examples:
   vltk eval --checkpoint runs/default/best.pt
   vltk eval --checkpoint runs/rein-synthetic/best.pt dataset.num_val=64
   vltk eval --checkpoint rein_head.pt --backbone-weights eva02_converted.pt
+  vltk eval --checkpoint dinov2_rein_and_head.pth --backbone-weights dinov2_converted.pth   # a Rein release
 """
 
 
 @click.command("eval", epilog=EVAL_EPILOG)
 @click.argument("overrides", nargs=-1)
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="a vltk checkpoint (.pt)")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="a vltk checkpoint (.pt) or a released paper checkpoint",
+)
 @click.option(
     "--backbone-weights",
     type=click.Path(dir_okay=False),

@@ -1,4 +1,5 @@
-"""``vltk convert SRC DST --to BACKBONE [OPTION=VALUE ...]``: a weights file rewritten in the backbone's layout.
+"""``vltk convert SRC DST --to BACKBONE [OPTION=VALUE ...]``: a weights file rewritten in the backbone's layout;
+without ``--to``, a released paper checkpoint rewritten as a vltk checkpoint (:mod:`vltk_plugins.common.releases`).
 
 ``backbone.pretrained=FILE`` already reads every layout a backbone knows (:mod:`vltk_plugins.common.weights`)
 and converts it on each load. ``vltk convert`` does that work once and writes the result: an open_clip state
@@ -38,6 +39,12 @@ Examples:
   vltk convert ViT-B-16.pt clip_b16.safetensors --to clip-vit model=ViT-B-16-quickgelu
 \b
 Then: vltk train --backbone dinov2 backbone.variant=large backbone.pretrained=dinov2_l16.pt ...
+\b
+Released paper checkpoints (format detected; DST.yaml is the recipe that rebuilds the model):
+  vltk convert dinov2_rein_and_head.pth rein_citys.pt
+  vltk convert denseclip_fpn_res50.pth denseclip.pt --from denseclip
+  vltk convert mask2former-swin-tiny/model.safetensors m2f.pt backbone=clip-resnet
+Then: vltk eval --checkpoint rein_citys.pt --backbone-weights dinov2_converted.pth
 """
 
 
@@ -141,17 +148,41 @@ def convert(source: str, destination: str, backbone: str, tokens: tuple[str, ...
 @click.argument("source", metavar="SRC")
 @click.argument("destination", metavar="DST")
 @click.argument("options", nargs=-1, metavar="[OPTION=VALUE]...")
-@click.option("--to", "backbone", required=True, help="Backbone the weights are for: " + ", ".join(sorted(CONVERTIBLE)))
+@click.option(
+    "--to",
+    "backbone",
+    help="Backbone the weights are for: " + ", ".join(sorted(CONVERTIBLE)) + " (omit for a released checkpoint)",
+)
+@click.option(
+    "--from",
+    "from_format",
+    help="Format of a released checkpoint (rein, denseclip, lseg, clip-gap, hf-mask2former); detected when omitted",
+)
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
-def convert_command(source: str, destination: str, options: tuple[str, ...], backbone: str, force: bool) -> None:
-    """Rewrite the weights file SRC in the layout of a vltk backbone (open_clip or timm keys, patch kernel and
-    position grid converted) and write it to DST (.safetensors by name, else torch.save).
+def convert_command(
+    source: str, destination: str, options: tuple[str, ...], backbone: str | None, from_format: str | None, force: bool
+) -> None:
+    """Rewrite the weights file SRC for vltk and write it to DST.
 
-    SRC may be any file backbone.pretrained reads: official EVA02/EVA02-CLIP, OpenAI CLIP (TorchScript too),
-    Meta DINOv2, timm, open_clip, Rein's converted files, mmseg checkpoints (backbone.*). OPTION=VALUE are the
-    backbone's options (vltk show backbone NAME), e.g. variant=large patch_size=16.
+    With --to BACKBONE, SRC is a backbone's weights, written in the layout of that vltk backbone (open_clip or
+    timm keys, patch kernel and position grid converted; .safetensors by name, else torch.save). SRC may be any
+    file backbone.pretrained reads: official EVA02/EVA02-CLIP, OpenAI CLIP (TorchScript too), Meta DINOv2, timm,
+    open_clip, Rein's converted files, mmseg checkpoints (backbone.*). OPTION=VALUE are the backbone's options
+    (vltk show backbone NAME), e.g. variant=large patch_size=16.
+
+    Without --to, SRC is a released paper checkpoint (Rein, DenseCLIP, LSeg, CLIP the Gap, Hugging Face
+    Mask2Former; format detected, or named with --from): DST becomes a vltk checkpoint that vltk eval reads, with
+    its recipe beside it (DST.yaml). OPTION=VALUE are run overrides (dataset=synthetic, decoder.num_heads=4).
     """
-    for line in convert(source, destination, backbone, options, force=force):
+    if backbone is not None and from_format is not None:
+        raise UserError("vltk convert: --to names a backbone, --from a released checkpoint's format; give one of them")
+    if backbone is None:
+        from vltk_plugins.common.releases.convert import convert_release
+
+        lines = convert_release(source, destination, options, from_format=from_format, force=force)
+    else:
+        lines = convert(source, destination, backbone, options, force=force)
+    for line in lines:
         click.echo(line)
 
 

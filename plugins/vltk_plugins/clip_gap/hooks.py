@@ -42,3 +42,11 @@ def vltk_register_decoders(register: Any) -> None:
 @hookimpl
 def vltk_recipe_dirs() -> list[str]:
     return [str(Path(__file__).parent / "recipes")]
+
+
+@hookimpl
+def vltk_release_formats() -> list[object]:
+    """CLIP the Gap's released checkpoints (detectron2), read by ``vltk convert`` and ``vltk eval --checkpoint``."""
+    from vltk_plugins.clip_gap.release import CLIP_GAP_RELEASE
+
+    return [CLIP_GAP_RELEASE]

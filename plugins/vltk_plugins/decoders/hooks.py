@@ -27,3 +27,11 @@ def vltk_register_decoders(register: Register) -> None:
         summary="Mask2Former: deformable pixel decoder + masked-attention decoder, set loss; takes Rein's queries",
         paper="Mask2Former (Cheng et al., CVPR 2022); head of Rein (Wei et al., CVPR 2024)",
     )
+
+
+@hookimpl
+def vltk_release_formats() -> list[object]:
+    """Hugging Face Mask2Former checkpoints, read into the ``mask2former`` decoder."""
+    from vltk_plugins.decoders.mask2former.release import HF_MASK2FORMER
+
+    return [HF_MASK2FORMER]

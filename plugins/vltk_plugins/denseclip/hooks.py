@@ -22,3 +22,11 @@ def vltk_register_prompters(register: Register) -> None:
 @hookimpl
 def vltk_recipe_dirs() -> list[str]:
     return [str(Path(__file__).parent / "recipes")]
+
+
+@hookimpl
+def vltk_release_formats() -> list[object]:
+    """DenseCLIP's released checkpoints (mmseg 0.x), read by ``vltk convert`` and ``vltk eval --checkpoint``."""
+    from vltk_plugins.denseclip.release import DENSECLIP_RELEASE
+
+    return [DENSECLIP_RELEASE]

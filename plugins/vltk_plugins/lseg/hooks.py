@@ -25,3 +25,11 @@ def vltk_register_decoders(register: Register) -> None:
 @hookimpl
 def vltk_recipe_dirs() -> list[str]:
     return [str(Path(__file__).parent / "recipes")]
+
+
+@hookimpl
+def vltk_release_formats() -> list[object]:
+    """LSeg's released checkpoints (Lightning), read by ``vltk convert`` and ``vltk eval --checkpoint``."""
+    from vltk_plugins.lseg.release import LSEG_RELEASE
+
+    return [LSEG_RELEASE]

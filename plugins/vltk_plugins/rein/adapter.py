@@ -5,9 +5,10 @@ token values, passed through two MLPs shared by all layers, are added back to th
 starts near zero, so training starts from the frozen backbone's own features. The tokens of all layers also
 become the decoder's queries ("link tokens to instances").
 
-Parameter names match upstream ``LoRAReins`` so released Rein checkpoints (keys ``backbone.reins.*``) load after a
-prefix rename: ``learnable_tokens_a``, ``learnable_tokens_b`` (or ``learnable_tokens``), ``scale``,
-``mlp_token2feat``, ``mlp_delta_f``, ``transform``, ``merge``.
+Parameter names match upstream ``LoRAReins`` (``learnable_tokens_a``, ``learnable_tokens_b`` or
+``learnable_tokens``, ``scale``, ``mlp_token2feat``, ``mlp_delta_f``, ``transform``, ``merge``), so a released Rein
+checkpoint's ``backbone.reins.X`` is this adapter's ``X``: :mod:`vltk_plugins.rein.release` holds that map (and the
+head's), and ``vltk convert`` / ``vltk eval --checkpoint`` apply it.
 """
 
 from __future__ import annotations

@@ -22,3 +22,11 @@ def vltk_register_adapters(register: Register) -> None:
 @hookimpl
 def vltk_recipe_dirs() -> list[str]:
     return [str(Path(__file__).parent / "recipes")]
+
+
+@hookimpl
+def vltk_release_formats() -> list[object]:
+    """Rein's released checkpoints (mmseg 1.x), read by ``vltk convert`` and ``vltk eval --checkpoint``."""
+    from vltk_plugins.rein.release import REIN_RELEASE
+
+    return [REIN_RELEASE]

@@ -106,10 +106,16 @@ def _strip_trunk(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str] | No
 
 def _select_backbone(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str] | None:
     """An mmseg segmentor's backbone (``backbone.*`` beside ``decode_head.*``, ...), with what was left out."""
-    inside = {key[len("backbone.") :]: value for key, value in state.items() if key.startswith("backbone.")}
+    inside = {  # Rein's adapter sits inside its backbone (``backbone.reins.*``): not backbone weights
+        key[len("backbone.") :]: value
+        for key, value in state.items()
+        if key.startswith("backbone.") and not key.startswith("backbone.reins.")
+    }
     if not inside:
         return None
     outside = sorted({key.split(".", 1)[0] for key in state if not key.startswith("backbone.")})
+    if any(key.startswith("backbone.reins.") for key in state):
+        outside.append("backbone.reins")
     if not outside:
         return inside, "prefix 'backbone.'"
     return inside, f"prefix 'backbone.' ({len(state) - len(inside)} keys of {', '.join(outside)} left out)"

@@ -218,7 +218,7 @@ def mean_over_ranks(context: DistributedContext, values: dict[str, torch.Tensor]
     """
     names = list(values)
     if not context.is_distributed:
-        return {name: float(values[name]) for name in names}
+        return {name: float(values[name].detach()) for name in names}
     import torch.distributed as dist
 
     stacked = torch.stack([values[name].detach().reshape(()).to(torch.float64) for name in names])

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,7 +100,8 @@ def setup(device: torch.device) -> tuple[DistributedContext, torch.device]:
     """This process's context and device, joining torchrun's process group when there is one.
 
     ``device`` is the run's device (``cpu`` or ``cuda``): with CUDA each rank takes GPU ``LOCAL_RANK`` and NCCL,
-    on the CPU gloo. Calling it again in a process that already joined reuses the group.
+    on the CPU gloo. Calling it again in a process that already joined reuses the group. Ranks other than 0
+    silence their warnings (the same as rank 0's).
     """
     if not launched_distributed():
         return SINGLE, device
@@ -123,6 +125,8 @@ def setup(device: torch.device) -> tuple[DistributedContext, torch.device]:
 
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    if rank > 0:  # every rank runs the same code: rank 0's warnings are everyone's, printed once
+        warnings.simplefilter("ignore")
     return DistributedContext(rank, world_size, local_rank, dist.get_backend()), device
 
 
@@ -371,7 +375,7 @@ def convert_sync_batchnorm(model: nn.Module, context: DistributedContext, device
 
 def launch_local(nproc: int, arguments: Sequence[str]) -> int:
     """Run ``python -m vltk <arguments>`` as ``nproc`` ranks on this machine through torchrun's launcher
-    (``--standalone``: a local rendezvous on a free port) and return the exit code to exit with.
+    (as ``--standalone``: a local rendezvous on a free port) and return the exit code to exit with.
 
     A worker that fails gives its own exit code (2 for a :class:`UserError`, 130/143 after a signal); a signal to
     the launcher is passed on to the workers, which stop at the next step boundary with ``last.pt`` saved.
@@ -381,7 +385,14 @@ def launch_local(nproc: int, arguments: Sequence[str]) -> int:
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, get_args_parser
 
-    parsed = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "vltk", *arguments])
+    rendezvous = [  # what torchrun's --standalone sets: a c10d store on a free local port
+        "--nnodes=1",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=localhost:0",
+        f"--rdzv-id={uuid.uuid4()}",
+        "--master-port=29500",  # torchrun's default; only the static rendezvous reads it
+    ]
+    parsed = get_args_parser().parse_args([*rendezvous, f"--nproc-per-node={nproc}", "--module", "vltk", *arguments])
     config, command, command_arguments = config_from_args(parsed)
     try:
         elastic_launch(config, command)(*command_arguments)

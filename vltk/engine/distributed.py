@@ -330,15 +330,19 @@ class DistributedLoss:
         return self.ddp.no_sync()
 
 
-def wrap_for_training(model: nn.Module, context: DistributedContext, device: torch.device) -> Any:
+def wrap_for_training(
+    model: nn.Module, context: DistributedContext, device: torch.device, *, static_graph: bool = False
+) -> Any:
     """``model`` itself in a single process; a :class:`DistributedLoss` around DDP otherwise.
 
     Frozen parameters (``requires_grad=False``) are left out by DDP itself. Parameters that train but take no
-    part in a step's loss (an adapter's decoder queries when the decoder ignores queries, a prompter branch a
-    configuration switches off) would stop DDP with "expected to have finished reduction in the prior
-    iteration", so ``find_unused_parameters`` is on: it walks the autograd graph once per step, which
-    ``benchmarks/ddp_scaling.py`` measures next to the plain setting. The buffers (BatchNorm statistics) follow
-    rank 0's at every forward, as DDP does by default.
+    part in a step's loss would stop DDP with "expected to have finished reduction in the prior iteration", and
+    every vltk model has some: a backbone's image-text projection and final norm outside ``forward_features``,
+    an adapter's decoder queries when the decoder ignores queries (Rein + FPN), a prompter branch a
+    configuration switches off. So ``find_unused_parameters`` is on; it walks the autograd graph once per step.
+    ``static_graph=True`` is DDP's alternative for a graph that never changes between steps (the set of used
+    parameters found once); ``benchmarks/ddp_scaling.py`` measures both. The buffers (BatchNorm statistics)
+    follow rank 0's at every forward, as DDP does by default.
     """
     if not context.is_distributed:
         return model
@@ -346,7 +350,9 @@ def wrap_for_training(model: nn.Module, context: DistributedContext, device: tor
 
     device_ids = [device.index] if device.type == "cuda" else None
     warnings.filterwarnings("ignore", message=_NO_UNUSED_WARNING)
-    ddp = DistributedDataParallel(_LossForward(model), device_ids=device_ids, find_unused_parameters=True)
+    ddp = DistributedDataParallel(
+        _LossForward(model), device_ids=device_ids, find_unused_parameters=not static_graph, static_graph=static_graph
+    )
     return DistributedLoss(ddp)
 
 

@@ -292,3 +292,16 @@ def test_each_rank_resumes_its_own_rng_stream() -> None:
     assert rank_rng_state(DistributedContext(rank=0, world_size=3), saved) == "rank 0 alone"  # other world size
     assert rank_rng_state(DistributedContext(rank=2, world_size=3), saved) is None
     assert rank_rng_state(SINGLE, {"rng": "only", "rng_ranks": None}) == "only"
+
+
+def test_ranks_leave_a_second_signal_to_the_launcher() -> None:
+    """torchrun forwards the signal a worker may already have had (SLURM signals every process): a rank's second
+    signal must not turn the orderly stop into one without a checkpoint."""
+    from vltk.engine.interrupts import StopSignals
+
+    notes: list[str] = []
+    with StopSignals(notes.append, second_stops=False) as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # would raise Interrupted in a single process
+        assert signals.requested == signal.SIGTERM
+    assert len(notes) == 1 and "further signals are the launcher's" in notes[0]

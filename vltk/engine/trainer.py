@@ -386,7 +386,7 @@ class Trainer:
         (its ``saved`` says whether ``last.pt`` holds the step it stopped at).
         """
         try:
-            with StopSignals(self._notify) as signals:
+            with StopSignals(self._notify, second_stops=not self.dist.is_distributed) as signals:
                 self._signals = signals
                 try:
                     return self._fit(signals)

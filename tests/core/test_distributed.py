@@ -187,6 +187,22 @@ def test_cli_nproc_refuses_a_batch_that_does_not_split(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr and not out.exists()
 
 
+@pytest.mark.slow
+def test_a_failure_on_rank_zero_is_one_error_line_for_all_ranks(tmp_path: Path) -> None:
+    """Rank 0 alone checks the output folder; rank 1 learns of the failure at the next collective, stops
+    silently, and the launcher adds nothing: one ``Error:`` line, exit code 2."""
+    (tmp_path / "file").write_text("in the way")
+    out = tmp_path / "file" / "run"
+    command = [sys.executable, "-m", "vltk", "train", "--nproc", "2", "--output", str(out), *TINY]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert lines == [
+        f"Error: output folder '{out}' cannot be created: '{out.parent}' is a file, not a folder; "
+        "choose another --output"
+    ]
+
+
 # ------------------------------------------------------------------------------------------ the pieces
 
 
@@ -305,3 +321,21 @@ def test_ranks_leave_a_second_signal_to_the_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # would raise Interrupted in a single process
         assert signals.requested == signal.SIGTERM
     assert len(notes) == 1 and "further signals are the launcher's" in notes[0]
+
+
+def test_nproc_workers_get_the_same_run_and_the_resolved_folder() -> None:
+    from vltk.cli.run import RESUME_HERE, worker_arguments
+
+    options = {"recipe": "rein/synthetic", "adapter": None, "augmenter": ["a", "b"], "quiet": True, "dry": False}
+    args = worker_arguments(overrides=["train.iters=5"], options=options, output=Path("runs/x"), resume=RESUME_HERE)
+    assert args == [
+        "train",
+        "train.iters=5",
+        "--recipe=rein/synthetic",
+        "--augmenter=a",
+        "--augmenter=b",
+        "--quiet",
+        "--output=runs/x",
+        "--resume",  # last: a bare --resume must not take an override as its folder
+    ]
+    assert worker_arguments(overrides=[], options={}, output=Path("o"), resume="runs/y") == ["train", "--resume=runs/y"]

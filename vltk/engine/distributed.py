@@ -379,6 +379,17 @@ def convert_sync_batchnorm(model: nn.Module, context: DistributedContext, device
 # ---------------------------------------------------------------------------------------------------- launching
 
 
+def _quiet_launcher_logs() -> None:
+    """Silence torchrun's own log lines ("Sending process ... closing signal", "failed (exitcode: 2)") below
+    CRITICAL; ``LOGLEVEL=INFO vltk train --nproc N`` shows them again."""
+    import logging
+
+    prefixes = ("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher")
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(prefixes):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def launch_local(nproc: int, arguments: Sequence[str]) -> int:
     """Run ``python -m vltk <arguments>`` as ``nproc`` ranks on this machine through torchrun's launcher
     (as ``--standalone``: a local rendezvous on a free port) and return the exit code to exit with.
@@ -400,6 +411,8 @@ def launch_local(nproc: int, arguments: Sequence[str]) -> int:
     ]
     parsed = get_args_parser().parse_args([*rendezvous, f"--nproc-per-node={nproc}", "--module", "vltk", *arguments])
     config, command, command_arguments = config_from_args(parsed)
+    if "LOGLEVEL" not in os.environ:  # the workers say what went wrong; the launcher's log lines only repeat it
+        _quiet_launcher_logs()
     try:
         elastic_launch(config, command)(*command_arguments)
     except ChildFailedError as error:

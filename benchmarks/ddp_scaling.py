@@ -11,8 +11,8 @@ The same global batch (``--batch`` images of ``--size`` pixels, tiny EVA02 + FPN
   prices the per-step search for unused parameters. (DDP with neither fails on every vltk model: the backbone's
   image-text projection and final norm never take part in a segmentation loss.)
 
-Each mode runs in its own subprocess; ratios are against ``single`` of the same invocation, so they mean
-something on a machine other jobs share. Writes JSON (device, versions, commit, per-mode timings, ratios).
+Each mode runs in its own subprocess, ``--rounds`` times with the modes interleaved; ratios are against
+``single`` of the same invocation, so they mean something on a machine other jobs share. Writes JSON (device, versions, commit, per-mode timings, ratios).
 
     python benchmarks/ddp_scaling.py                      # -> benchmarks/results/ddp_scaling_cpu.json
     python benchmarks/ddp_scaling.py --size 64 --steps 5 --json /tmp/ddp.json
@@ -82,7 +82,8 @@ def worker(args: argparse.Namespace) -> None:
     distributed.shutdown()
 
 
-def run_mode(mode: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+def run_mode(mode: str, args: argparse.Namespace, folder: Path) -> list[float]:
+    """One subprocess (or torchrun) of ``mode``: its timed step durations in seconds."""
     part = folder / f"{mode}.json"
     ranks = MODES[mode]["ranks"]
     launcher = (
@@ -95,7 +96,11 @@ def run_mode(mode: str, args: argparse.Namespace, folder: Path) -> dict[str, Any
     paths = [str(ROOT), str(ROOT / "kernels"), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "OMP_NUM_THREADS": "1"}
     subprocess.run([*launcher, __file__, "--worker", *options], env=env, check=True)
-    timings = json.loads(part.read_text())["step_s"]
+    return json.loads(part.read_text())["step_s"]
+
+
+def summarise(mode: str, timings: list[float], args: argparse.Namespace) -> dict[str, Any]:
+    ranks = MODES[mode]["ranks"]
     median = statistics.median(timings)
     return {
         "mode": mode,
@@ -116,6 +121,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--variant", default="tiny")
+    parser.add_argument("--rounds", type=int, default=2, help="times every mode runs, interleaved")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ddp_scaling_cpu.json"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=sorted(MODES), help=argparse.SUPPRESS)
@@ -126,8 +132,12 @@ def main() -> None:
         return
     from vltk_kernels.benchmarking.provenance import describe_device, git_commit
 
+    timings: dict[str, list[float]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as folder:
-        results = [run_mode(mode, args, Path(folder)) for mode in MODES]
+        for _ in range(args.rounds):  # modes interleaved, so that a change of the machine's load hits them all
+            for mode in MODES:
+                timings[mode] += run_mode(mode, args, Path(folder))
+    results = [summarise(mode, times, args) for mode, times in timings.items()]
     baseline = results[0]["images_per_s"]
     for entry in results:
         entry["ratio_vs_single"] = entry["images_per_s"] / baseline
@@ -146,6 +156,7 @@ def main() -> None:
             "global_batch": args.batch,
             "steps": args.steps,
             "warmup": args.warmup,
+            "rounds": args.rounds,
             "backend": "gloo",
         },
         "results": results,

@@ -12,7 +12,8 @@ The same global batch (``--batch`` images of ``--size`` pixels, tiny EVA02 + FPN
   image-text projection and final norm never take part in a segmentation loss.)
 
 Each mode runs in its own subprocess, ``--rounds`` times with the modes interleaved; ratios are against
-``single`` of the same invocation, so they mean something on a machine other jobs share. Writes JSON (device, versions, commit, per-mode timings, ratios).
+``single`` of the same invocation, so they mean something on a machine other jobs share. Writes JSON (device,
+versions, commit, per-mode timings, ratios).
 
     python benchmarks/ddp_scaling.py                      # -> benchmarks/results/ddp_scaling_cpu.json
     python benchmarks/ddp_scaling.py --size 64 --steps 5 --json /tmp/ddp.json

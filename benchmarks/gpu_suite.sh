@@ -47,6 +47,7 @@ plan() {
     done
     echo "train_step_fp32|40|$PYTHON benchmarks/train_step.py --device cuda --precision fp32 --json $out/train_step_fp32.json"
     echo "train_step_bf16|40|$PYTHON benchmarks/train_step.py --device cuda --precision bf16 --json $out/train_step_bf16.json"
+    echo "compile_step_bf16|150|$PYTHON benchmarks/compile_step.py --device cuda --precision bf16 --size 256 --steps 20 --json $out/compile_step_bf16.json"
 }
 
 bench_ops() {  # the registered ops, from `vltk bench --list` (first word of each unindented line)
@@ -75,6 +76,8 @@ if [[ "$DRY_RUN" == 1 ]]; then
     check "vltk bench --list names the ops ($ops)" test -n "$ops"
     check "benchmarks/train_step.py --help takes --precision" \
         bash -c "'$PYTHON' benchmarks/train_step.py --help | grep -q -- --precision"
+    check "benchmarks/compile_step.py --help takes --backend" \
+        bash -c "'$PYTHON' benchmarks/compile_step.py --help | grep -q -- --backend"
     check "pytest is installed" "$PYTHON" -m pytest --version
     gpu_test_files="$(grep -rl --include='test_*.py' 'mark.gpu' tests | sort | tr '\n' ' ')"
     check "GPU-marked test files exist ($gpu_test_files)" test -n "$gpu_test_files"

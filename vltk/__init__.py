@@ -6,6 +6,8 @@ The public Python API. ``import vltk`` stays light (no torch): components are bu
     vltk.list_components("adapter")                    # ['frozen', 'full', 'rein', ...]
     rein = vltk.create("adapter", "rein", embed_dim=1024, num_layers=24, patch_size=16, lora_dim=16)
     model = vltk.build_model("path/to/recipe.yaml")    # or a RunConfig, or a dict
+    results = vltk.train("rein/synthetic", output="runs/r", overrides={"train.iters": 50})
+    segmenter = vltk.load("runs/r/best.pt")             # .predict(image) -> label map, .class_names
 
 This module is the API for *using* vltk (``__all__`` below). Plugins that *extend* it import from
 :mod:`vltk.api` only; every other module is internal.
@@ -19,7 +21,7 @@ from vltk.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_model", "create", "hookimpl", "list_components"]
+__all__ = ["__version__", "build_model", "create", "hookimpl", "list_components", "load", "train"]
 
 
 def list_components(kind: str) -> list[str]:
@@ -57,3 +59,19 @@ def build_model(config: Any, **kwargs: Any) -> Any:
     from vltk.pipeline import build_model as _build_model
 
     return _build_model(config, **kwargs)
+
+
+def train(config: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """Train one run, return its final per-domain results; see :func:`vltk.training.train` for the arguments
+    (``output=``, ``overrides=``, ``resume=``, ``quiet=``)."""
+    from vltk.training import train as _train
+
+    return _train(config, **kwargs)
+
+
+def load(checkpoint: Any, **kwargs: Any) -> Any:
+    """A trained segmentation model ready to ``predict(images)`` (:class:`vltk.predictor.Predictor`); see
+    :func:`vltk.predictor.load` for ``backbone_weights=`` and ``device=``."""
+    from vltk.predictor import load as _load
+
+    return _load(checkpoint, **kwargs)

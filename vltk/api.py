@@ -14,7 +14,8 @@ Registering components (entry-point modules, light):
 Options and errors (light):
     ``Options`` / ``NoOptions`` — base classes of a component's pydantic options; ``coerce_options`` — accept
     an options object, a mapping or ``None`` in a factory called from Python; ``UserError`` — "fix your input",
-    printed as one line by the CLI; ``did_you_mean`` — the " did you mean 'x'?" suffix for such messages.
+    printed as one line by the CLI; ``RandomWeightsWarning`` — the warning category of a component built without
+    pretrained weights; ``did_you_mean`` — the " did you mean 'x'?" suffix for such messages.
 Benchmarks (light):
     ``bench_cases`` — every ``vltk bench`` case the loaded plugins register, by name.
 Building (light):
@@ -45,7 +46,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from vltk.context import BuildContext
-from vltk.errors import UserError, did_you_mean
+from vltk.errors import RandomWeightsWarning, UserError, did_you_mean
 from vltk.hookspecs import Register, hookimpl
 from vltk.options import NoOptions, Options, coerce_options
 from vltk.registry import lazy_factory
@@ -123,6 +124,7 @@ __all__ = [
     "NoOptions",
     "Options",
     "Prompter",
+    "RandomWeightsWarning",
     "Register",
     "SplitBackbone",
     "TextSpaceBackbone",

@@ -65,6 +65,14 @@ class TrainConfig(_Strict):
     gamma: float = Field(0.1, gt=0, le=1, description="factor of the step schedule")
     decoder_lr_mult: float = Field(1.0, gt=0, description="lr multiplier for the decoder (and prompter)")
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm (None: off)")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model's forward (inductor: C++ on CPU, Triton on CUDA); the first steps "
+        "pay the compilation, see benchmarks/compile_step.py for when it pays off",
+    )
+    compile_backend: str = Field(
+        "inductor", description="torch.compile backend with train.compile (inductor; aot_eager or eager to debug)"
+    )
     log_interval: int = Field(10, ge=1, description="steps between log lines when no progress bar is shown")
     eval_interval: int = Field(0, ge=0, description="steps between evaluations (0: only at the end)")
     checkpoint_interval: int = Field(100, ge=1, description="steps between last.pt checkpoints")
@@ -90,8 +98,19 @@ class EvalConfig(_Strict):
         341, description="slide window step, one int or [height, width], at most crop_size (Rein/DenseCLIP: 341)"
     )
 
+    flip: bool = Field(
+        False, description="test-time augmentation: also predict the mirrored image and average the probabilities"
+    )
+    scales: tuple[float, ...] = Field(
+        (1.0,),
+        description="test-time augmentation: resize factors of the image, probabilities averaged over them "
+        "(mmseg's multi-scale test: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]); [1.0] = no resizing",
+    )
+
     @model_validator(mode="after")
     def _check_window(self) -> EvalConfig:
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be a non-empty list of positive factors, got {list(self.scales)}")
         crop = (self.crop_size,) * 2 if isinstance(self.crop_size, int) else tuple(self.crop_size)
         stride = (self.stride,) * 2 if isinstance(self.stride, int) else tuple(self.stride)
         if min(crop) < 1 or min(stride) < 1:
@@ -349,9 +368,7 @@ def validate_run_config(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        message = format_validation_error(error, "config").replace(": config.", ": ")
-        hints = [_suggest_key(item["loc"]) for item in error.errors() if item["type"] == "extra_forbidden"]
-        raise UserError(message + "".join(hint for hint in hints if hint)) from None
+        raise UserError(format_validation_error(error, "", suggest=_suggest_key)) from None
 
 
 def _suggest_key(loc: tuple[Any, ...]) -> str:
@@ -366,9 +383,9 @@ def _suggest_key(loc: tuple[Any, ...]) -> str:
     prefix = ".".join(str(part) for part in loc[:-1])
     hint = did_you_mean(str(loc[-1]), list(model.model_fields))
     if not hint:
-        return f"; {prefix or 'top-level'} keys: {', '.join(model.model_fields)}"
+        return f" {prefix or 'top-level'} keys: {', '.join(model.model_fields)}"
     close = hint.split("'")[1]
-    return f";{hint.replace(close, f'{prefix}.{close}' if prefix else close)}"
+    return hint.replace(close, f"{prefix}.{close}" if prefix else close)
 
 
 def resolve(config: RunConfig | ResolvedRun, registry: Registry) -> ResolvedRun:

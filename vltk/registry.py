@@ -84,16 +84,21 @@ class ComponentSpec:
         return self.factory(options, context if context is not None else BuildContext())
 
 
-def format_validation_error(error: Any, prefix: str, spec: ComponentSpec | None = None) -> str:
-    """One readable message per pydantic error, keys written as dotted paths users can type back."""
+def format_validation_error(
+    error: Any, prefix: str, spec: ComponentSpec | None = None, suggest: Callable[[tuple], str] | None = None
+) -> str:
+    """One readable message per pydantic error, keys written as dotted paths users can type back.
+
+    An unknown key gets the closest option of ``spec`` as a suggestion, or what ``suggest(loc)`` says.
+    """
     lines = []
     known = list(spec.options.model_fields) if spec is not None else []
     for item in error.errors():
-        key = ".".join(str(part) for part in (prefix, *item["loc"]))
+        key = ".".join(str(part) for part in (prefix, *item["loc"]) if str(part))
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             bad = str(item["loc"][-1]) if item["loc"] else ""
-            hint = did_you_mean(bad, known)
+            hint = did_you_mean(bad, known) if spec is not None else (suggest(item["loc"]) if suggest else "")
             options = f" (options: {', '.join(known)})" if known else ""
             message = f"unknown option{';' + hint if hint else ''}{options}"
         elif "input" in item and item["type"] != "missing":

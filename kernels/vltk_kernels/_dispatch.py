@@ -44,6 +44,12 @@ _TRITON_IMPORT_ERROR: list[str | None] = []
 _CUDA_LAUNCH_ERROR: list[str | None] = []
 
 
+def compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the caller: the ``torch`` backend then runs each op's reference, which
+    the compiler fuses and plans memory for itself (the lean paths write chunks in place, which does not trace)."""
+    return bool(torch.compiler.is_compiling())
+
+
 def _check_name(name: str, source: str) -> str:
     value = name.strip().lower()
     if value not in BACKENDS:

@@ -39,8 +39,7 @@ def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_frozen_pretrained_backbone_is_left_out_and_reloaded(backbone_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+def _train_rein_with(backbone: Path | str, out: Path) -> float:
     result = invoke(
         [
             "train",
@@ -50,15 +49,20 @@ def test_frozen_pretrained_backbone_is_left_out_and_reloaded(backbone_file: Path
             str(out),
             "--quiet",
             *TINY,
-            f"backbone.pretrained={backbone_file}",
+            f"backbone.pretrained={backbone}",
         ]
     )
     assert result.exit_code == 0, result.output
+    return json.loads((out / "metrics.json").read_text())["final"]["domains"]["night"]["miou"]
+
+
+def test_frozen_pretrained_backbone_is_left_out_and_reloaded(backbone_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    trained = _train_rein_with(backbone_file, out)
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["backbone_included"] is False
     assert not any(key.startswith("backbone.") for key in state["model"])
     assert any(key.startswith("adapter.learnable_tokens_a") for key in state["model"])
-    trained = json.loads((out / "metrics.json").read_text())["final"]["domains"]["night"]["miou"]
 
     evaluated = invoke(["eval", "--checkpoint", str(out / "last.pt"), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
@@ -93,3 +97,60 @@ def test_wrong_shape_backbone_file_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "cls_token" in result.output and "Traceback" not in result.output
+
+
+def test_backbone_less_checkpoint_records_its_backbone_and_works_from_another_folder(
+    backbone_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workdir = tmp_path / "work"
+    (workdir / "weights").mkdir(parents=True)
+    (workdir / "weights" / "bb.pt").write_bytes(backbone_file.read_bytes())
+    monkeypatch.chdir(workdir)
+    trained = _train_rein_with("weights/bb.pt", workdir / "run")  # a relative path, as users type it
+    state = torch.load(workdir / "run" / "last.pt", weights_only=True)
+    record = state["backbone_record"]
+    assert record["name"] == "eva02" and record["section"]["variant"] == "tiny"
+    assert record["source"] == str((workdir / "weights" / "bb.pt").resolve())
+    assert len(record["fingerprint"]) == 64
+
+    monkeypatch.chdir(tmp_path)  # "weights/bb.pt" no longer resolves: the recorded absolute path is used
+    evaluated = invoke(["eval", "--checkpoint", str(workdir / "run" / "last.pt"), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["domains"]["night"]["miou"] == pytest.approx(trained)
+
+
+def test_another_backbone_is_refused_by_its_fingerprint(backbone_file: Path, tmp_path: Path) -> None:
+    _train_rein_with(backbone_file, tmp_path / "run")
+    torch.manual_seed(7)  # same architecture and shapes, other weights: only the fingerprint can tell
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = vltk.create("backbone", "eva02", variant="tiny")
+    other_file = tmp_path / "other.pt"
+    torch.save(other.state_dict(), other_file)
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    result = invoke(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--backbone-weights", str(other_file)])
+    assert result.exit_code == 2, result.output
+    assert "fingerprint" in result.output and str(backbone_file.resolve()) in result.output
+    assert "Traceback" not in result.output
+    resumed = invoke(
+        ["train", "--resume", str(tmp_path / "run"), "--allow-changes", f"backbone.pretrained={other_file}", "--quiet"]
+    )
+    assert resumed.exit_code == 2 and "fingerprint" in resumed.output, resumed.output
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
+
+
+def test_checkpoint_with_its_backbone_evaluates_without_a_random_weights_warning(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    result = invoke(["train", "--output", str(out), "--quiet", *TINY[:5], "eval.overlays=0"])
+    assert result.exit_code == 0, result.output
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "vltk", "eval", "--checkpoint", str(out / "last.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "random weights" not in evaluated.stderr + evaluated.stdout

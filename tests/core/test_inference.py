@@ -114,3 +114,64 @@ def test_evaluate_uses_the_eval_mode() -> None:
     assert evaluate(model, source, task, covering.eval, device)["domains"]["synthetic"] == reference
     windowed = evaluate(model, source, task, small.eval, device)["domains"]["synthetic"]
     assert windowed["images"] == 2 and windowed["iou"] != reference["iou"]  # 9 windows of 32: other predictions
+
+
+class ColumnModel:
+    """Fake model whose class-0 score is the pixel's x channel and class-1 score its position in the window.
+
+    The position term does not mirror with the content, so the flipped view differs and the TTA average can be
+    written down by hand.
+    """
+
+    def predict(self, images: Tensor) -> Tensor:
+        content = images[:, 1:2]  # the coordinate image's x channel
+        position = torch.arange(images.shape[-1], dtype=images.dtype).expand_as(content)
+        return torch.cat([content * 0.1, position * 0.3], dim=1)
+
+
+def test_flip_tta_averages_softmax_of_both_views_by_hand() -> None:
+    from vltk.models.inference import inference
+
+    images = _coordinates(2, 5)
+    plain = ColumnModel().predict(images)
+    # mirrored view: the model sees x reversed, its scores are mirrored back before averaging
+    mirrored = ColumnModel().predict(images.flip(-1)).flip(-1)
+    expected = (plain.softmax(1) + mirrored.softmax(1)) / 2
+    result = inference(ColumnModel(), images, flip=True)
+    torch.testing.assert_close(result, expected)
+    assert not torch.allclose(result, plain.softmax(1))  # the flipped view really contributed
+
+
+def test_multi_scale_tta_resizes_views_back_and_averages() -> None:
+    from torch.nn import functional as F
+
+    from vltk.models.inference import inference
+
+    images = torch.rand(1, 3, 8, 8)
+
+    def model(batch: Tensor) -> Tensor:
+        return batch[:, :2] * 3.0
+
+    views = []
+    for scale in (0.5, 1.0):
+        size = (round(8 * scale), round(8 * scale))
+        scaled = F.interpolate(images, size, mode="bilinear", align_corners=False) if scale != 1.0 else images
+        scores = F.interpolate(model(scaled), (8, 8), mode="bilinear", align_corners=False)
+        views.append(scores.softmax(1))
+    expected = (views[0] + views[1]) / 2
+    torch.testing.assert_close(inference(model, images, scales=[0.5, 1.0]), expected)
+    # no augmentation: the raw scores, not probabilities
+    torch.testing.assert_close(inference(model, images), model(images))
+
+
+def test_tta_options_are_read_from_eval_config_and_checked() -> None:
+    config = EvalConfig(flip=True, scales=[1.0])
+    images = _coordinates(2, 5)
+    torch.testing.assert_close(
+        inference_from_config(ColumnModel(), images, config),
+        (ColumnModel().predict(images).softmax(1) + ColumnModel().predict(images.flip(-1)).flip(-1).softmax(1)) / 2,
+    )
+    with pytest.raises(ValueError, match="positive factors"):
+        EvalConfig(scales=[0.0])
+    with pytest.raises(ValueError, match="positive factors"):
+        EvalConfig(scales=[])

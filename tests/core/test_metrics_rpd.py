@@ -48,6 +48,30 @@ def test_domain_table_shows_rpd() -> None:
     assert "rPD" in text and "25.0" in text and "80.0" in text
 
 
+def test_segmentation_tables_show_per_class_iou_beside_the_domains() -> None:
+    from rich.console import Console
+
+    from vltk.engine.report import segmentation_tables
+
+    nan = float("nan")
+    results = {
+        "domains": {
+            "tgt": {"miou": 0.5, "accuracy": 0.7, "rpd": 37.5, "iou": {"road": 0.625, "giraffe": nan}},
+            "src": {"miou": 0.8, "accuracy": 0.9, "iou": {"road": 0.9, "giraffe": 0.7}},
+        },
+        "summary": {"source": 0.8, "target_avg": 0.5, "gap": 0.3, "rpd_avg": 37.5},
+    }
+    console = Console(width=200, record=True)
+    console.print(segmentation_tables(results, ["src"]))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "class" in line and "src" in line).split("class")[1]
+    assert header.index("src") < header.index("tgt")  # source column first
+    road = next(line for line in lines if "road" in line).split("road")[1].split()
+    assert [cell for cell in road if cell not in "│┃"] == ["90.0", "62.5"]
+    giraffe = next(line for line in lines if "giraffe" in line).split("giraffe")[1].split()
+    assert [cell for cell in giraffe if cell not in "│┃"] == ["70.0", "-"]  # no IoU where the class never occurs
+
+
 def test_evaluate_reports_rpd_for_targets_only() -> None:
     from vltk.config import build_config
     from vltk.engine.evaluation import evaluate

@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vltk.cli.predict import label_color, parse_labels, predict_images
+from vltk.cli.predict import parse_labels, predict_images
 from vltk.cli.run import build_checkpoint_model, load_checkpoint_config
 from vltk.config import RunConfig, build_config, resolve
 from vltk.errors import UserError
 from vltk.plugins import get_plugin_manager
+from vltk.predictor import label_color
 from vltk.testing import invoke
 
 TINY = [

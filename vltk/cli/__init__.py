@@ -21,6 +21,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "train": "vltk.cli.run:train_command",
     "eval": "vltk.cli.run:eval_command",
     "predict": "vltk.cli.predict:predict_command",
+    "export": "vltk.cli.export:export_command",
     "list": "vltk.cli.info:list_command",
     "show": "vltk.cli.info:show_command",
     "plugins": "vltk.cli.info:plugins_command",

@@ -13,14 +13,14 @@ bypassed in favour of the model's pixel-text score map. Outputs per image ``<ste
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from vltk.errors import UserError
+from vltk.predictor import image_error, read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -51,17 +51,15 @@ def parse_labels(text: str) -> list[str]:
     return names
 
 
-def label_color(name: str) -> tuple[int, int, int]:
-    """A colour for a label name that is the same in every run (derived from a hash of the name)."""
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    # keep colours away from black (ignored pixels) so every label stays visible
-    return (64 + digest[0] % 192, 64 + digest[1] % 192, 64 + digest[2] % 192)
-
-
-def palette_for(labels: Sequence[str], known: Sequence[str], known_palette: Sequence[Sequence[int]] | None) -> list:
-    """Training colours for training classes (when the checkpoint recorded them), hashed colours for the rest."""
-    colors = dict(zip(known, known_palette, strict=False)) if known_palette else {}
-    return [tuple(int(c) for c in colors[name]) if name in colors else label_color(name) for name in labels]
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"0.75, 1,1.25"`` -> ``(0.75, 1.0, 1.25)``; anything but positive numbers is an error."""
+    try:
+        factors = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--scales must be comma-separated numbers, e.g. --scales 0.75,1,1.25; got {text!r}") from None
+    if min(factors) <= 0:
+        raise UserError(f"--scales must be positive resize factors, got {text!r}")
+    return factors
 
 
 # --------------------------------------------------------------------------------------------------- images
@@ -84,29 +82,6 @@ def collect_images(arguments: Sequence[str]) -> list[Path]:
     return paths
 
 
-def _image_error(path: Path, error: Exception) -> UserError:
-    """One line for a file PIL refuses; a decompression bomb (a header claiming billions of pixels) says so."""
-    from PIL import Image
-
-    if isinstance(error, Image.DecompressionBombError):
-        return UserError(
-            f"image '{path}' claims more pixels than PIL decodes safely ({error}); resize it to a real image size"
-        )
-    return UserError(f"image '{path}' cannot be read as an image ({type(error).__name__}: {error})")
-
-
-def read_image(path: Path) -> Any:
-    """RGB uint8 array ``[H, W, 3]``; anything PIL cannot decode is an error naming the file."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
-        raise _image_error(path, error) from None
-
-
 def check_images(paths: Sequence[Path]) -> None:
     """Fail before any work when a file is not a decodable image (PIL's header check + ``verify``)."""
     from PIL import Image, UnidentifiedImageError
@@ -116,7 +91,7 @@ def check_images(paths: Sequence[Path]) -> None:
             with Image.open(path) as image:
                 image.verify()
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
-            raise _image_error(path, error) from None
+            raise image_error(path, error) from None
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
@@ -132,26 +107,6 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-# ---------------------------------------------------------------------------------------------------- model
-
-
-def set_labels(model: Any, labels: list[str]) -> Callable[[Any], Any]:
-    """Switch ``model`` to ``labels``; return the function that maps images to scores over them.
-
-    An open-vocabulary decoder (LSeg) keeps the model's own ``predict`` as long as no K-wide score map is appended
-    to its input; otherwise the decoder is tied to the training classes and the model's pixel-text score map
-    (``predict_open_vocabulary``: cosine / temperature) classifies instead.
-    """
-    if getattr(model, "prompter", None) is None:
-        raise UserError(
-            "--labels needs a model with a prompter (text embeddings for the new names); this checkpoint has none. "
-            "Train with e.g. --prompter clip-template --decoder lseg, or leave --labels out"
-        )
-    model.set_class_names(list(labels))
-    follows_text = getattr(model.decoder, "open_vocabulary", False) and model.score_concat_index is None
-    return model.predict if follows_text else model.predict_open_vocabulary
-
-
 def predict_images(
     checkpoint: str | Path,
     images: Sequence[str | Path],
@@ -159,68 +114,39 @@ def predict_images(
     *,
     labels: list[str] | None = None,
     slide: bool = False,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
     backbone_weights: str | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Python API of ``vltk predict``: write label PNGs, overlays and ``labels.json``; return that summary."""
+    """Python API of ``vltk predict``: write label PNGs, overlays and ``labels.json``; return that summary.
+
+    The model and its predictions are :func:`vltk.load`'s (:class:`vltk.predictor.Predictor`), so the files
+    written here hold what ``vltk.load(checkpoint).predict(image)`` returns.
+    """
     import numpy as np
-    import torch
     from PIL import Image
 
-    from vltk.cli.run import build_checkpoint_model, load_checkpoint_config
     from vltk.engine.preflight import check_output_folder, make_output_folder
     from vltk.engine.report import to_json, write_overlay
-    from vltk.engine.trainer import pick_device
-    from vltk.models.inference import inference
-    from vltk.tasks import get_task
+    from vltk.predictor import load
 
     paths = collect_images([str(path) for path in images])
     check_images(paths)
     out = Path(output)
     check_output_folder(out)
-
-    state, run = load_checkpoint_config(checkpoint, (), backbone_weights)
-    trained = list(state.get("class_names") or [])
-    if not trained:
-        raise UserError(f"checkpoint '{checkpoint}' records no class names; it was not written by `vltk train`")
-    if not get_task(run.task).predicts_label_maps:
-        raise UserError(
-            f"checkpoint '{checkpoint}' is a {run.task} model; vltk predict writes label maps of segmentation "
-            "models (evaluate it with `vltk eval --checkpoint ...`)"
-        )
-    model = build_checkpoint_model(state, run, trained, 255, source=f"checkpoint '{checkpoint}'")
-    target = pick_device(device or run.config.device)
-    model = model.to(target)
-    predict = model.predict
-    names = trained
+    predictor = load(checkpoint, backbone_weights=backbone_weights, device=device)
     if labels is not None:
-        predict = set_labels(model, labels)
-        names = list(labels)
-    scores_from = "decoder" if predict == model.predict else "pixel-text score map"
-    palette = palette_for(names, trained, state.get("palette"))
+        predictor.set_labels(labels)
+    names, palette = predictor.class_names, predictor.palette
     if len(names) > 65535:
         raise UserError(f"{len(names)} labels do not fit a 16-bit label PNG (at most 65535)")
     dtype = np.uint8 if len(names) <= 256 else np.uint16
-    eval_config = run.config.eval
     make_output_folder(out)
     written: dict[str, dict[str, str]] = {}
     for path, stem in zip(paths, output_stems(paths), strict=True):
         image = read_image(path)
-        tensor = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div(255.0).to(target)
-        with torch.no_grad():
-            scores = inference(
-                predict,
-                tensor,
-                mode="slide" if slide else "whole",
-                crop_size=eval_config.crop_size,
-                stride=eval_config.stride,
-            )
-        if scores.shape[1] != len(names):
-            raise UserError(
-                f"the model predicted {scores.shape[1]} classes for {len(names)} labels; its decoder does not follow "
-                "the prompter's label list"
-            )
-        prediction = scores.argmax(1)[0].cpu().numpy()
+        prediction = predictor.predict(image, slide=slide, flip=flip, scales=scales)
         label_path = out / f"{stem}.png"
         overlay_path = out / f"{stem}_overlay.png"
         Image.fromarray(prediction.astype(dtype)).save(label_path)
@@ -237,8 +163,10 @@ def predict_images(
         "labels": names,
         "palette": [list(color) for color in palette],
         "open_vocabulary": labels is not None,
-        "scores_from": scores_from,
+        "scores_from": predictor.scores_from,
         "mode": "slide" if slide else "whole",
+        "flip": flip,
+        "scales": [float(scale) for scale in scales],
         "images": written,
     }
     (out / "labels.json").write_text(to_json(summary))
@@ -254,6 +182,11 @@ def predict_images(
 )
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="folder for the PNGs and labels.json")
 @click.option("--slide", is_flag=True, help="sliding-window inference with the run's eval.crop_size / eval.stride")
+@click.option("--flip", is_flag=True, help="test-time augmentation: average with the mirrored image")
+@click.option(
+    "--scales",
+    help="test-time augmentation: comma-separated resize factors whose probabilities are averaged, e.g. 0.75,1,1.25",
+)
 @click.option(
     "--backbone-weights",
     type=click.Path(dir_okay=False),
@@ -267,14 +200,25 @@ def predict_command(
     labels: str | None,
     output: str,
     slide: bool,
+    flip: bool,
+    scales: str | None,
     backbone_weights: str | None,
     device: str | None,
     as_json: bool,
 ) -> None:
     """Segment image files with a trained checkpoint; optionally with a new label list (open vocabulary)."""
     names = parse_labels(labels) if labels is not None else None
+    factors = parse_scales(scales) if scales is not None else (1.0,)
     summary = predict_images(
-        checkpoint, images, output, labels=names, slide=slide, backbone_weights=backbone_weights, device=device
+        checkpoint,
+        images,
+        output,
+        labels=names,
+        slide=slide,
+        flip=flip,
+        scales=factors,
+        backbone_weights=backbone_weights,
+        device=device,
     )
     if as_json:
         from vltk.engine.report import to_json

@@ -38,7 +38,7 @@ def _resolved_config(recipe: str | None, components: dict[str, Any], overrides: 
     return resolve(config, manager.get_registry())
 
 
-def _default_output(run: Any) -> Path:
+def default_output(run: Any) -> Path:
     return Path(run.config.output or Path("runs") / (run.config.recipe or "run").replace("/", "-"))
 
 
@@ -79,7 +79,7 @@ def plan_resume(
     if resume == RESUME_HERE:
         if output is None:
             fresh = _resolved_config(recipe, components, overrides)
-        folder = Path(output) if output is not None else _default_output(fresh)
+        folder = Path(output) if output is not None else default_output(fresh)
     else:
         folder = Path(resume)
         if output is not None and Path(output) != folder:
@@ -212,7 +212,7 @@ def train_command(
         if allow_changes:
             raise UserError("--allow-changes only applies with --resume; leave it out to start a new run")
         run = _resolved_config(recipe, components, extra)
-        out = Path(output) if output else _default_output(run)
+        out = Path(output) if output else default_output(run)
     else:
         out, run, changes = plan_resume(resume, output, recipe, components, extra, allow_changes)
     run = run.with_settings(output=str(out))
@@ -314,24 +314,36 @@ def load_checkpoint_config(
 ) -> tuple[dict[str, Any], Any]:
     """A checkpoint's state and the resolved run it was trained with (plus ``overrides``).
 
-    Shared by ``vltk eval`` and ``vltk predict``. A checkpoint saved without its frozen backbone needs that
-    backbone's weights file: the one recorded in its config, or ``backbone_weights``.
+    Shared by ``vltk eval``, ``vltk predict`` and :func:`vltk.load`. A checkpoint saved without its frozen backbone
+    needs that backbone's weights file: ``backbone_weights``, else the one recorded in its config, else the
+    absolute path it recorded (so a relative path still works from another folder). A checkpoint that holds its
+    backbone needs no file at all: the backbone is built empty and the checkpoint fills it.
     """
     from vltk.config import build_config, resolve
     from vltk.engine.checkpoint import load_checkpoint
+    from vltk.engine.fingerprint import recorded_source
     from vltk.plugins import get_plugin_manager
 
     state = load_checkpoint(checkpoint)
     extra = list(overrides)
+    backbone_section = state["config"].get("backbone", {})
     if backbone_weights:
         extra.append(f"backbone.pretrained={backbone_weights}")
     elif not state.get("backbone_included", True):
-        pretrained = state["config"].get("backbone", {}).get("pretrained")
-        if not pretrained or not Path(pretrained).is_file():
+        recorded = backbone_section.get("pretrained")
+        absolute = recorded_source(state)
+        if recorded and Path(recorded).is_file():
+            pass
+        elif absolute and Path(absolute).is_file():
+            extra.append(f"backbone.pretrained={absolute}")
+        else:
+            tried = " or ".join(repr(path) for path in dict.fromkeys(p for p in (recorded, absolute) if p)) or "none"
             raise UserError(
-                f"checkpoint '{checkpoint}' holds no backbone weights (the backbone was frozen) and its "
-                f"pretrained file {pretrained!r} is not available; pass --backbone-weights FILE"
+                f"checkpoint '{checkpoint}' holds no backbone weights (the backbone was frozen) and the file it was "
+                f"trained from ({tried}) is not available; pass --backbone-weights FILE"
             )
+    elif "pretrained" in backbone_section and backbone_section["pretrained"] is not None:
+        extra.append("backbone.pretrained=null")  # the checkpoint's own backbone tensors replace the file's
     run = resolve(build_config(base=state["config"], overrides=extra), get_plugin_manager().get_registry())
     return state, run
 
@@ -339,12 +351,25 @@ def load_checkpoint_config(
 def build_checkpoint_model(
     state: dict[str, Any], run: Any, class_names: list[str], ignore_index: int, *, source: str = "checkpoint"
 ) -> Any:
-    """The model of ``run`` with the checkpoint's weights loaded (on the CPU, in eval mode); weights that do not
-    fit (another variant or architecture given as an override) are one error naming the keys and both shapes."""
+    """The model of ``run`` with the checkpoint's weights loaded (on the CPU, in eval mode).
+
+    Weights that do not fit (another variant or architecture given as an override) are one error naming the keys
+    and both shapes; a backbone-less checkpoint given another backbone than it was trained on is refused by its
+    fingerprint. A checkpoint that holds its backbone does not warn about random backbone weights: it has them.
+    """
+    import warnings
+
     from vltk.engine.checkpoint import load_model_state
+    from vltk.engine.fingerprint import check_backbone_fingerprint
+    from vltk.errors import RandomWeightsWarning
     from vltk.pipeline import build_model
 
-    model = build_model(run, class_names=class_names, ignore_index=ignore_index)
+    with warnings.catch_warnings():
+        if state.get("backbone_included", True):
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+        model = build_model(run, class_names=class_names, ignore_index=ignore_index)
+    weights = run.config.backbone.options().get("pretrained")
+    check_backbone_fingerprint(model, state, source=source, weights=weights)
     load_model_state(model, state, source=source, fix="use the configuration it was trained with (drop the overrides)")
     return model.eval()
 

@@ -152,12 +152,14 @@ def _shape(value: Any) -> str:
     return str(list(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
-def state_mismatch(model: torch.nn.Module, weights: dict[str, Any], *, skip_prefix: str | None = None) -> str | None:
+def state_mismatch(
+    model: torch.nn.Module, weights: dict[str, Any], *, skip_prefix: str | tuple[str, ...] | None = None
+) -> str | None:
     """Why ``weights`` do not fit ``model`` (shapes first, then missing and unexpected keys), or ``None``.
 
     Names the first few offending keys with both shapes, e.g. ``decoder.conv.weight is [16, 192] in the
-    checkpoint but [16, 384] in the model``; keys starting with ``skip_prefix`` may be missing (a checkpoint
-    saved without its frozen backbone).
+    checkpoint but [16, 384] in the model``; keys starting with ``skip_prefix`` (one or several) may be missing (a
+    checkpoint saved without its frozen backbone, an export without the parts inference never uses).
     """
     own = model.state_dict()
     mismatched = [
@@ -182,8 +184,8 @@ def load_model_state(
     """Load a checkpoint's weights after checking that they fit; a backbone-less checkpoint keeps the backbone
     the model was built with. A misfit is one :class:`UserError` naming the first keys with both shapes."""
     weights = state["model"]
-    skip = None if state.get("backbone_included", True) else "backbone."
-    problem = state_mismatch(model, weights, skip_prefix=skip)
+    skip = tuple(state.get("omitted") or ()) + (() if state.get("backbone_included", True) else ("backbone.",))
+    problem = state_mismatch(model, weights, skip_prefix=skip or None)
     if problem is not None:
         fix = fix or "use the configuration it was trained with (the checkpoint's own, without overrides)"
         raise UserError(f"{source} does not fit the model built from its configuration: {problem}; {fix}")

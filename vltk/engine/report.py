@@ -56,6 +56,40 @@ def domain_table(results: dict[str, Any], train_domains: Sequence[str], title: s
     return table
 
 
+def class_table(results: dict[str, Any], train_domains: Sequence[str], title: str = "IoU per class") -> Any:
+    """A rich table of per-class IoU: one row per class, one column per domain (source first).
+
+    The view papers print beside mIoU (Rein's and DenseCLIP's per-class tables): it shows which classes a domain
+    shift breaks. A class that neither occurs nor is predicted in a domain has no IoU ("-").
+    """
+    from rich.table import Table
+
+    domains = results["domains"]
+    ordered = [d for d in domains if d in train_domains] + [d for d in domains if d not in train_domains]
+    table = Table(title=title)
+    table.add_column("class")
+    for domain in ordered:
+        table.add_column(domain, justify="right")
+    names = list(next(iter(domains.values()), {}).get("iou", {}))
+    for name in names:
+        cells = []
+        for domain in ordered:
+            value = domains[domain].get("iou", {}).get(name)
+            cells.append("-" if value is None or (isinstance(value, float) and math.isnan(value)) else _pct(value))
+        table.add_row(name, *cells)
+    return table
+
+
+def segmentation_tables(results: dict[str, Any], train_domains: Sequence[str], title: str = "mIoU per domain") -> Any:
+    """The per-domain table and, beside it (below on a narrow terminal), the per-class IoU table."""
+    from rich.columns import Columns
+
+    tables = [domain_table(results, train_domains, title=title)]
+    if any(entry.get("iou") for entry in results["domains"].values()):
+        tables.append(class_table(results, train_domains))
+    return Columns(tables)
+
+
 def _pct(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 

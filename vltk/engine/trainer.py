@@ -42,6 +42,7 @@ from vltk.engine.checkpoint import (
     rng_state,
     save_atomic,
 )
+from vltk.engine.fingerprint import RECORD_KEY, backbone_record, check_backbone_fingerprint
 from vltk.engine.interrupts import Interrupted, StopSignals
 from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
 from vltk.engine.report import to_json
@@ -150,6 +151,21 @@ def lr_factor(step: int, config: RunConfig) -> float:
     return factor
 
 
+def compile_model(model: nn.Module, backend: str) -> None:
+    """``train.compile``: compile the model's forward in place (``nn.Module.compile``), so parameter names, the
+    optimizer and checkpoints stay those of the eager model; losses and the optimizer step run eagerly.
+
+    The backbone, the block hooks of every adapter and the decoder trace into one graph per input size
+    (``tests/core/test_compile.py``); evaluation runs the same modules eagerly (``set_stance("force_eager")``).
+    """
+    import torch._dynamo
+
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        choices = ", ".join(sorted(torch._dynamo.list_backends(exclude_tags=())))
+        raise UserError(f"train.compile_backend '{backend}' is not a torch.compile backend; choose one of {choices}")
+    model.compile(backend=backend)
+
+
 def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
     """``train.optimizer``: AdamW (betas, eps) or SGD with ``train.momentum``, over :func:`build_param_groups`."""
     train = config.train
@@ -219,6 +235,8 @@ class Trainer:
         )
         distributed.convert_sync_batchnorm(self.model, self.dist, self.device)
         distributed.seed_rank(self.dist, config.seed)  # the same weights everywhere, then each rank's own dropout draws
+        if config.train.compile:
+            compile_model(self.model, config.train.compile_backend)
         #: what the training step calls ``loss`` on: the model, or its DDP wrapper (set up by :meth:`fit`)
         self.train_model: Any = self.model
         self.optimizer = build_optimizer(self.model, config)
@@ -272,8 +290,12 @@ class Trainer:
 
     def _state(self, rank_rngs: list[Any] | None = None) -> dict[str, Any]:
         """The checkpoint; ``rank_rngs`` (data-parallel runs) holds every rank's RNG state, in rank order."""
+        keeps_backbone = self._keeps_backbone()
+        section = {"name": self.config.backbone.name, **self.config.backbone.options()}
+        record = {} if keeps_backbone else {RECORD_KEY: backbone_record(self.model, section)}
         return {
-            "model": model_state_for_checkpoint(self.model, include_backbone=self._keeps_backbone()),
+            **record,
+            "model": model_state_for_checkpoint(self.model, include_backbone=keeps_backbone),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "config": self.config.to_dict(),
@@ -281,7 +303,7 @@ class Trainer:
             "best": self.best,
             "class_names": list(self.source.classes),
             "palette": [list(color) for color in self.source.palette],
-            "backbone_included": self._keeps_backbone(),
+            "backbone_included": keeps_backbone,
             "rng": rng_state(),
             "data": self._batches.position() if self._batches is not None else None,
             "rng_ranks": rank_rngs,
@@ -292,6 +314,9 @@ class Trainer:
             self.console.print(f"[yellow]no {self.output / 'last.pt'} to resume from: starting a new run[/yellow]")
             return
         state, path = resumed
+        check_backbone_fingerprint(
+            self.model, state, source=f"checkpoint '{path}'", weights=self.config.backbone.options().get("pretrained")
+        )
         load_model_state(
             self.model,
             state,
@@ -499,9 +524,11 @@ class Trainer:
         from vltk.engine.evaluation import evaluate
 
         overlay_dir = self.output / "overlays" if overlays else None
-        return evaluate(
-            self.model, self.source, self.task, self.config.eval, self.device, overlay_dir=overlay_dir, dist=self.dist
-        )
+        # a compiled model evaluates eagerly: eval mode, other batch and image sizes would each compile anew
+        stance = torch.compiler.set_stance("force_eager") if self.config.train.compile else contextlib.nullcontext()
+        with stance:
+            config = self.config.eval
+            return evaluate(self.model, self.source, self.task, config, self.device, overlay_dir=overlay_dir, dist=self.dist)
 
     def _evaluate_and_record(self, progress: _Progress | None, overlays: bool = False) -> dict[str, Any]:
         if progress is not None:

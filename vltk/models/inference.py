@@ -6,6 +6,11 @@ comparable: ``ceil((size - crop) / stride) + 1`` windows per axis, the last one 
 border, per-class scores of overlapping windows **averaged** (summed, then divided by a count matrix). An image
 smaller than the crop along an axis gets a single window covering that whole axis; the model's own padding
 (``DensePredictor`` pads to its size divisor) takes care of the rest, so no extra padding happens here.
+
+Test-time augmentation (mmseg's ``TestTimeAug`` + ``SegTTAModel``): with ``flip`` and/or several ``scales`` the
+image is resized by each scale factor (bilinear), optionally mirrored, passed through the whole or slide mode,
+and the **softmax probabilities** of every view, mirrored back and resized to the input size, are averaged (as
+mmseg merges TTA views). Without augmentation the model's raw scores are returned unchanged.
 """
 
 from __future__ import annotations
@@ -104,15 +109,9 @@ def whole_inference(model: Any, images: Tensor) -> Tensor:
     return _predictor(model)(images)
 
 
-def inference(
-    model: Any,
-    images: Tensor,
-    *,
-    mode: str = "whole",
-    crop_size: int | tuple[int, int] = 512,
-    stride: int | tuple[int, int] = 341,
+def _single_view(
+    model: Any, images: Tensor, mode: str, crop_size: int | tuple[int, int], stride: int | tuple[int, int]
 ) -> Tensor:
-    """Dispatch on the evaluation mode (``EvalConfig.mode``): ``"whole"`` or ``"slide"``."""
     if mode == "whole":
         return whole_inference(model, images)
     if mode == "slide":
@@ -120,14 +119,62 @@ def inference(
     raise ValueError(f"unknown inference mode {mode!r}: expected 'whole' or 'slide'")
 
 
+@torch.no_grad()
+def inference(
+    model: Any,
+    images: Tensor,
+    *,
+    mode: str = "whole",
+    crop_size: int | tuple[int, int] = 512,
+    stride: int | tuple[int, int] = 341,
+    flip: bool = False,
+    scales: tuple[float, ...] | list[float] = (1.0,),
+) -> Tensor:
+    """Class scores ``[B, K, H, W]`` in the evaluation mode (``EvalConfig.mode``: ``"whole"`` or ``"slide"``).
+
+    ``flip`` adds the horizontally mirrored view and ``scales`` resizes the image by each factor first (test-time
+    augmentation); with either, the result is the mean softmax probability over all views at the input size.
+    """
+    scales = tuple(float(scale) for scale in scales)
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive factors, got {scales!r}")
+    if not flip and scales == (1.0,):
+        return _single_view(model, images, mode, crop_size, stride)
+    from torch.nn import functional as F
+
+    height, width = images.shape[-2:]
+    total: Tensor | None = None
+    views = 0
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = images
+        if size != (height, width):
+            scaled = F.interpolate(images, size, mode="bilinear", align_corners=False)
+        for mirrored in (False, True) if flip else (False,):
+            view = scaled.flip(-1) if mirrored else scaled
+            scores = _single_view(model, view, mode, crop_size, stride)
+            if mirrored:
+                scores = scores.flip(-1)
+            if scores.shape[-2:] != (height, width):
+                scores = F.interpolate(scores, (height, width), mode="bilinear", align_corners=False)
+            probabilities = scores.float().softmax(1)
+            total = probabilities if total is None else total + probabilities
+            views += 1
+    assert total is not None
+    return total / views
+
+
 def inference_from_config(model: Any, images: Tensor, eval_config: Any) -> Tensor:
-    """:func:`inference` with ``mode``, ``crop_size`` and ``stride`` read from a :class:`vltk.config.EvalConfig`."""
+    """:func:`inference` with ``mode``, ``crop_size``, ``stride``, ``flip`` and ``scales`` read from a
+    :class:`vltk.config.EvalConfig`."""
     return inference(
         model,
         images,
         mode=getattr(eval_config, "mode", "whole"),
         crop_size=getattr(eval_config, "crop_size", 512),
         stride=getattr(eval_config, "stride", 341),
+        flip=getattr(eval_config, "flip", False),
+        scales=tuple(getattr(eval_config, "scales", (1.0,))),
     )
 
 

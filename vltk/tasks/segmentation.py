@@ -137,9 +137,9 @@ class SegmentationTask(Task):
         return f"iter {step}: target mIoU {100 * summary['target_avg']:.1f}, rPD {summary['rpd_avg']:.1f}%"
 
     def result_table(self, results: dict[str, Any], train_domains: Sequence[str], title: str | None = None) -> Any:
-        from vltk.engine.report import domain_table
+        from vltk.engine.report import segmentation_tables
 
-        return domain_table(results, train_domains, title=title or "mIoU per domain")
+        return segmentation_tables(results, train_domains, title=title or "mIoU per domain")
 
     def plot_history(self, history: dict[str, Any], path: Path, train_domains: Sequence[str]) -> Path:
         from vltk.engine.report import plot_history

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from vltk_kernels._dispatch import TRITON_DTYPES, select_backend
+from vltk_kernels._dispatch import TRITON_DTYPES, compiling, select_backend
 from vltk_kernels.ms_deform_attn.lean import ms_deform_attn_lean
 from vltk_kernels.ms_deform_attn.reference import ms_deform_attn_reference
 
@@ -68,6 +68,10 @@ def ms_deform_attn(
     _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
     problem = _triton_problem(value, sampling_locations, attention_weights)
     if select_backend("ms_deform_attn", value.device, problem) == "torch":
+        if compiling():  # the compiler plans the per-level intermediates itself
+            return ms_deform_attn_reference(
+                value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+            )
         return ms_deform_attn_lean(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     from vltk_kernels.ms_deform_attn.triton import ms_deform_attn_triton
 

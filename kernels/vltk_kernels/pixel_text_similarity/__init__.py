@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vltk_kernels._dispatch import autocast_inputs, dtype_problem, select_backend
+from vltk_kernels._dispatch import autocast_inputs, compiling, dtype_problem, select_backend
 from vltk_kernels.pixel_text_similarity.lean import pixel_text_similarity_lean
 from vltk_kernels.pixel_text_similarity.reference import check_pixel_text_shapes, pixel_text_similarity_reference
 
@@ -27,6 +27,8 @@ def pixel_text_similarity(pixels: Tensor, texts: Tensor, temperature: float | No
     cast = autocast_inputs(pixels, texts)
     problem = "the input is empty" if pixels.numel() == 0 or texts.numel() == 0 else dtype_problem(*cast)
     if select_backend("pixel_text_similarity", pixels.device, problem) == "torch":
+        if compiling():  # the compiler fuses the reference's normalisation itself
+            return pixel_text_similarity_reference(pixels, texts, temperature)
         return pixel_text_similarity_lean(pixels, texts, temperature)
     from vltk_kernels.pixel_text_similarity.triton import pixel_text_similarity_triton
 

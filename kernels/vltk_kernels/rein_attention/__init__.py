@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from vltk_kernels._dispatch import autocast_inputs, dtype_problem, select_backend
+from vltk_kernels._dispatch import autocast_inputs, compiling, dtype_problem, select_backend
 from vltk_kernels.rein_attention.lean import rein_attention_lean
 from vltk_kernels.rein_attention.reference import check_rein_attention_shapes, rein_attention_reference
 
@@ -36,6 +36,8 @@ def rein_attention(feats: Tensor, tokens: Tensor, values: Tensor, scale: float) 
     check_rein_attention_shapes(feats, tokens, values)
     cast = autocast_inputs(feats, tokens, values)
     if select_backend("rein_attention", feats.device, _triton_problem(*cast)) == "torch":
+        if compiling():  # under torch.compile the compiler plans memory; the lean path's chunk writes do not trace
+            return rein_attention_reference(feats, tokens, values, scale)
         return rein_attention_lean(feats, tokens, values, scale)
     from vltk_kernels.rein_attention.triton import rein_attention_triton
 

@@ -77,7 +77,7 @@ def resolve_attention(requested: str, device: torch.device) -> str:
         resolved, why = "xformers", ""
     else:
         resolved, why = requested, ""
-    if (requested, resolved) not in _LOGGED:
+    if (requested, resolved) not in _LOGGED and not torch.compiler.is_compiling():  # logging breaks a traced graph
         _LOGGED.add((requested, resolved))
         logger.info("ViT attention: %s (requested %s on %s)%s", resolved, requested, device.type, why)
     return resolved

@@ -233,17 +233,23 @@ class ClipViTBackbone(OpenClipBackbone):
         positional = self.visual.positional_embedding
         if tuple(grid) == tuple(self.visual.grid_size):
             return positional
-        cacheable = not (positional.requires_grad and torch.is_grad_enabled())
+
+        def resample() -> Tensor:
+            return resample_abs_pos_embed(
+                positional.unsqueeze(0), new_size=list(grid), old_size=list(self.visual.grid_size), num_prefix_tokens=1
+            ).squeeze(0)
+
+        # the cache is an eager-mode saving: under torch.compile the resampling is part of the graph instead
+        cacheable = not (positional.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling()
+        if not cacheable:
+            return resample()
         key = (tuple(grid), positional.device, positional.dtype, positional._version, positional.data_ptr())
-        if cacheable and key in self._pos_cache:
+        if key in self._pos_cache:
             return self._pos_cache[key]
-        resampled = resample_abs_pos_embed(
-            positional.unsqueeze(0), new_size=list(grid), old_size=list(self.visual.grid_size), num_prefix_tokens=1
-        ).squeeze(0)
-        if cacheable:
-            if len(self._pos_cache) >= 8:
-                self._pos_cache.clear()
-            self._pos_cache[key] = resampled
+        resampled = resample()
+        if len(self._pos_cache) >= 8:
+            self._pos_cache.clear()
+        self._pos_cache[key] = resampled
         return resampled
 
     def _embed_tokens(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Any]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from vltk.api import UserError
+from vltk.api import RandomWeightsWarning, UserError
 from vltk_plugins.common.weights.formats import ConvertContext, WeightFormat, detect_format, formats_for
 from vltk_plugins.common.weights.read import Checkpoint, read_checkpoint
 from vltk_plugins.common.weights.resample import ResampleMode, resample_spatial
@@ -230,6 +230,7 @@ def warn_random(label: str, what: str = "open_clip checkpoint") -> None:
     warnings.warn(
         f"{label}: pretrained=None, so the backbone has random weights; pass pretrained=<local {what}> for "
         "meaningful features",
+        RandomWeightsWarning,
         stacklevel=3,
     )
 

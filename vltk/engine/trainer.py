@@ -527,8 +527,15 @@ class Trainer:
         # a compiled model evaluates eagerly: eval mode, other batch and image sizes would each compile anew
         stance = torch.compiler.set_stance("force_eager") if self.config.train.compile else contextlib.nullcontext()
         with stance:
-            config = self.config.eval
-            return evaluate(self.model, self.source, self.task, config, self.device, overlay_dir=overlay_dir, dist=self.dist)
+            return evaluate(
+                self.model,
+                self.source,
+                self.task,
+                self.config.eval,
+                self.device,
+                overlay_dir=overlay_dir,
+                dist=self.dist,
+            )
 
     def _evaluate_and_record(self, progress: _Progress | None, overlays: bool = False) -> dict[str, Any]:
         if progress is not None:

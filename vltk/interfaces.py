@@ -163,9 +163,13 @@ class Decoder(nn.Module, ABC):
 
     ``forward`` returns a dict; ``seg_logits`` ``[B, K, h, w]`` (any resolution) is what :meth:`predict` uses by
     default. ``loss`` returns a dict of named terms whose ``"loss"`` entry is the total to back-propagate.
+    ``sync_bn`` asks the trainer to turn the decoder's BatchNorm layers into ``nn.SyncBatchNorm`` when it trains on
+    several CUDA ranks (statistics over the global batch; refused on several CPU ranks, which PyTorch does not
+    support).
     """
 
     ignore_index: int = 255
+    sync_bn: bool = False
 
     @abstractmethod
     def forward(

@@ -93,6 +93,8 @@ class LazyGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except UserError as error:
+            if getattr(error, "silent", False):  # another rank of a data-parallel run prints it
+                raise click.exceptions.Exit(UserErrorExit.exit_code) from None
             raise UserErrorExit(str(error)) from None
         except Exception as error:
             if isinstance(error, _plugin_user_error_types()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ Examples:
   vltk train --recipe clip-gap/synthetic              # detection: CLIP the Gap on synthetic boxes, AP50
   vltk train --logger jsonl --logger tensorboard      # metrics.jsonl + RUN/tensorboard (`vltk list loggers`)
   vltk train --task detection --backbone clip-resnet --augmenter clip-gap --decoder clip-faster-rcnn
+  vltk train --nproc 4 train.batch_size=16           # 4 data-parallel processes, 4 images each (torchrun)
 Overrides are KEY=VALUE with dotted keys: train.lr=1e-4, dataset.domains=[synthetic,fog], seed=3.
 Ctrl-C or SIGTERM stop at the next step with last.pt saved (exit 130 / 143); a second Ctrl-C stops at once.
 """
@@ -174,6 +176,13 @@ def interrupt_message(trainer: Any, interrupt: BaseException) -> str:
 )
 @click.option("--dry-run", is_flag=True, help="print the resolved configuration and exit")
 @click.option("--quiet", is_flag=True, help="no progress output (the final table is still printed)")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="data-parallel processes on this machine (torchrun); train.batch_size is the global batch, split evenly",
+)
 def train_command(
     overrides: tuple[str, ...],
     recipe: str | None,
@@ -190,6 +199,7 @@ def train_command(
     allow_changes: bool,
     dry_run: bool,
     quiet: bool,
+    nproc: int,
 ) -> None:
     """Train a model. With no arguments, runs the default recipe on the embedded synthetic dataset."""
     extra = list(overrides)
@@ -220,23 +230,94 @@ def train_command(
 
         click.echo(to_yaml(run), nl=False)
         return
-    if (out / "last.pt").is_file() and resume is None:
+    if nproc > 1:
+        from vltk.engine.distributed import launch_local
+
+        check_launch(nproc, run)
+        worker = worker_arguments(overrides=extra, options=_launch_options(locals()), output=out, resume=resume)
+        raise SystemExit(launch_local(nproc, worker))
+    from vltk.engine.distributed import launched_distributed, shutdown
+
+    main = int(os.environ.get("RANK", "0") or 0) == 0  # under torchrun only rank 0 prints
+    if (out / "last.pt").is_file() and resume is None and main:
         click.echo(f"note: {out} already holds last.pt; starting over (pass --resume to continue it)", err=True)
     from vltk.engine.trainer import Trainer
 
     try:
-        trainer = Trainer(run, out, resume=resume is not None, quiet=quiet, changes=changes)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted before training started", err=True)
-        raise SystemExit(130) from None
-    try:
-        trainer.fit()
-    except KeyboardInterrupt as interrupt:
-        click.echo(interrupt_message(trainer, interrupt), err=True)
-        raise SystemExit(getattr(interrupt, "exit_code", 130)) from None
-    names = ("best.pt", "last.pt", "metrics.json", "metrics.jsonl", "curves.png", "tensorboard", "overlays")
-    present = [name + ("/" if (out / name).is_dir() else "") for name in names if (out / name).exists()]
-    click.echo(f"run folder: {out}  ({', '.join(present)})")
+        try:
+            trainer = Trainer(run, out, resume=resume is not None, quiet=quiet, changes=changes)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted before training started", err=True)
+            raise SystemExit(130) from None
+        try:
+            trainer.fit()
+        except KeyboardInterrupt as interrupt:
+            if main:
+                click.echo(interrupt_message(trainer, interrupt), err=True)
+            raise SystemExit(getattr(interrupt, "exit_code", 130)) from None
+    finally:
+        if launched_distributed():
+            shutdown()
+    if main:
+        names = ("best.pt", "last.pt", "metrics.json", "metrics.jsonl", "curves.png", "tensorboard", "overlays")
+        present = [name + ("/" if (out / name).is_dir() else "") for name in names if (out / name).exists()]
+        click.echo(f"run folder: {out}  ({', '.join(present)})")
+
+
+#: ``vltk train`` options a ``--nproc`` launch hands on to its workers unchanged (``--output`` and ``--resume``
+#: are handed on as resolved: the folder the parent chose).
+LAUNCH_OPTIONS: tuple[str, ...] = ("recipe", "backbone", "adapter", "prompter", "decoder", "dataset", "task")
+
+
+def _launch_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The flags of one ``vltk train`` call that its workers must see: component choices, the repeatable
+    ``--augmenter``, and the switches."""
+    options: dict[str, Any] = {name: values[name] for name in LAUNCH_OPTIONS}
+    options["augmenter"] = list(values["augmenters"])
+    options["allow-changes"] = values["allow_changes"]
+    options["quiet"] = values["quiet"]
+    return options
+
+
+def worker_arguments(*, overrides: list[str], options: dict[str, Any], output: Path, resume: str | None) -> list[str]:
+    """``vltk train`` arguments of each worker of a ``--nproc`` launch: the same run, the resolved folder, no
+    ``--nproc``. ``--resume`` comes last, where a bare flag cannot take an override as its folder."""
+    arguments = ["train", *overrides]
+    for name, value in options.items():
+        if value is None or value is False or value == []:
+            continue
+        if value is True:
+            arguments.append(f"--{name}")
+        else:
+            for item in value if isinstance(value, list) else [value]:
+                arguments.append(f"--{name}={item}")
+    if resume is None:
+        arguments.append(f"--output={output}")
+    elif resume == RESUME_HERE:
+        arguments += [f"--output={output}", "--resume"]
+    else:
+        arguments.append(f"--resume={resume}")
+    return arguments
+
+
+def check_launch(nproc: int, run: Any) -> None:
+    """Refuse a ``--nproc`` launch that cannot work, before any process starts: inside torchrun (which already
+    started the processes), more processes than GPUs, or a batch that does not split evenly."""
+    from vltk.engine.distributed import DistributedContext, launched_distributed, local_batch_size
+
+    if launched_distributed():
+        raise UserError("--nproc starts its own processes; under torchrun leave it out (torchrun sets the ranks)")
+    import torch
+
+    from vltk.engine.trainer import pick_device
+
+    device = pick_device(run.config.device)
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise UserError(
+            f"--nproc {nproc} needs {nproc} GPUs but {torch.cuda.device_count()} are visible; use at most that many "
+            "processes, or device=cpu"
+        )
+    local_batch_size(DistributedContext(world_size=nproc), run.config.train.batch_size)
 
 
 def load_checkpoint_config(

@@ -30,6 +30,11 @@ class EpochBatches:
     ``DataLoader`` with that generator gives), cut into ``len(dataset) // batch_size`` full batches. Starting at
     ``(epoch, batch)`` skips the earlier batches of that epoch by index, without loading them, so a resumed run
     sees exactly the batches the uninterrupted run would have seen. The global RNGs are never touched.
+
+    Data-parallel runs (:mod:`vltk.engine.distributed`): ``batch_size`` stays the global batch, every rank draws
+    the same order and yields its contiguous ``batch_size // world_size`` slice of each global batch. So the
+    ranks together see exactly the single-process batches, and the position (epoch, global batch) is the same on
+    every rank and does not depend on the number of ranks: a run resumes exactly with as many or other ranks.
     """
 
     def __init__(
@@ -42,12 +47,18 @@ class EpochBatches:
         *,
         epoch: int = 0,
         batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} does not split over {world_size} ranks")
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
         self.collate_fn = collate_fn
+        self.rank = rank
+        self.world_size = world_size
         self.steps_per_epoch = max(1, len(dataset) // batch_size)
         self.epoch, self.batch = epoch + batch // self.steps_per_epoch, batch % self.steps_per_epoch
         self._iterator: Iterator[dict[str, Any]] | None = None
@@ -65,8 +76,9 @@ class EpochBatches:
         generator = torch.Generator().manual_seed(seed)
         torch.empty((), dtype=torch.int64).random_(generator=generator)  # what DataLoader draws before shuffling
         order = torch.randperm(len(self.dataset), generator=generator).tolist()
-        size = self.batch_size
-        batches = [order[i * size : (i + 1) * size] for i in range(self.batch, self.steps_per_epoch)]
+        size, local = self.batch_size, self.batch_size // self.world_size
+        start = self.rank * local  # this rank's slice of every global batch
+        batches = [order[i * size + start : i * size + start + local] for i in range(self.batch, self.steps_per_epoch)]
         return DataLoader(
             self.dataset,
             batch_sampler=batches,

@@ -98,6 +98,23 @@ class VOCAveragePrecision:
     def __len__(self) -> int:
         return len(self._images)
 
+    @classmethod
+    def merged(cls, parts: Sequence[VOCAveragePrecision]) -> VOCAveragePrecision:
+        """One accumulator holding the images of ``parts`` in order (shards of one domain, e.g. per rank)."""
+        if not parts:
+            raise ValueError("nothing to merge")
+        first = parts[0]
+        merged = cls(first.num_classes, iou_threshold=first.iou_threshold, interpolation=first.interpolation)
+        for part in parts:
+            if (part.num_classes, part.iou_threshold, part.interpolation) != (
+                first.num_classes,
+                first.iou_threshold,
+                first.interpolation,
+            ):
+                raise ValueError("cannot merge accumulators of different classes, thresholds or interpolations")
+            merged._images.extend(part._images)
+        return merged
+
     def update(self, predictions: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]]) -> None:
         """Add a batch: one prediction dict and one target dict per image."""
         if len(predictions) != len(targets):

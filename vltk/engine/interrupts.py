@@ -46,12 +46,16 @@ class StopSignals:
     """Installed for the duration of ``with``: SIGINT/SIGTERM set :attr:`requested` instead of raising.
 
     ``immediate`` (set by the loop when nothing is left to lose, e.g. during the final evaluation after
-    ``last.pt`` was written) makes the first signal raise at once. Outside the main thread signals cannot be
-    caught; then nothing is installed and Python's default behaviour stays.
+    ``last.pt`` was written) makes the first signal raise at once. ``second_stops=False`` (the ranks of a
+    data-parallel run) ignores further signals: the launcher forwards a signal that may also have reached the
+    worker directly (SLURM signals every process of a step), and it kills its workers itself after a timeout.
+    Outside the main thread signals cannot be caught; then nothing is installed and Python's default behaviour
+    stays.
     """
 
-    def __init__(self, notify: Callable[[str], None] | None = None) -> None:
+    def __init__(self, notify: Callable[[str], None] | None = None, *, second_stops: bool = True) -> None:
         self.notify = notify or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.second_stops = second_stops
         self.requested: int | None = None
         self.immediate = False
         self._saving = 0
@@ -75,8 +79,11 @@ class StopSignals:
         if first:
             self.requested = signum
             if not self.immediate:
-                self.notify(f"\n{name}: stopping after the current step to save last.pt (again to stop at once)")
+                again = "again to stop at once" if self.second_stops else "further signals are the launcher's"
+                self.notify(f"\n{name}: stopping after the current step to save last.pt ({again})")
                 return
+        elif not self.second_stops:
+            return
         if self._saving:
             self.notify(f"{name}: a checkpoint is being written; stopping as soon as it is complete")
             self._raise_after_save = signum

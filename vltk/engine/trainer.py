@@ -7,6 +7,10 @@ that can be checked has been (the output folder, every data split, the resume ch
 ``best.pt`` when the task's selection score improves, ``metrics.json`` (history + final results), ``curves.png``
 and ``overlays/<domain>_<i>.png``. Ctrl-C and SIGTERM stop at a step boundary (:mod:`vltk.engine.interrupts`), and
 a checkpoint holds every RNG and the position in the data order, so a resumed run continues exactly.
+
+Under torchrun (or ``vltk train --nproc N``) the same loop trains data-parallel (:mod:`vltk.engine.distributed`):
+DDP averages the gradients, each rank takes its slice of the global batch, losses and evaluation are reduced
+over ranks, rank 0 alone writes and prints while the others wait for it, and all ranks stop at the same step.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
 from vltk.config import RunConfig, to_yaml
+from vltk.engine import distributed
 from vltk.engine.batches import EpochBatches
 from vltk.engine.checkpoint import (
     load_model_state,
@@ -177,7 +183,8 @@ class Trainer:
     :class:`~vltk.tasks.base.Task`'s; the loop, schedule, checkpoints and resume are the same for every task.
     Construction checks everything it can before it writes (output folder, lock, every data split, the resume
     checkpoint's fit with the model), so a failing construction leaves an existing run folder as it was; then it
-    takes the folder's lock (released when :meth:`fit` ends, or by :meth:`close`).
+    takes the folder's lock (released when :meth:`fit` ends, or by :meth:`close`). Started by torchrun, it joins
+    the process group (``self.dist``); a failure on any rank stops every rank, and only rank 0 touches the folder.
     """
 
     def __init__(
@@ -191,34 +198,55 @@ class Trainer:
     ) -> None:
         from rich.console import Console
 
-        from vltk.pipeline import build_data_source, build_model
         from vltk.tasks import get_task
 
-        config = run.config
         self.run = run
-        self.config = config
+        self.config = run.config
         self.task = get_task(run.task)
         self.collate_fn = self.task.collate
         self.output = Path(output)
-        self.quiet = quiet
-        self.console = Console(stderr=True)
-        self.stdout = Console()
-        check_output_folder(self.output)
+        self.dist, self.device = distributed.setup(pick_device(run.config.device))
+        self.quiet = quiet or not self.dist.is_main
+        self.console = Console(stderr=True, quiet=not self.dist.is_main)
+        self.stdout = Console(quiet=not self.dist.is_main)
         self.lock = RunLock(self.output)
-        self.lock.check()
+        failure: UserError | None = None
+        try:
+            self._check_and_build(resume)
+        except UserError as error:
+            failure = error
+        distributed.agree(self.dist, failure)  # every rank built the run, or every rank stops
+        distributed.on_main(self.dist, functools.partial(self._prepare_folder, changes or {}))
+
+    def _check_and_build(self, resume: bool) -> None:
+        """Everything that can fail before the folder is touched: checks, data, model, optimizer, resume state."""
+        from vltk.pipeline import build_data_source, build_model
+
+        run, config = self.run, self.config
+        distributed.local_batch_size(self.dist, config.train.batch_size)
+        if self.dist.is_main:
+            check_output_folder(self.output)
+            self.lock.check()
         resumed = load_resume_checkpoint(self.output) if resume else None
         # built (not started) before anything heavy: a logger whose package is missing fails here, nothing written
         start_step = int(resumed[0]["step"]) if resumed else 0
-        self.loggers = RunLoggers.build(run, self.output, start_step=start_step, resumed=resumed is not None)
+        self.loggers = (  # rank 0 logs; the others log nothing (their numbers are rank 0's after the all-reduce)
+            RunLoggers.build(run, self.output, start_step=start_step, resumed=resumed is not None)
+            if self.dist.is_main
+            else RunLoggers()
+        )
         seed_everything(config.seed)
-        self.device = pick_device(config.device)
         self.source = build_data_source(run)
         self.train_splits = check_data_source(self.source, config.train.batch_size)
         self.model = build_model(run, class_names=list(self.source.classes), ignore_index=self.source.ignore_index).to(
             self.device
         )
+        distributed.convert_sync_batchnorm(self.model, self.dist, self.device)
+        distributed.seed_rank(self.dist, config.seed)  # the same weights everywhere, then each rank's own dropout draws
         if config.train.compile:
             compile_model(self.model, config.train.compile_backend)
+        #: what the training step calls ``loss`` on: the model, or its DDP wrapper (set up by :meth:`fit`)
+        self.train_model: Any = self.model
         self.optimizer = build_optimizer(self.model, config)
         self.step = 0
         self.history: dict[str, Any] = {"train": [], "eval": []}
@@ -232,7 +260,6 @@ class Trainer:
         self._signals: StopSignals | None = None
         if resume:
             self._resume(resumed)
-        self._prepare_folder(changes or {})
 
     def _prepare_folder(self, changes: dict[str, Any]) -> None:
         """Everything checked: lock the folder, clear leftovers, write the configuration and the environment."""
@@ -269,7 +296,8 @@ class Trainer:
         pretrained = self.config.backbone.options().get("pretrained")
         return not (self.model.adapter.freezes_backbone and pretrained)
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, rank_rngs: list[Any] | None = None) -> dict[str, Any]:
+        """The checkpoint; ``rank_rngs`` (data-parallel runs) holds every rank's RNG state, in rank order."""
         keeps_backbone = self._keeps_backbone()
         section = {"name": self.config.backbone.name, **self.config.backbone.options()}
         record = {} if keeps_backbone else {RECORD_KEY: backbone_record(self.model, section)}
@@ -286,6 +314,7 @@ class Trainer:
             "backbone_included": keeps_backbone,
             "rng": rng_state(),
             "data": self._batches.position() if self._batches is not None else None,
+            "rng_ranks": rank_rngs,
         }
 
     def _resume(self, resumed: tuple[dict[str, Any], Path] | None) -> None:
@@ -312,7 +341,7 @@ class Trainer:
         self.step = int(state["step"])
         self.history = state["history"]
         self.best = state["best"]
-        self._rng = state.get("rng")
+        self._rng = distributed.rank_rng_state(self.dist, state)
         self._data_position = state.get("data")
         self.last_saved_step, self.last_saved_path = self.step, path
         self.console.print(f"resumed from {path} at iteration {self.step}")
@@ -327,24 +356,31 @@ class Trainer:
         """Write ``name`` atomically; signals wait for it. ``last.pt`` keeps its previous generation once this run
         has saved one (the first save of a new run replaces, and drops, what an earlier run left).
 
-        A full disk or an unwritable folder is one :class:`UserError` that says what is still on disk.
+        A full disk or an unwritable folder is one :class:`UserError` that says what is still on disk. Every rank
+        calls it (the RNG states are gathered), rank 0 writes, the others wait for the file.
         """
         path = self.output / name
         rotate = name == "last.pt" and self.last_saved_step is not None
+        rank_rngs = distributed.all_gather_objects(self.dist, rng_state()) if self.dist.is_distributed else None
         saving = self._signals.saving() if self._signals is not None else contextlib.nullcontext()
         with saving:
-            try:
-                save_atomic(self._state(), path, keep_previous=rotate)
-                if name == "last.pt" and not rotate:  # an older run's generation must never be resumed from
-                    previous_path(path).unlink(missing_ok=True)
-            except OSError as error:
-                what = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-                raise UserError(
-                    f"cannot save '{path}': {what} ({self._saved_note()}); free space or fix the folder, then "
-                    f"continue with `{resume_command(self.output)}`"
-                ) from None
+            distributed.on_main(self.dist, functools.partial(self._write_checkpoint, name, rotate, rank_rngs))
             if name == "last.pt":
                 self.last_saved_step, self.last_saved_path = self.step, path
+
+    def _write_checkpoint(self, name: str, rotate: bool, rank_rngs: list[Any] | None) -> None:
+        """Rank 0's part of :meth:`_save`: the atomic write and the one-line error of a failed one."""
+        path = self.output / name
+        try:
+            save_atomic(self._state(rank_rngs), path, keep_previous=rotate)
+            if name == "last.pt" and not rotate:  # an older run's generation must never be resumed from
+                previous_path(path).unlink(missing_ok=True)
+        except OSError as error:
+            what = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+            raise UserError(
+                f"cannot save '{path}': {what} ({self._saved_note()}); free space or fix the folder, then "
+                f"continue with `{resume_command(self.output)}`"
+            ) from None
 
     # ------------------------------------------------------------------------------------------------ train
 
@@ -356,7 +392,15 @@ class Trainer:
         """The training batches from where the resumed checkpoint left the data order (or from the start)."""
         train = self.config.train
         position = self._data_position
-        make = functools.partial(EpochBatches, dataset, train.batch_size, self.config.seed, train.num_workers)
+        make = functools.partial(
+            EpochBatches,
+            dataset,
+            train.batch_size,
+            self.config.seed,
+            train.num_workers,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
         if position is None:  # a new run, or a checkpoint older than the saved position: the order is the step's
             steps = max(1, len(dataset) // train.batch_size)
             return make(self.collate_fn, epoch=self.step // steps, batch=self.step % steps)
@@ -375,7 +419,7 @@ class Trainer:
         (its ``saved`` says whether ``last.pt`` holds the step it stopped at).
         """
         try:
-            with StopSignals(self._notify) as signals:
+            with StopSignals(self._notify, second_stops=not self.dist.is_distributed) as signals:
                 self._signals = signals
                 try:
                     self.loggers.start()
@@ -399,6 +443,7 @@ class Trainer:
             restore_rng_state(self._rng)
             self._rng = None
         trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.train_model = distributed.wrap_for_training(self.model, self.dist, self.device)
         self.model.train()
         if not self.quiet:
             self._notify(parameter_summary(self.model))
@@ -407,10 +452,11 @@ class Trainer:
         )
         with progress:
             while self.step < train.iters:
-                if signals.requested is not None:  # a step boundary: the state is whole, save it and stop
+                stop = distributed.requested_stop(self.dist, signals.requested)  # any rank's signal stops all
+                if stop is not None:  # a step boundary: the state is whole, save it and stop
                     if self.last_saved_step != self.step:
                         self._save("last.pt")
-                    raise Interrupted(signals.requested, saved=True)
+                    raise Interrupted(stop, saved=True)
                 record = self._train_step(next(batches), trainable)
                 self.history["train"].append(record)
                 self.loggers.train_step(record)
@@ -422,12 +468,13 @@ class Trainer:
                     self._save("last.pt")
         if self.last_saved_step != self.step:  # the trained state is on disk before the final evaluation
             self._save("last.pt")
-        if signals.requested is not None:
-            raise Interrupted(signals.requested, saved=True)
+        stop = distributed.requested_stop(self.dist, signals.requested)
+        if stop is not None:
+            raise Interrupted(stop, saved=True)
         signals.immediate = True  # nothing left to lose: a signal now stops the final evaluation at once
         results = self._evaluate_and_record(None, overlays=True)
         self._save("last.pt")
-        self._write_reports(results)
+        distributed.on_main(self.dist, functools.partial(self._write_reports, results))
         self.loggers.final(results, self.step)
         return results
 
@@ -455,7 +502,7 @@ class Trainer:
 
     def _batch_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The model's loss terms for one collated batch (``"loss"`` is the total), as the task computes them."""
-        return self.task.batch_losses(self.model, batch, self.device)
+        return self.task.batch_losses(self.train_model, batch, self.device)
 
     def _train_step(self, batch: dict[str, Any], trainable: list[nn.Parameter]) -> dict[str, float]:
         """One optimisation step at the current schedule position; returns the logged loss terms."""
@@ -464,9 +511,10 @@ class Trainer:
             group["lr"] = train.lr * group["lr_mult"] * lr_factor(self.step, self.config)
         losses = self._batch_losses(batch)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
+        logged = distributed.mean_over_ranks(self.dist, losses)  # what every rank logs and decides on
+        if not math.isfinite(logged["loss"]):
             raise UserError(
-                f"loss became {loss.item()} at iteration {self.step + 1}: training diverged; lower train.lr or "
+                f"loss became {logged['loss']} at iteration {self.step + 1}: training diverged; lower train.lr or "
                 f"set train.grad_clip ({self._saved_note()})"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -478,7 +526,7 @@ class Trainer:
         return {
             "iter": self.step,
             "lr": self.optimizer.param_groups[0]["lr"],
-            **{name: float(value.detach()) for name, value in losses.items()},
+            **logged,
         }
 
     def _run_evaluation(self, overlays: bool, progress: EvalProgress | None = None) -> dict[str, Any]:
@@ -491,7 +539,14 @@ class Trainer:
         stance = torch.compiler.set_stance("force_eager") if self.config.train.compile else contextlib.nullcontext()
         with stance:
             return evaluate(
-                self.model, self.source, self.task, config, device, overlay_dir=overlay_dir, progress=progress
+                self.model,
+                self.source,
+                self.task,
+                config,
+                device,
+                overlay_dir=overlay_dir,
+                progress=progress,
+                dist=self.dist,
             )
 
     def _evaluate_and_record(self, progress: TrainProgress | None, overlays: bool = False) -> dict[str, Any]:
@@ -507,7 +562,7 @@ class Trainer:
         self.loggers.evaluation(results, self.step)
         if not self.history["eval"] or self.history["eval"][-1]["iter"] != self.step:
             self.history["eval"].append(results)
-        score = self.task.selection_score(results)
+        score = distributed.all_gather_objects(self.dist, self.task.selection_score(results))[0]  # rank 0's
         if self.best is None or score > self.best:
             self.best = score
             self._save("best.pt")

@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 
 
 class DomainMetric(Protocol):
-    """Accumulates one domain's evaluation: the loop feeds it batches, then asks for the domain's result dict."""
+    """Accumulates one domain's evaluation: the loop feeds it batches, then asks for the domain's result dict.
+
+    A metric may also have ``reduce_across_ranks(dist)``, which combines the shards the ranks of a data-parallel
+    run measured (:mod:`vltk.engine.distributed`) into the whole domain's state on every rank; without it, every
+    rank evaluates the whole domain.
+    """
 
     def update(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> None: ...
 

@@ -77,6 +77,14 @@ class DetectionMetric:
             )
             self.written += 1
 
+    def reduce_across_ranks(self, dist: Any) -> None:
+        """Every rank's detections and ground truth, gathered in rank order (the images' order in a single
+        process, which the stable score sort of AP depends on for ties)."""
+        from vltk.engine.detection_metrics import VOCAveragePrecision
+        from vltk.engine.distributed import all_gather_objects
+
+        self.metric = VOCAveragePrecision.merged(all_gather_objects(dist, self.metric))
+
     def result(self) -> dict[str, Any]:
         result = self.metric.compute()
         return {

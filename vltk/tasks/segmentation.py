@@ -67,6 +67,12 @@ class SegmentationMetric:
             )
             self.written += 1
 
+    def reduce_across_ranks(self, dist: Any) -> None:
+        """The confusion matrices of all ranks' shards, summed: the whole domain's matrix on every rank."""
+        from vltk.engine.distributed import all_reduce_sum_
+
+        all_reduce_sum_(dist, self.matrix.matrix)
+
     def result(self) -> dict[str, Any]:
         return {
             "miou": self.matrix.miou(),

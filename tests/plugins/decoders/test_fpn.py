@@ -209,9 +209,10 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch() -> None:
 def test_norm_choices() -> None:
     bn = small(norm="bn")
     assert any(isinstance(m, nn.BatchNorm2d) for m in bn.modules())
-    syncbn = small(norm="syncbn")  # no process group: plain BatchNorm2d so single-process runs work
+    syncbn = small(norm="syncbn")  # BatchNorm2d; the trainer converts it on several CUDA ranks (sync_bn)
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in syncbn.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in syncbn.modules())
+    assert syncbn.sync_bn and not bn.sync_bn
     gn = small(norm="gn", head_channels=64).train()
     norms = [m for m in gn.modules() if isinstance(m, nn.GroupNorm)]
     assert len(norms) == 7 and all(m.num_groups == 32 for m in norms)

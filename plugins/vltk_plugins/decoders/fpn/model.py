@@ -32,20 +32,18 @@ class FPNConfigError(UserError, ValueError):
 
 
 def _norm_layer(norm: str, num_channels: int) -> nn.Module:
-    """BatchNorm / GroupNorm(32) / SyncBatchNorm. SyncBN only under an initialised process group.
+    """BatchNorm / GroupNorm(32). ``syncbn`` builds BatchNorm2d too and the decoder says ``sync_bn``.
 
-    ``nn.SyncBatchNorm`` raises in a forward pass without a process group, so a single-process (or CPU) run
-    of a recipe written for SyncBN silently gets the equivalent BatchNorm2d instead of failing.
+    vltk's trainer turns the BatchNorm layers of a decoder with ``sync_bn`` into ``nn.SyncBatchNorm`` when it
+    trains on several CUDA ranks (``nn.SyncBatchNorm.convert_sync_batchnorm``); a single process has the whole
+    batch, so a recipe written for SyncBN works there unchanged.
     """
-    if norm == "bn":
+    if norm in ("bn", "syncbn"):
         return nn.BatchNorm2d(num_channels)
     if norm == "gn":
         if num_channels % GN_GROUPS:
             raise FPNConfigError(f"norm='gn' needs channels divisible by {GN_GROUPS}, got {num_channels}")
         return nn.GroupNorm(GN_GROUPS, num_channels)
-    if norm == "syncbn":
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        return nn.SyncBatchNorm(num_channels) if distributed else nn.BatchNorm2d(num_channels)
     raise FPNConfigError(f"unknown norm {norm!r}: expected 'bn', 'gn' or 'syncbn'")
 
 
@@ -120,6 +118,8 @@ class SemanticFPN(Decoder):
         self.feature_strides = tuple(feature_strides)
         self.loss_weight = float(loss_weight)
         self.ignore_index = int(ignore_index)
+        #: asks the trainer for SyncBatchNorm over the ranks of a data-parallel run (``norm=syncbn``)
+        self.sync_bn = norm == "syncbn"
 
         # Neck (mmseg FPN with num_outs == number of inputs, no extra convs, no norm, no activation).
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, channels, kernel_size=1) for c in in_channels)

@@ -43,8 +43,9 @@ class FPNOptions(Options):
         "bn",
         description=(
             "Normalisation in the head's conv stacks: 'bn' BatchNorm2d, 'gn' GroupNorm with 32 groups (needs "
-            "head_channels divisible by 32), 'syncbn' SyncBatchNorm when torch.distributed is initialised at build "
-            "time, else BatchNorm2d. The neck has no normalisation (mmseg default)."
+            "head_channels divisible by 32), 'syncbn' SyncBatchNorm over the GPUs of a data-parallel run (torchrun), "
+            "BatchNorm2d in a single process; PyTorch has no SyncBatchNorm on CPU processes, so several CPU ranks "
+            "refuse it. The neck has no normalisation (mmseg default)."
         ),
     )
     loss_weight: float = Field(

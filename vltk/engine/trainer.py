@@ -36,7 +36,9 @@ from vltk.engine.checkpoint import (
     rng_state,
     save_atomic,
 )
+from vltk.engine.ema import ema_for_run, evaluating_with, resume_ema
 from vltk.engine.interrupts import Interrupted, StopSignals
+from vltk.engine.precision import MixedPrecision, accumulate_gradients, micro_batches_done
 from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
 from vltk.engine.report import to_json
 from vltk.engine.run_folder import CHANGES_NAME, RunLock, record_changes, remove_unfinished_saves, resume_command
@@ -192,12 +194,14 @@ class Trainer:
         resumed = load_resume_checkpoint(self.output) if resume else None
         seed_everything(config.seed)
         self.device = pick_device(config.device)
+        self.precision = MixedPrecision(config.train.precision, self.device)
         self.source = build_data_source(run)
         self.train_splits = check_data_source(self.source, config.train.batch_size)
         self.model = build_model(run, class_names=list(self.source.classes), ignore_index=self.source.ignore_index).to(
             self.device
         )
         self.optimizer = build_optimizer(self.model, config)
+        self.ema = ema_for_run(self.model, config.train.ema)
         self.step = 0
         self.history: dict[str, Any] = {"train": [], "eval": []}
         self.best: float | None = None
@@ -248,8 +252,14 @@ class Trainer:
         return not (self.model.adapter.freezes_backbone and pretrained)
 
     def _state(self) -> dict[str, Any]:
+        model_state = model_state_for_checkpoint(self.model, include_backbone=self._keeps_backbone())
+        ema_state = None
+        if self.ema is not None:  # mmengine's swap: "model" holds the EMA weights that eval/predict should use
+            model_state, ema_state = self.ema.checkpoint_model_state(model_state)
         return {
-            "model": model_state_for_checkpoint(self.model, include_backbone=self._keeps_backbone()),
+            "model": model_state,
+            "ema": ema_state,
+            "precision": self.precision.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "config": self.config.to_dict(),
@@ -280,6 +290,8 @@ class Trainer:
                 f"checkpoint '{path}' holds an optimizer state that does not fit this run's trainable parameters "
                 f"({error}); resume without the changes to what trains"
             ) from None
+        resume_ema(self.ema, self.model, state.get("ema"))
+        self.precision.load_state_dict(state.get("precision"))
         self.step = int(state["step"])
         self.history = state["history"]
         self.best = state["best"]
@@ -329,8 +341,8 @@ class Trainer:
         position = self._data_position
         make = functools.partial(EpochBatches, dataset, train.batch_size, self.config.seed, train.num_workers)
         if position is None:  # a new run, or a checkpoint older than the saved position: the order is the step's
-            steps = max(1, len(dataset) // train.batch_size)
-            return make(self.collate_fn, epoch=self.step // steps, batch=self.step % steps)
+            steps, done = max(1, len(dataset) // train.batch_size), micro_batches_done(self.step, train.accumulate_steps)
+            return make(self.collate_fn, epoch=done // steps, batch=done % steps)
         if (position["size"], position["batch_size"]) == (len(dataset), train.batch_size):
             return make(self.collate_fn, epoch=position["epoch"], batch=position["batch"])
         self.console.print("the training set or batch size changed on resume: continuing with a fresh epoch")
@@ -376,7 +388,7 @@ class Trainer:
                     if self.last_saved_step != self.step:
                         self._save("last.pt")
                     raise Interrupted(signals.requested, saved=True)
-                record = self._train_step(next(batches), trainable)
+                record = self._train_step(batches, trainable)
                 self.history["train"].append(record)
                 progress.advance(self.step, record["loss"])
                 if train.eval_interval and self.step % train.eval_interval == 0 and self.step < train.iters:
@@ -426,28 +438,33 @@ class Trainer:
         """The model's loss terms for one collated batch (``"loss"`` is the total), as the task computes them."""
         return self.task.batch_losses(self.model, batch, self.device)
 
-    def _train_step(self, batch: dict[str, Any], trainable: list[nn.Parameter]) -> dict[str, float]:
-        """One optimisation step at the current schedule position; returns the logged loss terms."""
-        train = self.config.train
-        for group in self.optimizer.param_groups:
-            group["lr"] = train.lr * group["lr_mult"] * lr_factor(self.step, self.config)
-        losses = self._batch_losses(batch)
-        loss = losses["loss"]
+    def _check_loss(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise UserError(
                 f"loss became {loss.item()} at iteration {self.step + 1}: training diverged; lower train.lr or "
                 f"set train.grad_clip ({self._saved_note()})"
             )
+
+    def _train_step(self, batches: EpochBatches, trainable: list[nn.Parameter]) -> dict[str, float]:
+        """One optimizer step (over ``accumulate_steps`` micro-batches, :mod:`vltk.engine.precision`) at the
+        current schedule position, then the EMA update; returns the logged loss terms (micro-batch means)."""
+        train = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = train.lr * group["lr_mult"] * lr_factor(self.step, self.config)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
-        self.optimizer.step()
+        losses = accumulate_gradients(
+            batches, train.accumulate_steps, self._batch_losses, self.precision, self._check_loss
+        )
+        self.precision.step(self.optimizer, trainable, train.grad_clip)
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step += 1
+        scale = self.precision.loss_scale()
         return {
             "iter": self.step,
             "lr": self.optimizer.param_groups[0]["lr"],
-            **{name: float(value.detach()) for name, value in losses.items()},
+            **({} if scale is None else {"loss_scale": scale}),
+            **losses,
         }
 
     def _run_evaluation(self, overlays: bool) -> dict[str, Any]:
@@ -455,7 +472,8 @@ class Trainer:
         from vltk.engine.evaluation import evaluate
 
         overlay_dir = self.output / "overlays" if overlays else None
-        return evaluate(self.model, self.source, self.task, self.config.eval, self.device, overlay_dir=overlay_dir)
+        with evaluating_with(self.ema, self.model):  # the EMA weights when train.ema is on (as mmdet's EMAHook)
+            return evaluate(self.model, self.source, self.task, self.config.eval, self.device, overlay_dir=overlay_dir)
 
     def _evaluate_and_record(self, progress: _Progress | None, overlays: bool = False) -> dict[str, Any]:
         if progress is not None:

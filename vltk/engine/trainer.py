@@ -341,7 +341,8 @@ class Trainer:
         position = self._data_position
         make = functools.partial(EpochBatches, dataset, train.batch_size, self.config.seed, train.num_workers)
         if position is None:  # a new run, or a checkpoint older than the saved position: the order is the step's
-            steps, done = max(1, len(dataset) // train.batch_size), micro_batches_done(self.step, train.accumulate_steps)
+            steps = max(1, len(dataset) // train.batch_size)
+            done = micro_batches_done(self.step, train.accumulate_steps)
             return make(self.collate_fn, epoch=done // steps, batch=done % steps)
         if (position["size"], position["batch_size"]) == (len(dataset), train.batch_size):
             return make(self.collate_fn, epoch=position["epoch"], batch=position["batch"])

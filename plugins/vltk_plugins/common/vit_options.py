@@ -28,7 +28,8 @@ ATTENTION_HELP = (
 GRAD_CHECKPOINTING_HELP = (
     "Activation checkpointing: recompute each block together with the adapter's block hooks (Rein, LoRA, VPT) "
     "in the backward pass instead of keeping their activations (torch.utils.checkpoint, non-reentrant). Same "
-    "gradients, less training memory, ~30% more backbone compute; on whenever gradients are recorded (a frozen backbone in eval mode too, whose hooks train)."
+    "gradients, less training memory, ~30% more backbone compute; on whenever gradients are recorded (also for "
+    "a frozen backbone in eval mode whose hooks train)."
 )
 
 

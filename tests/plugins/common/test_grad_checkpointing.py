@@ -100,9 +100,8 @@ def test_mask2former_checkpointing_gives_identical_gradients() -> None:
     checkpointed = _model(*base, "decoder.grad_checkpointing=true", adapter="rein", decoder="mask2former")
     assert checkpointed.decoder.pixel_decoder.grad_checkpointing
     _assert_same_gradients(plain, checkpointed)
-    both = _model(
-        *base, "decoder.grad_checkpointing=true", "backbone.grad_checkpointing=true", adapter="rein", decoder="mask2former"
-    )
+    everywhere = ["decoder.grad_checkpointing=true", "backbone.grad_checkpointing=true"]
+    both = _model(*base, *everywhere, adapter="rein", decoder="mask2former")
     _assert_same_gradients(plain, both)
 
 

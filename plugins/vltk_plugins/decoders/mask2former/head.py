@@ -156,8 +156,8 @@ class Mask2Former(Decoder):
         )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute every encoder and decoder layer in backward (when gradients are recorded): the mask logits each layer
-        predicts are kept (the loss needs them), the layers' attention and FFN activations are not."""
+        """Recompute every encoder and decoder layer in backward (when gradients are recorded): the mask logits
+        each layer predicts are kept (the loss needs them), the layers' attention and FFN activations are not."""
         self.grad_checkpointing = bool(enable)
         self.pixel_decoder.grad_checkpointing = bool(enable)
 

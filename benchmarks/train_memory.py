@@ -1,0 +1,108 @@
+"""Peak memory of one real training step (forward + backward + AdamW step), shared by the memory benchmarks.
+
+The step is the trainer's: the run's parameter groups and optimizer (``vltk.engine.trainer.build_optimizer``),
+``train.precision``'s autocast and scaler (``vltk.engine.precision.MixedPrecision``), the model's own loss. It
+starts from a model that holds only its weights (no gradients, no optimizer state), so the peak covers the
+activations kept for backward, the gradients and AdamW's two moments, i.e. everything training adds.
+
+How memory is measured, by device:
+
+* **CPU**: ``vltk_kernels.benchmarking.measure.PeakTracker``, a ``TorchDispatchMode`` that adds up the bytes of
+  every tensor storage created while the step runs and subtracts them when the storage is freed (the CPU
+  backward runs on the calling thread, so backward and recomputation are seen too). PyTorch's CPU allocator has
+  no peak statistic and ``tracemalloc`` does not see its allocations; process RSS is too coarse to compare runs.
+* **CUDA**: the caching allocator's ``max_memory_allocated`` minus what was allocated before the step.
+
+``weights_bytes`` (parameters and buffers) is added to get the total a GPU would need, which is what Rein's
+10.0 vs 14.7 GB compares.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from vltk.config import build_config, resolve
+from vltk.engine.precision import MixedPrecision
+from vltk.engine.trainer import build_optimizer
+from vltk.interfaces import count_trainable
+from vltk.pipeline import build_model
+from vltk.plugins import get_plugin_manager
+from vltk_kernels.benchmarking.measure import PeakTracker
+
+
+def build_run(components: dict[str, str], overrides: list[str]) -> tuple[torch.nn.Module, Any]:
+    """The model and resolved run of a configuration (the default recipe under ``components`` + ``overrides``)."""
+    manager = get_plugin_manager()
+    config = build_config(components=components, overrides=overrides, recipe_dirs=manager.recipe_dirs())
+    run = resolve(config, manager.get_registry())
+    torch.manual_seed(0)
+    return build_model(run), run
+
+
+def weights_bytes(model: torch.nn.Module) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def train_step_memory(
+    model: torch.nn.Module,
+    run: Any,
+    batch: int,
+    size: int,
+    precision: str,
+    device: torch.device,
+    timed_steps: int = 0,
+) -> dict[str, Any]:
+    """Peak bytes of the first training step on random images ``[batch, 3, size, size]``, plus (optionally) the
+    median seconds of ``timed_steps`` further steps, measured without the tracker (it slows every op)."""
+    model = model.to(device).train()
+    optimizer = build_optimizer(model, run.config)
+    amp = MixedPrecision(precision, device)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(batch, 3, size, size, generator=generator).to(device)
+    labels = torch.randint(0, len(model.class_names), (batch, size, size), generator=generator).to(device)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with amp.autocast():
+            loss = model.loss(images, labels)["loss"].float()
+        amp.backward(loss)
+        amp.step(optimizer, trainable, None)
+        return float(loss.detach())
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        loss = step()
+        torch.cuda.synchronize(device)
+        peak, method = torch.cuda.max_memory_allocated(device) - before, "torch.cuda.max_memory_allocated"
+    else:
+        tracker = PeakTracker()
+        with tracker:
+            loss = step()
+        peak, method = tracker.peak, "PeakTracker (TorchDispatchMode storage accounting)"
+    seconds = []
+    for _ in range(timed_steps):
+        began = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - began)
+    weights = weights_bytes(model)
+    return {
+        "loss": loss,
+        "trainable_params": count_trainable(model),
+        "weights_bytes": weights,
+        "peak_extra_bytes": int(peak),
+        "peak_total_bytes": int(peak + weights),
+        "step_seconds": sorted(seconds)[len(seconds) // 2] if seconds else None,
+        "memory_method": method,
+    }
+
+
+__all__ = ["build_run", "train_step_memory", "weights_bytes"]

@@ -5,7 +5,8 @@ checkpointed, the backbone (``backbone.grad_checkpointing``: each block recomput
 the decoder (``decoder.grad_checkpointing``: every deformable-encoder and transformer-decoder layer), and both.
 The peak is that of one forward + backward + AdamW step above the weights (:mod:`train_memory`: on CPU the
 ``PeakTracker`` storage accounting, on CUDA the allocator's peak); times are medians of ``--timed-steps`` more
-steps. Ratios are against the run without checkpointing. Gradients are identical either way
+steps, timed round-robin over the four models so that a load change on a shared machine hits all of them alike.
+Ratios are against the run without checkpointing. Gradients are identical either way
 (``tests/plugins/common/test_grad_checkpointing.py``); only memory and time are measured here.
 
     OMP_NUM_THREADS=1 python benchmarks/activation_checkpointing.py     # eva02-small, 256^2, batch 2, CPU
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from train_memory import build_run, train_step_memory
+from train_memory import build_run, interleaved_seconds, prepare_step, train_step_memory
 
 from vltk_kernels.benchmarking.provenance import describe_device, git_commit
 
@@ -35,15 +36,33 @@ MODES = {
 }
 
 
-def measure(mode: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def build(mode: str, args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
     overrides = [f"backbone.variant={args.variant}", f"dataset.size={args.size}", *MODES[mode]]
     if args.variant in ("tiny", "small"):  # paper widths would dwarf a tiny backbone; keep the head proportionate
         overrides += ["decoder.hidden_dim=128", "decoder.enc_ffn=512", "decoder.dec_ffn=1024", "adapter.query_dims=128"]
-    model, run = build_run({"backbone": "eva02", "adapter": "rein", "decoder": "mask2former"}, overrides)
-    result = train_step_memory(model, run, args.batch, args.size, args.precision, device, args.timed_steps)
-    del model
-    gc.collect()
-    return {"checkpointed": mode, **result}
+    return build_run({"backbone": "eva02", "adapter": "rein", "decoder": "mask2former"}, overrides)
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Peak memory of each mode's first step (one model at a time), then the step times, interleaved."""
+    rows = []
+    for mode in MODES:
+        model, run = build(mode, args)
+        rows.append(
+            {"checkpointed": mode, **train_step_memory(model, run, args.batch, args.size, args.precision, device)}
+        )
+        del model
+        gc.collect()
+    if args.timed_steps:
+        steps = {}
+        for mode in MODES:
+            model, run = build(mode, args)
+            steps[mode] = prepare_step(model, run, args.batch, args.size, args.precision, device)
+            steps[mode]()  # warm-up: optimizer state, allocator, autocast caches
+        seconds = interleaved_seconds(steps, args.timed_steps)
+        for row in rows:
+            row["step_seconds"] = seconds[row["checkpointed"]]
+    return rows
 
 
 def main() -> None:
@@ -52,17 +71,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="square input size")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--timed-steps", type=int, default=2, help="steps timed per mode (median)")
+    parser.add_argument("--timed-steps", type=int, default=3, help="steps timed per mode, round-robin (median)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="default benchmarks/results/activation_checkpointing_<dev>.json")
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = [measure(mode, args, device) for mode in MODES]
+    rows = measure(args, device)
     base = rows[0]
     for row in rows:
         row["extra_ratio_vs_none"] = row["peak_extra_bytes"] / base["peak_extra_bytes"]
         row["total_ratio_vs_none"] = row["peak_total_bytes"] / base["peak_total_bytes"]
-        if row["step_seconds"] and base["step_seconds"]:
+        if row.get("step_seconds") and base.get("step_seconds"):
             row["time_ratio_vs_none"] = row["step_seconds"] / base["step_seconds"]
     payload = {
         "benchmark": "activation_checkpointing",

@@ -47,7 +47,7 @@ def measure(adapter: str, setting: str, args: argparse.Namespace, device: torch.
     if checkpointing:
         overrides += ["backbone.grad_checkpointing=true", "decoder.grad_checkpointing=true"]
     model, run = build_run({"backbone": args.backbone, "adapter": adapter, "decoder": "mask2former"}, overrides)
-    result = train_step_memory(model, run, args.batch, args.size, precision, device, timed_steps=args.timed_steps)
+    result = train_step_memory(model, run, args.batch, args.size, precision, device)
     del model
     gc.collect()
     if device.type == "cuda":
@@ -62,7 +62,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="images per step (paper: 4)")
     parser.add_argument("--adapters", default=",".join(ADAPTERS))
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated of {', '.join(SETTINGS)}")
-    parser.add_argument("--timed-steps", type=int, default=0, help="also time this many steps per run (median)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="output file (default benchmarks/results/rein_memory_<dev>.json)")
     args = parser.parse_args()

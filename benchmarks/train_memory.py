@@ -19,7 +19,9 @@ How memory is measured, by device:
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,18 +49,11 @@ def weights_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def train_step_memory(
-    model: torch.nn.Module,
-    run: Any,
-    batch: int,
-    size: int,
-    precision: str,
-    device: torch.device,
-    timed_steps: int = 0,
-) -> dict[str, Any]:
-    """Peak bytes of the first training step on random images ``[batch, 3, size, size]``, plus (optionally) the
-    median seconds of ``timed_steps`` further steps, measured without the tracker (it slows every op)."""
-    model = model.to(device).train()
+def prepare_step(
+    model: torch.nn.Module, run: Any, batch: int, size: int, precision: str, device: torch.device
+) -> Callable[[], float]:
+    """A closure running one training step of ``model`` on fixed random images ``[batch, 3, size, size]``."""
+    model.to(device).train()
     optimizer = build_optimizer(model, run.config)
     amp = MixedPrecision(precision, device)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
@@ -72,37 +67,52 @@ def train_step_memory(
             loss = model.loss(images, labels)["loss"].float()
         amp.backward(loss)
         amp.step(optimizer, trainable, None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return float(loss.detach())
 
+    return step
+
+
+def peak_memory(step: Callable[[], float], device: torch.device) -> tuple[int, str]:
+    """Peak bytes allocated above what existed before, while ``step`` runs (see the module docstring)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        loss = step()
-        torch.cuda.synchronize(device)
-        peak, method = torch.cuda.max_memory_allocated(device) - before, "torch.cuda.max_memory_allocated"
-    else:
-        tracker = PeakTracker()
-        with tracker:
-            loss = step()
-        peak, method = tracker.peak, "PeakTracker (TorchDispatchMode storage accounting)"
-    seconds = []
-    for _ in range(timed_steps):
-        began = time.perf_counter()
         step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - began)
+        return torch.cuda.max_memory_allocated(device) - before, "torch.cuda.max_memory_allocated"
+    tracker = PeakTracker()
+    with tracker:
+        step()
+    return tracker.peak, "PeakTracker (TorchDispatchMode storage accounting)"
+
+
+def interleaved_seconds(steps: dict[str, Callable[[], float]], rounds: int) -> dict[str, float | None]:
+    """Median seconds per step of each closure, timed round-robin so that a load change hits all of them."""
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            began = time.perf_counter()
+            step()
+            samples[name].append(time.perf_counter() - began)
+    return {name: statistics.median(values) if values else None for name, values in samples.items()}
+
+
+def train_step_memory(
+    model: torch.nn.Module, run: Any, batch: int, size: int, precision: str, device: torch.device
+) -> dict[str, Any]:
+    """Peak memory of the first training step of ``model`` (from bare weights), with its facts."""
+    step = prepare_step(model, run, batch, size, precision, device)
+    peak, method = peak_memory(step, device)
     weights = weights_bytes(model)
     return {
-        "loss": loss,
         "trainable_params": count_trainable(model),
         "weights_bytes": weights,
         "peak_extra_bytes": int(peak),
         "peak_total_bytes": int(peak + weights),
-        "step_seconds": sorted(seconds)[len(seconds) // 2] if seconds else None,
         "memory_method": method,
     }
 
 
-__all__ = ["build_run", "train_step_memory", "weights_bytes"]
+__all__ = ["build_run", "interleaved_seconds", "peak_memory", "prepare_step", "train_step_memory", "weights_bytes"]

@@ -115,6 +115,28 @@ def test_autocast_runs_the_forward_in_low_precision_and_the_loss_in_fp32() -> No
         assert model(torch.randn(2, 8)).dtype == torch.float32
 
 
+def test_the_segmentation_loss_runs_in_fp32_after_a_bf16_forward() -> None:
+    from vltk.pipeline import build_model
+
+    model = build_model(_run()).train()
+    seen: dict[str, Any] = {}
+    original = type(model.decoder).loss
+
+    def recording(self: torch.nn.Module, outputs: dict[str, Any], targets: torch.Tensor) -> dict[str, Any]:
+        seen["dtype"] = outputs["seg_logits"].dtype
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        return original(self, outputs, targets)
+
+    images, labels = torch.rand(2, 3, 32, 32), torch.randint(0, 19, (2, 32, 32))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(model.decoder), "loss", recording)
+        with MixedPrecision("bf16", torch.device("cpu")).autocast():
+            losses = model.loss(images, labels)
+            assert model(images)["seg_logits"].dtype == torch.bfloat16  # the forward did run in bf16
+    assert seen == {"dtype": torch.float32, "autocast": False}
+    assert all(value.dtype == torch.float32 for value in losses.values())
+
+
 def test_fp16_scaler_skips_a_step_with_infinite_gradients_and_backs_off() -> None:
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

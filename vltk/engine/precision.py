@@ -4,9 +4,11 @@ Why a module of its own: the trainer's step must stay readable, and the rules he
 
 * **Autocast, weights in fp32.** ``bf16`` and ``fp16`` run the forward pass *and the loss* under
   :func:`torch.autocast` for the run's device type (as detectron2's ``AMPTrainer`` and mmengine's
-  ``AmpOptimWrapper`` do); parameters, gradients and optimizer state stay fp32. Autocast's own policy runs the
-  loss functions (cross-entropy, BCE-with-logits, softmax, norms) in fp32, and the total is cast to fp32 before
-  backward, so the loss that is logged and back-propagated is fp32 whatever the precision.
+  ``AmpOptimWrapper`` do); parameters, gradients and optimizer state stay fp32. The segmentation loss then runs
+  with autocast off on fp32 copies of the decoder's outputs (:func:`fp32_loss_region`, :func:`as_fp32`, used by
+  ``DensePredictor.loss``), so every loss term (Mask2Former's point-sampled dice too) is computed in fp32;
+  losses computed inside a model's forward (the detection heads) follow autocast's policy, which runs the loss
+  functions themselves in fp32. The total is cast to fp32 before backward in any case.
 * **fp16 needs a GradScaler** (:class:`torch.amp.GradScaler`): the loss is scaled up before backward so small
   gradients do not flush to zero, gradients are unscaled before clipping, and a step with inf/NaN gradients is
   skipped while the scale backs off. bf16 has fp32's exponent range and needs none. PyTorch 2.x has CPU kernels
@@ -108,6 +110,25 @@ class MixedPrecision:
             self.scaler.load_state_dict(state["scaler"])
 
 
+def as_fp32(tree: Any) -> Any:
+    """``tree`` (tensors in dicts, lists and tuples) with every bf16/fp16 tensor cast to fp32, the rest as it is."""
+    if isinstance(tree, torch.Tensor):
+        return tree.float() if tree.dtype in (torch.float16, torch.bfloat16) else tree
+    if isinstance(tree, dict):
+        return {key: as_fp32(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(as_fp32(value) for value in tree)
+    return tree
+
+
+def fp32_loss_region(device_type: str) -> ContextManager[Any]:
+    """Autocast switched off: the loss of a low-precision forward runs entirely in fp32 inside it (with its
+    inputs passed through :func:`as_fp32`). Outside autocast this changes nothing, so fp32 runs stay exact."""
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
 def accumulate_gradients(
     batches: Iterator[dict[str, Any]],
     steps: int,
@@ -147,6 +168,8 @@ __all__ = [
     "AUTOCAST_DTYPES",
     "MixedPrecision",
     "accumulate_gradients",
+    "as_fp32",
     "check_precision_supported",
+    "fp32_loss_region",
     "micro_batches_done",
 ]

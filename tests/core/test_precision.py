@@ -96,7 +96,7 @@ def test_mixed_precision_trains_on_cpu_and_resumes_exactly(precision: str, tmp_p
     assert state["config"]["train"]["precision"] == precision
     if precision == "fp16":
         assert state["precision"]["scaler"] == reference.precision.scaler.state_dict()
-        assert state["precision"]["scaler"]["scale"] == reference.history["train"][-1]["loss_scale"] > 0
+        assert state["precision"]["scaler"]["scale"] == reference.history["train"][-1]["grad_scale"] > 0
     else:
         assert state["precision"]["scaler"] == {}  # no scaler runs for bf16
     resumed = _interrupt_then_resume(tmp_path / "resumed", 2, f"train.precision={precision}", "device=cpu")
@@ -145,7 +145,7 @@ def test_fp16_scaler_skips_a_step_with_infinite_gradients_and_backs_off() -> Non
     precision.backward(model(torch.tensor([[float("inf"), 1.0]])).sum())
     assert not precision.step(optimizer, list(model.parameters()), grad_clip=None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    assert precision.loss_scale() == 2.0**15  # 65536 halved
+    assert precision.grad_scale() == 2.0**15  # 65536 halved
     optimizer.zero_grad()
     precision.backward(model(torch.ones(1, 2)).sum())
     assert precision.step(optimizer, list(model.parameters()), grad_clip=1.0)

@@ -11,7 +11,8 @@ Why a module of its own: the trainer's step must stay readable, and the rules he
   functions themselves in fp32. The total is cast to fp32 before backward in any case.
 * **fp16 needs a GradScaler** (:class:`torch.amp.GradScaler`): the loss is scaled up before backward so small
   gradients do not flush to zero, gradients are unscaled before clipping, and a step with inf/NaN gradients is
-  skipped while the scale backs off. bf16 has fp32's exponent range and needs none. PyTorch 2.x has CPU kernels
+  skipped while the scale backs off (the step still counts, for the schedule too, as in detectron2 and
+  mmengine; the scale is logged as ``grad_scale``). bf16 has fp32's exponent range and needs none. PyTorch 2.x has CPU kernels
   for both (``torch.autocast("cpu", dtype=torch.float16)`` and ``GradScaler("cpu")``), so every precision runs on
   CPU; CUDA devices without bf16 support are refused with one clear line.
 * **Accumulation (Hugging Face's convention).** ``train.batch_size`` is the micro-batch of one forward pass;
@@ -95,8 +96,8 @@ class MixedPrecision:
         self.scaler.update()
         return self.scaler.get_scale() >= scale  # the scale backs off exactly when the step was skipped
 
-    def loss_scale(self) -> float | None:
-        """The current fp16 loss scale (logged per step), None when no scaler runs."""
+    def grad_scale(self) -> float | None:
+        """The current fp16 loss scale (logged per step as ``grad_scale``), None when no scaler runs."""
         return float(self.scaler.get_scale()) if self.scaler.is_enabled() else None
 
     def state_dict(self) -> dict[str, Any]:

@@ -460,11 +460,11 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        scale = self.precision.loss_scale()
+        scale = self.precision.grad_scale()
         return {
             "iter": self.step,
             "lr": self.optimizer.param_groups[0]["lr"],
-            **({} if scale is None else {"loss_scale": scale}),
+            **({} if scale is None else {"grad_scale": scale}),
             **losses,
         }
 

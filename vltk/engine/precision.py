@@ -12,9 +12,9 @@ Why a module of its own: the trainer's step must stay readable, and the rules he
 * **fp16 needs a GradScaler** (:class:`torch.amp.GradScaler`): the loss is scaled up before backward so small
   gradients do not flush to zero, gradients are unscaled before clipping, and a step with inf/NaN gradients is
   skipped while the scale backs off (the step still counts, for the schedule too, as in detectron2 and
-  mmengine; the scale is logged as ``grad_scale``). bf16 has fp32's exponent range and needs none. PyTorch 2.x has CPU kernels
-  for both (``torch.autocast("cpu", dtype=torch.float16)`` and ``GradScaler("cpu")``), so every precision runs on
-  CPU; CUDA devices without bf16 support are refused with one clear line.
+  mmengine; the scale is logged as ``grad_scale``). bf16 has fp32's exponent range and needs none. PyTorch 2.x
+  has CPU kernels for both (``torch.autocast("cpu", dtype=torch.float16)`` and ``GradScaler("cpu")``), so every
+  precision runs on CPU; CUDA devices without bf16 support are refused with one clear line.
 * **Accumulation (Hugging Face's convention).** ``train.batch_size`` is the micro-batch of one forward pass;
   one optimizer step sums the gradients of ``accumulate_steps`` micro-batches, each loss divided by
   ``accumulate_steps``, so the effective batch is ``batch_size x accumulate_steps`` (x ranks under DDP) and a

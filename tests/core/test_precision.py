@@ -19,7 +19,7 @@ import torch
 
 from vltk.config import EmaConfig, build_config, resolve
 from vltk.engine.checkpoint import load_checkpoint
-from vltk.engine.ema import WeightEma
+from vltk.engine.ema import WeightEma, resume_ema
 from vltk.engine.interrupts import Interrupted
 from vltk.engine.precision import MixedPrecision, check_precision_supported
 from vltk.engine.trainer import Trainer
@@ -246,3 +246,28 @@ def test_ema_is_evaluated_saved_and_resumed_exactly(tmp_path: Path) -> None:
     assert resumed.ema is not None and resumed.ema.updates == 4
     for name in reference.ema.names:
         assert torch.equal(resumed.ema.shadow[name], reference.ema.shadow[name]), name
+
+
+def test_ema_switched_on_or_off_at_a_resume_keeps_the_trained_weights_in_the_model() -> None:
+    """``--allow-changes`` may turn ``train.ema`` on or off: the model must continue from the trained weights."""
+    model = torch.nn.Linear(2, 2)
+    ema = WeightEma(model, EmaConfig(decay=0.5, warmup=False))
+    for value in (1.0, 3.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+    averaged, ema_state = ema.checkpoint_model_state(
+        {k: v.clone() for k, v in model.state_dict().items()}
+    )  # what a checkpoint holds: model = EMA (2.0), ema.trained = 3.0
+    fresh = torch.nn.Linear(2, 2)
+    fresh.load_state_dict(averaged)
+    resume_ema(None, fresh, ema_state)  # EMA now off: the trained weights go back into the model
+    assert torch.equal(fresh.weight, torch.full((2, 2), 3.0))
+    plain = torch.nn.Linear(2, 2)
+    plain.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    switched_on = WeightEma(plain, EmaConfig(decay=0.5))
+    with torch.no_grad():
+        plain.weight.zero_()
+        plain.weight.add_(3.0)
+    resume_ema(switched_on, plain, None)  # EMA now on, none in the checkpoint: the average starts at the weights
+    assert torch.equal(switched_on.shadow["weight"], plain.weight) and switched_on.updates == 0

@@ -264,10 +264,7 @@ def test_ema_switched_on_or_off_at_a_resume_keeps_the_trained_weights_in_the_mod
     resume_ema(None, fresh, ema_state)  # EMA now off: the trained weights go back into the model
     assert torch.equal(fresh.weight, torch.full((2, 2), 3.0))
     plain = torch.nn.Linear(2, 2)
-    plain.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
-    switched_on = WeightEma(plain, EmaConfig(decay=0.5))
-    with torch.no_grad():
-        plain.weight.zero_()
-        plain.weight.add_(3.0)
+    switched_on = WeightEma(plain, EmaConfig(decay=0.5))  # built on the random initial weights...
+    plain.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})  # ...then the checkpoint loads
     resume_ema(switched_on, plain, None)  # EMA now on, none in the checkpoint: the average starts at the weights
     assert torch.equal(switched_on.shadow["weight"], plain.weight) and switched_on.updates == 0

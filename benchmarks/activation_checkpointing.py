@@ -3,7 +3,7 @@
 The model is a Rein run (EVA02 backbone with Rein's hooks, Mask2Former head), measured four ways: nothing
 checkpointed, the backbone (``backbone.grad_checkpointing``: each block recomputed together with its Rein hook),
 the decoder (``decoder.grad_checkpointing``: every deformable-encoder and transformer-decoder layer), and both.
-The peak is that of one forward + backward + AdamW step above the weights (:mod:`train_memory`: on CPU the
+The peak is that of one forward + backward + AdamW step (:mod:`train_memory`, after a warm-up step; on CPU the
 ``PeakTracker`` storage accounting, on CUDA the allocator's peak); times are medians of ``--timed-steps`` more
 steps, timed round-robin over the four models so that a load change on a shared machine hits all of them alike.
 Ratios are against the run without checkpointing. Gradients are identical either way
@@ -44,7 +44,7 @@ def build(mode: str, args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """Peak memory of each mode's first step (one model at a time), then the step times, interleaved."""
+    """Peak memory of each mode's step after a warm-up (one model at a time), then the step times, interleaved."""
     rows = []
     for mode in MODES:
         model, run = build(mode, args)

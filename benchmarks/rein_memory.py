@@ -90,7 +90,7 @@ def main() -> None:
             "decoder": "mask2former, paper widths (hidden 256, 6+9 layers, 100 queries, 12544 points)",
             "size": args.size,
             "batch": args.batch,
-            "step": "forward + backward + AdamW step (the run's parameter groups), first step from bare weights",
+            "step": "forward + backward + AdamW step (the run's parameter groups), after one warm-up step",
             "memory": rows[0]["memory_method"] if rows else None,
             "paper": "Rein Table 8: DINOv2-L 512^2 batch 4, Rein 10.0 GB / full 14.7 GB = 0.68",
         },

@@ -1,9 +1,10 @@
 """Peak memory of one real training step (forward + backward + AdamW step), shared by the memory benchmarks.
 
 The step is the trainer's: the run's parameter groups and optimizer (``vltk.engine.trainer.build_optimizer``),
-``train.precision``'s autocast and scaler (``vltk.engine.precision.MixedPrecision``), the model's own loss. It
-starts from a model that holds only its weights (no gradients, no optimizer state), so the peak covers the
-activations kept for backward, the gradients and AdamW's two moments, i.e. everything training adds.
+``train.precision``'s autocast and scaler (``vltk.engine.precision.MixedPrecision``), the model's own loss. A
+warm-up step creates AdamW's two moments, then the second step is measured: its peak (activations kept for
+backward, gradients, temporaries) plus the weights and the moments, which a real run holds all the time, is the
+total (``peak_total_bytes``).
 
 How memory is measured, by device:
 
@@ -71,6 +72,7 @@ def prepare_step(
             torch.cuda.synchronize(device)
         return float(loss.detach())
 
+    step.optimizer = optimizer  # type: ignore[attr-defined]
     return step
 
 
@@ -99,18 +101,31 @@ def interleaved_seconds(steps: dict[str, Callable[[], float]], rounds: int) -> d
     return {name: statistics.median(values) if values else None for name, values in samples.items()}
 
 
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    )
+
+
 def train_step_memory(
     model: torch.nn.Module, run: Any, batch: int, size: int, precision: str, device: torch.device
 ) -> dict[str, Any]:
-    """Peak memory of the first training step of ``model`` (from bare weights), with its facts."""
+    """Peak memory of a steady-state training step: one warm-up step creates AdamW's moments (which then stay
+    alive through every later forward and backward, as in a real run), the second step is measured."""
     step = prepare_step(model, run, batch, size, precision, device)
+    step()
+    optimizer = step.optimizer  # type: ignore[attr-defined]
     peak, method = peak_memory(step, device)
-    weights = weights_bytes(model)
+    weights, state = weights_bytes(model), optimizer_state_bytes(optimizer)
     return {
         "trainable_params": count_trainable(model),
         "weights_bytes": weights,
+        "optimizer_state_bytes": state,
         "peak_extra_bytes": int(peak),
-        "peak_total_bytes": int(peak + weights),
+        "peak_total_bytes": int(peak + weights + state),
         "memory_method": method,
     }
 

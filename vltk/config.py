@@ -41,11 +41,34 @@ class ComponentConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class EmaConfig(_Strict):
+    """An exponential moving average of the weights (timm's ModelEmaV3), evaluated and saved in their place."""
+
+    decay: float = Field(0.9999, gt=0, lt=1, description="EMA decay per optimizer step (timm/mmdet: 0.9998-0.9999)")
+    warmup: bool = Field(
+        True,
+        description="timm's warm-up: decay min(decay, 1 - (1 + step)^-warmup_power), so short runs average too",
+    )
+    warmup_power: float = Field(2 / 3, gt=0, description="exponent of the warm-up (timm: 2/3; 3/4 for long runs)")
+
+
 class TrainConfig(_Strict):
     """Optimisation settings (AdamW or SGD, linear warm-up, poly or step decay; iteration based, as mmseg)."""
 
-    iters: int = Field(300, ge=1, description="number of optimisation steps")
-    batch_size: int = Field(4, ge=1, description="images per step")
+    iters: int = Field(300, ge=1, description="number of optimizer steps (schedules count these)")
+    batch_size: int = Field(
+        4,
+        ge=1,
+        description="images per forward pass over all processes (micro-batch; split evenly over DDP ranks); one "
+        "optimizer step sees batch_size x accumulate_steps",
+    )
+    accumulate_steps: int = Field(
+        1, ge=1, description="micro-batches whose gradients add up to one optimizer step (effective batch)"
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype of forward and loss (fp16 adds a GradScaler); weights stay fp32"
+    )
+    ema: EmaConfig | None = Field(None, description="EMA of the weights, e.g. train.ema.decay=0.999 (None: off)")
     lr: float = Field(1e-4, gt=0, description="base learning rate")
     optimizer: Literal["adamw", "sgd"] = Field(
         "adamw", description="adamw (mmseg-style segmentation) or sgd (detectron2-style detection, CLIP the Gap)"

@@ -35,6 +35,9 @@ def test_dry_run_lists_every_step_and_passes_its_checks() -> None:
             assert f"-m vltk bench {op} --device cuda --dtype {dtype} --json benchmarks/results/<gpu>/" in out
     for precision in ("fp32", "bf16"):
         assert f"benchmarks/train_step.py --device cuda --precision {precision}" in out
+    for script in ("activation_checkpointing", "rein_memory"):  # the memory benchmarks at the paper's 512^2
+        assert f"check ok: benchmarks/{script}.py --help runs" in out
+        assert f"[{script}]" in out and f"benchmarks/{script}.py --device cuda" in out and "--size 512" in out
     assert "benchmarks/results/<gpu>/manifest.json" in out
 
 

@@ -40,9 +40,11 @@ from vltk.engine.checkpoint import (
     rng_state,
     save_atomic,
 )
+from vltk.engine.ema import ema_for_run, evaluating_with, resume_ema
 from vltk.engine.fingerprint import RECORD_KEY, backbone_record, check_backbone_fingerprint
 from vltk.engine.fit_phase import fit_augmenters, pending_fits
 from vltk.engine.interrupts import Interrupted, StopSignals
+from vltk.engine.precision import MixedPrecision, accumulate_gradients, micro_batches_done
 from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
 from vltk.engine.progress import EvalProgress, TrainProgress, parameter_summary
 from vltk.engine.report import to_json
@@ -236,6 +238,7 @@ class Trainer:
             else RunLoggers()
         )
         seed_everything(config.seed)
+        self.precision = MixedPrecision(config.train.precision, self.device)
         self.source = build_data_source(run)
         self.train_splits = check_data_source(self.source, config.train.batch_size)
         self.model = build_model(run, class_names=list(self.source.classes), ignore_index=self.source.ignore_index).to(
@@ -248,6 +251,7 @@ class Trainer:
         #: what the training step calls ``loss`` on: the model, or its DDP wrapper (set up by :meth:`fit`)
         self.train_model: Any = self.model
         self.optimizer = build_optimizer(self.model, config)
+        self.ema = ema_for_run(self.model, config.train.ema)
         self.step = 0
         self.history: dict[str, Any] = {"train": [], "eval": []}
         self.best: float | None = None
@@ -301,9 +305,15 @@ class Trainer:
         keeps_backbone = self._keeps_backbone()
         section = {"name": self.config.backbone.name, **self.config.backbone.options()}
         record = {} if keeps_backbone else {RECORD_KEY: backbone_record(self.model, section)}
+        model_state = model_state_for_checkpoint(self.model, include_backbone=keeps_backbone)
+        ema_state = None
+        if self.ema is not None:  # mmengine's swap: "model" holds the EMA weights that eval/predict should use
+            model_state, ema_state = self.ema.checkpoint_model_state(model_state)
         return {
             **record,
-            "model": model_state_for_checkpoint(self.model, include_backbone=keeps_backbone),
+            "model": model_state,
+            "ema": ema_state,
+            "precision": self.precision.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "config": self.config.to_dict(),
@@ -338,6 +348,8 @@ class Trainer:
                 f"checkpoint '{path}' holds an optimizer state that does not fit this run's trainable parameters "
                 f"({error}); resume without the changes to what trains"
             ) from None
+        resume_ema(self.ema, self.model, state.get("ema"))
+        self.precision.load_state_dict(state.get("precision"))
         self.step = int(state["step"])
         self.history = state["history"]
         self.best = state["best"]
@@ -403,7 +415,8 @@ class Trainer:
         )
         if position is None:  # a new run, or a checkpoint older than the saved position: the order is the step's
             steps = max(1, len(dataset) // train.batch_size)
-            return make(self.collate_fn, epoch=self.step // steps, batch=self.step % steps)
+            done = micro_batches_done(self.step, train.accumulate_steps)
+            return make(self.collate_fn, epoch=done // steps, batch=done % steps)
         if (position["size"], position["batch_size"]) == (len(dataset), train.batch_size):
             return make(self.collate_fn, epoch=position["epoch"], batch=position["batch"])
         self.console.print("the training set or batch size changed on resume: continuing with a fresh epoch")
@@ -457,7 +470,7 @@ class Trainer:
                     if self.last_saved_step != self.step:
                         self._save("last.pt")
                     raise Interrupted(stop, saved=True)
-                record = self._train_step(next(batches), trainable)
+                record = self._train_step(batches, trainable)
                 self.history["train"].append(record)
                 self.loggers.train_step(record)
                 progress.advance(self.step, record)
@@ -504,28 +517,42 @@ class Trainer:
         """The model's loss terms for one collated batch (``"loss"`` is the total), as the task computes them."""
         return self.task.batch_losses(self.train_model, batch, self.device)
 
-    def _train_step(self, batch: dict[str, Any], trainable: list[nn.Parameter]) -> dict[str, float]:
-        """One optimisation step at the current schedule position; returns the logged loss terms."""
+    def _check_loss(self, loss: torch.Tensor) -> None:
+        """A micro-batch's loss must be finite (single process: before its gradients exist; with several ranks
+        the check runs on the mean over ranks after the micro-batches, so that every rank stops together)."""
+        if not self.dist.is_distributed and not torch.isfinite(loss):
+            self._diverged(float(loss))
+
+    def _diverged(self, value: float) -> None:
+        raise UserError(
+            f"loss became {value} at iteration {self.step + 1}: training diverged; lower train.lr or "
+            f"set train.grad_clip ({self._saved_note()})"
+        )
+
+    def _train_step(self, batches: EpochBatches, trainable: list[nn.Parameter]) -> dict[str, float]:
+        """One optimizer step (over ``accumulate_steps`` micro-batches, :mod:`vltk.engine.precision`) at the
+        current schedule position, then the EMA update; returns the logged loss terms (micro-batch means)."""
         train = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = train.lr * group["lr_mult"] * lr_factor(self.step, self.config)
-        losses = self._batch_losses(batch)
-        loss = losses["loss"]
-        logged = distributed.mean_over_ranks(self.dist, losses)  # what every rank logs and decides on
-        if not math.isfinite(logged["loss"]):
-            raise UserError(
-                f"loss became {logged['loss']} at iteration {self.step + 1}: training diverged; lower train.lr or "
-                f"set train.grad_clip ({self._saved_note()})"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
-        self.optimizer.step()
+        no_sync = getattr(self.train_model, "no_sync", None)  # DDP: all-reduce once, after the last micro-batch
+        losses = accumulate_gradients(
+            batches, train.accumulate_steps, self._batch_losses, self.precision, self._check_loss, no_sync=no_sync
+        )
+        # what every rank logs and decides on: the mean over ranks of the micro-batch means
+        logged = distributed.mean_over_ranks(self.dist, {name: torch.tensor(value) for name, value in losses.items()})
+        if not math.isfinite(logged["loss"]):
+            self._diverged(logged["loss"])
+        self.precision.step(self.optimizer, trainable, train.grad_clip)
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step += 1
+        scale = self.precision.grad_scale()
         return {
             "iter": self.step,
             "lr": self.optimizer.param_groups[0]["lr"],
+            **({} if scale is None else {"grad_scale": scale}),
             **logged,
         }
 
@@ -537,7 +564,7 @@ class Trainer:
         config, device = self.config.eval, self.device
         # a compiled model evaluates eagerly: eval mode, other batch and image sizes would each compile anew
         stance = torch.compiler.set_stance("force_eager") if self.config.train.compile else contextlib.nullcontext()
-        with stance:
+        with stance, evaluating_with(self.ema, self.model):  # the EMA weights when train.ema is on (mmdet's EMAHook)
             return evaluate(
                 self.model,
                 self.source,

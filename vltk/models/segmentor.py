@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vltk.engine.precision import as_fp32, fp32_loss_region
 from vltk.errors import UserError
 from vltk.interfaces import Adapter, Augmenter, Backbone, Decoder
 from vltk.models.text_guidance import concat_score_map, pixel_text_loss
@@ -166,14 +167,16 @@ class DensePredictor(nn.Module):
         height, width = labels.shape[-2:]
         if (padded_h, padded_w) != (height, width):
             labels = F.pad(labels, (0, padded_w - width, 0, padded_h - height), value=self.decoder.ignore_index)
-        losses = dict(self.decoder.loss(outputs, labels))
-        scores = outputs.get("text_scores")
-        if scores is not None and self.aux_loss_weight > 0:
-            aux = self.aux_loss_weight * pixel_text_loss(
-                scores, labels, temperature=float(self.prompter.temperature), ignore_index=self.decoder.ignore_index
-            )
-            losses["loss_aux_text"] = aux
-            losses["loss"] = losses["loss"] + aux
+        with fp32_loss_region(images.device.type):  # a bf16/fp16 forward's loss still runs in fp32
+            outputs = as_fp32(outputs)
+            losses = dict(self.decoder.loss(outputs, labels))
+            scores = outputs.get("text_scores")
+            if scores is not None and self.aux_loss_weight > 0:
+                aux = self.aux_loss_weight * pixel_text_loss(
+                    scores, labels, temperature=float(self.prompter.temperature), ignore_index=self.decoder.ignore_index
+                )
+                losses["loss_aux_text"] = aux
+                losses["loss"] = losses["loss"] + aux
         return losses
 
     @torch.no_grad()

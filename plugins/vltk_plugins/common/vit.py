@@ -154,10 +154,7 @@ class TokenBackbone(Backbone):
         """One block on ``[cls, hidden, patches, extra]``; returns the visible tokens and the new hidden ones."""
         if hidden is not None:
             tokens = torch.cat([tokens[:, :1], hidden, tokens[:, 1:]], dim=1)
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            tokens = checkpoint(self._run_block, block, tokens, context, use_reentrant=False)
-        else:
-            tokens = self._run_block(block, tokens, context)
+        tokens = self._run_block(block, tokens, context)
         if hidden is None:
             return tokens, None
         count = hidden.shape[1]
@@ -194,25 +191,49 @@ class TokenBackbone(Backbone):
         before_hooks = [hook for hook in block_hooks if callable(getattr(hook, "before_block", None))]
         wanted = set(take)
         taken: dict[int, Tensor] = {}
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(self._blocks()):
-            for hook in before_hooks:
-                extended = hook.before_block(tokens, index)  # type: ignore[attr-defined]
-                self._check_hook(hook, index, tokens, extended, low=tokens.shape[1], high=None, stage="before")
-                tokens = extended
-            tokens, hidden = self._block(block, tokens, hidden, context)
-            for hook in block_hooks:
-                updated = hook(tokens, index)
-                # a hook keeps the shape or drops trailing extra tokens; after the last one they must be gone
-                self._check_hook(hook, index, tokens, updated, low=visible, high=tokens.shape[1], stage="after")
-                tokens = updated
-            if tokens.shape[1] != visible:
-                raise ValueError(
-                    f"{self.label}: {tokens.shape[1] - visible} extra tokens added before block {index} were not "
-                    "removed by the block hooks after it"
-                )
+            layer = (index, block, tokens, hidden, context, block_hooks, before_hooks, visible)
+            if recompute:  # block and its hooks together: Rein/LoRA/VPT activations are recomputed too
+                tokens, hidden = checkpoint(self._layer, *layer, use_reentrant=False)
+            else:
+                tokens, hidden = self._layer(*layer)
             if index in wanted:
                 taken[index] = tokens
         return tokens, taken
+
+    def _layer(
+        self,
+        index: int,
+        block: nn.Module,
+        tokens: Tensor,
+        hidden: Tensor | None,
+        context: Any,
+        block_hooks: Sequence[BlockHook],
+        before_hooks: Sequence[BlockHook],
+        visible: int,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Block ``index`` with the hooks before and after it: the unit that activation checkpointing recomputes.
+
+        Hooks run inside it so their activations are recomputed as well, and so that a stateful pair such as
+        VPT's ``before_block``/after-block call runs together again in the recomputation.
+        """
+        for hook in before_hooks:
+            extended = hook.before_block(tokens, index)  # type: ignore[attr-defined]
+            self._check_hook(hook, index, tokens, extended, low=tokens.shape[1], high=None, stage="before")
+            tokens = extended
+        tokens, hidden = self._block(block, tokens, hidden, context)
+        for hook in block_hooks:
+            updated = hook(tokens, index)
+            # a hook keeps the shape or drops trailing extra tokens; after the last one they must be gone
+            self._check_hook(hook, index, tokens, updated, low=visible, high=tokens.shape[1], stage="after")
+            tokens = updated
+        if tokens.shape[1] != visible:
+            raise ValueError(
+                f"{self.label}: {tokens.shape[1] - visible} extra tokens added before block {index} were not "
+                "removed by the block hooks after it"
+            )
+        return tokens, hidden
 
     def tokens_to_map(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         """``[B, 1 + N, C]`` (cls first) -> patch map ``[B, C, h, w]``."""
@@ -239,7 +260,10 @@ class TokenBackbone(Backbone):
         ]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in backward (training only): trades ~30% time for activation memory."""
+        """Recompute each block and its hooks in backward (the ``grad_checkpointing`` option): ~30% more compute
+        for keeping only the tokens between blocks (``torch.utils.checkpoint``, non-reentrant, RNG state preserved
+        so dropout and drop-path recompute identically). On whenever gradients are recorded, not only in train
+        mode: a frozen backbone stays in eval mode while Rein's hooks inside it train."""
         self.grad_checkpointing = bool(enable)
 
     def extra_repr(self) -> str:

@@ -156,6 +156,7 @@ def build_dinov2(options: Dinov2Options, context: BuildContext | None = None) ->
     load_pretrained_or_warn(trunk, options.pretrained, dinov2_weight_spec(options, trunk))
     backbone = Dinov2Backbone(trunk, out_indices=options.out_indices, label=label)
     install_attention(backbone, options.attention)
+    backbone.set_grad_checkpointing(options.grad_checkpointing)
     return backbone
 
 

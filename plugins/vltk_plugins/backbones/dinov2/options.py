@@ -16,7 +16,12 @@ from pydantic import Field, field_validator, model_validator
 
 from vltk.api import Options
 from vltk_plugins.backbones.weight_options import PATCH_RESAMPLE_HELP, PatchResample
-from vltk_plugins.common.vit_options import ATTENTION_HELP, AttentionChoice, check_out_indices
+from vltk_plugins.common.vit_options import (
+    ATTENTION_HELP,
+    GRAD_CHECKPOINTING_HELP,
+    AttentionChoice,
+    check_out_indices,
+)
 
 #: The position-grid side DINOv2 was trained with at patch 14 (518 / 14) and the one Rein converts it to for
 #: 512 crops at patch 16 (512 / 16).
@@ -90,6 +95,7 @@ class Dinov2Options(Options):
         description="Stochastic depth rate of the blocks (timm's linear decay over depth); matters only for training.",
     )
     attention: AttentionChoice = Field(default="auto", description=ATTENTION_HELP)
+    grad_checkpointing: bool = Field(default=False, description=GRAD_CHECKPOINTING_HELP)
 
     @field_validator("out_indices")
     @classmethod

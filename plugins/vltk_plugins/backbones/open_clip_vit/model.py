@@ -376,6 +376,7 @@ def build_eva02(options: Eva02Options, context: BuildContext | None = None) -> E
     load_pretrained_or_warn(clip, options.pretrained, spec)
     backbone = Eva02Backbone(clip, out_indices=options.out_indices, label=spec.label)
     install_attention(backbone, options.attention)
+    backbone.set_grad_checkpointing(options.grad_checkpointing)
     return backbone
 
 
@@ -475,6 +476,7 @@ def build_clip_vit(options: ClipViTOptions, context: BuildContext | None = None)
         clip, out_indices=options.out_indices, tokenizer_kwargs=tokenizer_kwargs, label=spec.label
     )
     install_attention(backbone, options.attention)
+    backbone.set_grad_checkpointing(options.grad_checkpointing)
     return backbone
 
 

@@ -14,7 +14,12 @@ from pydantic import Field, field_validator
 
 from vltk.api import Options
 from vltk_plugins.backbones.weight_options import PATCH_RESAMPLE_HELP, PatchResample
-from vltk_plugins.common.vit_options import ATTENTION_HELP, AttentionChoice, check_out_indices
+from vltk_plugins.common.vit_options import (
+    ATTENTION_HELP,
+    GRAD_CHECKPOINTING_HELP,
+    AttentionChoice,
+    check_out_indices,
+)
 
 _FILES = (
     "torch.save'd state dict, raw or under 'state_dict'/'model'/'module', .safetensors, or an mmseg checkpoint "
@@ -78,6 +83,7 @@ class Eva02Options(Options):
         description="Stochastic depth rate of the timm blocks (linear decay over depth); Rein uses 0.2 for EVA02-L.",
     )
     attention: AttentionChoice = Field(default="auto", description=ATTENTION_HELP)
+    grad_checkpointing: bool = Field(default=False, description=GRAD_CHECKPOINTING_HELP)
 
     @field_validator("out_indices")
     @classmethod
@@ -108,6 +114,7 @@ class ClipViTOptions(Options):
     out_indices: list[int] | None = Field(default=None, description=_OUT_INDICES_HELP)
     patch_size: int | None = Field(default=None, ge=4, le=32, description=_PATCH_HELP.format(own="from the config"))
     attention: AttentionChoice = Field(default="auto", description=ATTENTION_HELP)
+    grad_checkpointing: bool = Field(default=False, description=GRAD_CHECKPOINTING_HELP)
 
     @field_validator("out_indices")
     @classmethod

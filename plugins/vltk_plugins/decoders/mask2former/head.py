@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from vltk.api import BuildContext, Decoder, UserError, as_label_map, coerce_options
 from vltk_plugins.decoders.mask2former.criterion import Mask2FormerCriterion
@@ -88,6 +89,7 @@ class Mask2Former(Decoder):
         ignore_index: int = 255,
         ignore_mode: str = "background",
         target_padding: str = "auto",
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         in_channels = [int(c) for c in in_channels]
@@ -121,6 +123,7 @@ class Mask2Former(Decoder):
             ffn_dim=enc_ffn,
         )
         self.transformer_decoder = Mask2FormerTransformerDecoder(hidden_dim, num_heads, dec_ffn, dec_layers)
+        self.set_grad_checkpointing(grad_checkpointing)
         self.level_embed = nn.Embedding(self.num_levels, hidden_dim)
         if query_dims is None:
             self.num_queries: int | None = num_queries
@@ -151,6 +154,12 @@ class Mask2Former(Decoder):
             ignore_mode=ignore_mode,
             target_padding=target_padding,
         )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every encoder and decoder layer in backward (when gradients are recorded): the mask logits
+        each layer predicts are kept (the loss needs them), the layers' attention and FFN activations are not."""
+        self.grad_checkpointing = bool(enable)
+        self.pixel_decoder.grad_checkpointing = bool(enable)
 
     @property
     def links_queries(self) -> bool:
@@ -223,9 +232,11 @@ class Mask2Former(Decoder):
         layers = self.transformer_decoder.layers
         class_logits, mask_logits, attn_mask = self._predict(content, mask_features, sizes[0])
         all_cls, all_masks = [class_logits], [mask_logits]
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(layers):
             level = i % self.num_levels
-            content = layer(content, query_pos, memories[level], memory_pos[level], attn_mask)
+            inputs = (content, query_pos, memories[level], memory_pos[level], attn_mask)
+            content = checkpoint(layer, *inputs, use_reentrant=False) if recompute else layer(*inputs)
             next_size = sizes[(i + 1) % self.num_levels] if i + 1 < len(layers) else None
             class_logits, mask_logits, attn_mask = self._predict(content, mask_features, next_size)
             all_cls.append(class_logits)

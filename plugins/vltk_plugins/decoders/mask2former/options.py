@@ -115,6 +115,15 @@ class Mask2FormerOptions(Options):
         ),
     )
 
+    grad_checkpointing: bool = Field(
+        False,
+        description=(
+            "Activation checkpointing: recompute every deformable encoder layer and every transformer decoder layer "
+            "in the backward pass instead of keeping their activations (torch.utils.checkpoint, non-reentrant). "
+            "Same gradients, less training memory, more compute."
+        ),
+    )
+
     @model_validator(mode="after")
     def _check_widths(self) -> Mask2FormerOptions:
         """Fail at configuration time with the option's name, not deep inside a layer constructor."""

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from vltk_kernels import ms_deform_attn
 from vltk_plugins.decoders.mask2former.options import GN_GROUPS
@@ -203,6 +204,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
             _conv_gn(hidden_dim, hidden_dim, 3, bias=False, relu=True) for _ in self.fpn_inputs
         )
         self.mask_feature = nn.Conv2d(hidden_dim, hidden_dim, kernel_size=1)
+        #: recompute each encoder layer in backward (set by the head's ``grad_checkpointing`` option)
+        self.grad_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -250,8 +253,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         query_pos = torch.cat(positions, dim=1)
         # Every position refers to its own centre on every level: [1, S, L, 2].
         reference_points = torch.cat(references, dim=0)[None, :, None].expand(-1, -1, self.num_levels, -1)
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for layer in self.encoder:
-            memory = layer(memory, query_pos, reference_points, spatial_shapes, level_start_index)
+            inputs = (memory, query_pos, reference_points, spatial_shapes, level_start_index)
+            memory = checkpoint(layer, *inputs, use_reentrant=False) if recompute else layer(*inputs)
 
         outs = [
             chunk.transpose(1, 2).reshape(batch, self.hidden_dim, h, w)

@@ -123,7 +123,7 @@ def interrupt_message(trainer: Any, interrupt: BaseException) -> str:
     from vltk.engine.run_folder import resume_command
 
     name = getattr(interrupt, "signal_name", "Ctrl-C")
-    command = resume_command(trainer.output)
+    command = resume_command(trainer.output, trainer.dist.world_size)
     step, saved, path = trainer.step, trainer.last_saved_step, trainer.last_saved_path
     if saved == step and step >= trainer.config.train.iters:
         return (

@@ -139,9 +139,11 @@ class RunLock:
             self.held = False
 
 
-def resume_command(folder: str | Path) -> str:
-    """The command that continues the run in ``folder``, quoted so that it works as printed."""
-    return f"vltk train --resume {shlex.quote(str(folder))}"
+def resume_command(folder: str | Path, processes: int = 1) -> str:
+    """The command that continues the run in ``folder``, quoted so that it works as printed; a data-parallel run
+    resumes with as many processes (``--nproc``), so that every rank's saved RNG state is used."""
+    nproc = f" --nproc {processes}" if processes > 1 else ""
+    return f"vltk train --resume {shlex.quote(str(folder))}{nproc}"
 
 
 # -------------------------------------------------------------------------------------------- leftover files

@@ -391,7 +391,7 @@ class Trainer:
             what = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
             raise UserError(
                 f"cannot save '{path}': {what} ({self._saved_note()}); free space or fix the folder, then "
-                f"continue with `{resume_command(self.output)}`"
+                f"continue with `{resume_command(self.output, self.dist.world_size)}`"
             ) from None
 
     # ------------------------------------------------------------------------------------------------ train

@@ -73,8 +73,8 @@ def _plan(release: ReleaseFile, hints: dict[str, Any]) -> ReleasePlan:
     widths = [int(state[f"backbone.layer{stage}.0.conv3.weight"].shape[0]) for stage in (1, 2, 3, 4)]
     laterals = [int(state[f"neck.lateral_convs.{index}.conv.weight"].shape[1]) for index in range(4)]
     concat = [index for index in range(4) if laterals[index] == widths[index] + num_classes]
-    config = recipe_file(Path(__file__).parent / "recipes" / "ade20k-fpn.yaml")
-    config["recipe"] = "denseclip/ade20k-fpn"
+    config = recipe_file(Path(__file__).parent / "recipes" / "ade20k.yaml")
+    config["recipe"] = "denseclip/ade20k"
     config["backbone"] = {"name": "clip-resnet", "variant": variant, "quick_gelu": True}
     prompter = dict(config.get("prompter") or {"name": "denseclip"})
     prompter.update(

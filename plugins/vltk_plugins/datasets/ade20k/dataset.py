@@ -15,12 +15,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from vltk.api import IGNORE_INDEX, BuildContext, DenseDataSource, DenseSample, UserError, coerce_options
 from vltk_plugins.datasets.ade20k.classes import ADE20K_CLASSES, ADE20K_PALETTE
 from vltk_plugins.datasets.ade20k.options import ADE20KOptions
-from vltk_plugins.datasets.urban.dataset import fit_size, photometric_distortion, random_crop, read_pair, resize_pair
+from vltk_plugins.datasets.urban.dataset import (
+    UrbanSplit,
+    fit_size,
+    photometric_distortion,
+    random_crop,
+    read_pair,
+    resize_pair,
+)
 from vltk_plugins.datasets.urban.discovery import Pair
 
 #: split -> the ADEChallengeData2016 folder name.
@@ -48,22 +54,11 @@ def ade20k_pairs(root: Path, split: str) -> list[Pair]:
     return pairs
 
 
-class ADE20KSplit(Dataset):
-    """One split with mmseg's ADE20K training augmentation or the evaluation resize."""
+class ADE20KSplit(UrbanSplit):
+    """One split with mmseg's ADE20K training augmentation or the evaluation resize (pairs, epoch seeding and
+    length as the urban splits; only the per-item pipeline differs)."""
 
-    def __init__(self, pairs: list[Pair], domain: str, options: ADE20KOptions, train: bool) -> None:
-        self.pairs = pairs
-        self.domain = domain
-        self.options = options
-        self.train = train
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Augmentation draws from ``(epoch, index)``, so resumed runs replay the same crops."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.pairs)
+    options: ADE20KOptions
 
     def __getitem__(self, index: int) -> DenseSample:
         image, label = read_pair(self.pairs[index])

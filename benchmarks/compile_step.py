@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from vltk.config import build_config
-from vltk.engine.trainer import build_param_groups
+from vltk.engine.optimization import build_param_groups
 from vltk.pipeline import build_model
 from vltk.plugins import get_plugin_manager
 from vltk_kernels.benchmarking.provenance import describe_device, git_commit

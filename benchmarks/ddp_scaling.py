@@ -48,7 +48,7 @@ def worker(args: argparse.Namespace) -> None:
     """One rank of one mode: train ``args.steps`` timed steps; rank 0 writes the step times to ``args.part``."""
     from vltk.config import build_config, resolve
     from vltk.engine import distributed
-    from vltk.engine.trainer import build_param_groups
+    from vltk.engine.optimization import build_param_groups
     from vltk.pipeline import build_model
     from vltk.plugins import get_plugin_manager
 

@@ -1,6 +1,6 @@
 """Peak memory of one real training step (forward + backward + AdamW step), shared by the memory benchmarks.
 
-The step is the trainer's: the run's parameter groups and optimizer (``vltk.engine.trainer.build_optimizer``),
+The step is the trainer's: the run's parameter groups and optimizer (``vltk.engine.optimization.build_optimizer``),
 ``train.precision``'s autocast and scaler (``vltk.engine.precision.MixedPrecision``), the model's own loss. A
 warm-up step creates AdamW's two moments, then the second step is measured: its peak (activations kept for
 backward, gradients, temporaries) plus the weights and the moments, which a real run holds all the time, is the
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from vltk.config import build_config, resolve
+from vltk.engine.optimization import build_optimizer
 from vltk.engine.precision import MixedPrecision
-from vltk.engine.trainer import build_optimizer
 from vltk.interfaces import count_trainable
 from vltk.pipeline import build_model
 from vltk.plugins import get_plugin_manager

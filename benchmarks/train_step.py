@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vltk.config import build_config
-from vltk.engine.trainer import build_param_groups
+from vltk.engine.optimization import build_param_groups
 from vltk.interfaces import count_trainable
 from vltk.pipeline import build_model
 from vltk.plugins import get_plugin_manager

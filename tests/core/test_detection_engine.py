@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vltk.config import build_config
-from vltk.engine.trainer import build_optimizer, lr_factor
+from vltk.engine.optimization import build_optimizer, lr_factor
 from vltk.errors import UserError
 from vltk.pipeline import build_data_source, build_model
 from vltk.plugins import get_plugin_manager

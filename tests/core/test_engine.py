@@ -11,7 +11,7 @@ import torch
 from vltk.config import build_config
 from vltk.engine.checkpoint import load_checkpoint, save_atomic
 from vltk.engine.metrics import ConfusionMatrix, summarise_domains
-from vltk.engine.trainer import build_param_groups, lr_factor
+from vltk.engine.optimization import build_param_groups, lr_factor
 from vltk.errors import UserError
 from vltk.pipeline import build_model
 from vltk.plugins import get_plugin_manager

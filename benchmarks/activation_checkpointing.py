@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import platform
-from pathlib import Path
 from typing import Any
 
 import torch
 from train_memory import build_run, interleaved_seconds, prepare_step, train_step_memory
 
-from vltk_kernels.benchmarking.provenance import describe_device, git_commit
+from vltk_kernels.benchmarking.provenance import result_header, write_result
 
 #: what is checkpointed -> the overrides that do it
 MODES = {
@@ -84,11 +81,7 @@ def main() -> None:
         if row.get("step_seconds") and base.get("step_seconds"):
             row["time_ratio_vs_none"] = row["step_seconds"] / base["step_seconds"]
     payload = {
-        "benchmark": "activation_checkpointing",
-        "device": describe_device(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": git_commit(Path(__file__).parent),
+        **result_header("activation_checkpointing", device),
         "settings": {
             "model": f"eva02-{args.variant} + rein + mask2former",
             "size": args.size,
@@ -108,10 +101,7 @@ def main() -> None:
             f"{r['peak_total_bytes'] / 2**20:>9.1f} {r['total_ratio_vs_none']:>7.2f}x "
             f"{'' if time_ratio is None else f'{time_ratio:.2f}x':>7s}"
         )
-    path = Path(args.json or f"benchmarks/results/activation_checkpointing_{device.type}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.json or f"benchmarks/results/activation_checkpointing_{device.type}.json", payload)
 
 
 if __name__ == "__main__":

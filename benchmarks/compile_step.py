@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +24,7 @@ from vltk.config import build_config
 from vltk.engine.optimization import build_param_groups
 from vltk.pipeline import build_model
 from vltk.plugins import get_plugin_manager
-from vltk_kernels.benchmarking.provenance import describe_device, git_commit
+from vltk_kernels.benchmarking.provenance import result_header, write_result
 
 
 def _synchronize(device: torch.device) -> None:
@@ -97,12 +94,7 @@ def main() -> None:
     }
     differences = [abs(a - b) for a, b in zip(results["eager"]["losses"], results["compiled"]["losses"], strict=True)]
     payload = {
-        "benchmark": "compile_step",
-        "device": describe_device(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": git_commit(Path(__file__).parent),
-        "torch_threads": torch.get_num_threads(),
+        **result_header("compile_step", device),
         "settings": {
             "model": "default recipe (eva02 tiny + fpn, frozen adapter)",
             "size": args.size,
@@ -120,10 +112,7 @@ def main() -> None:
     for name, result in results.items():
         print(f"{name:9s} median {result['median_ms']:8.1f} ms  first step {result['first_step_s']:7.1f} s")
     print(f"compiled speed-up {payload['speedup']:.2f}x, largest loss difference {payload['max_loss_difference']:.2e}")
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {path}")
+    write_result(args.json, payload)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from vltk_kernels.benchmarking.provenance import result_header, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES: dict[str, dict[str, Any]] = {
@@ -131,7 +132,6 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from vltk_kernels.benchmarking.provenance import describe_device, git_commit
 
     timings: dict[str, list[float]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as folder:
@@ -144,11 +144,7 @@ def main() -> None:
         entry["ratio_vs_single"] = entry["images_per_s"] / baseline
     by_mode = {entry["mode"]: entry for entry in results}
     report = {
-        "benchmark": "ddp_scaling",
-        "device": describe_device(torch.device("cpu")),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": git_commit(),
+        **result_header("ddp_scaling", torch.device("cpu")),
         "settings": {
             "backbone": f"eva02-{args.variant}",
             "decoder": "fpn",
@@ -164,8 +160,7 @@ def main() -> None:
         "speedup_2_ranks": by_mode["ddp"]["ratio_vs_single"],
         "find_unused_vs_static_graph": by_mode["ddp"]["median_step_ms"] / by_mode["ddp_static_graph"]["median_step_ms"],
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.json, report)
     print(json.dumps(report, indent=2))
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -42,7 +41,7 @@ from vltk.engine.optimization import build_param_groups
 from vltk.interfaces import count_trainable
 from vltk.pipeline import build_model
 from vltk.plugins import get_plugin_manager
-from vltk_kernels.benchmarking.provenance import describe_device, git_commit
+from vltk_kernels.benchmarking.provenance import result_header, write_result
 
 TINY_MASK2FORMER = [
     "decoder.hidden_dim=64",
@@ -173,11 +172,7 @@ def main() -> None:
             row["memory_vs_fpn"] = row["peak_step_memory_mb"] / rows[0]["peak_step_memory_mb"]
         results.extend(rows)
     payload = {
-        "benchmark": "decoder_step",
-        "device": describe_device(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": git_commit(Path(__file__).parent),
+        **result_header("decoder_step", device),
         "kernel_backend": os.environ.get("VLTK_KERNEL_BACKEND", "auto"),
         "settings": {
             "backbone": f"eva02-{args.variant}",
@@ -199,10 +194,7 @@ def main() -> None:
             f"{r['decoder']:17s} {r['size']:>4d} {r['decoder_params']:>11,d} {r['median_ms']:>10.1f} "
             f"{r['peak_step_memory_mb']:>9.1f} {r['time_vs_fpn']:>7.2f}x {r['memory_vs_fpn']:>7.2f}x"
         )
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {path}")
+    write_result(args.json, payload)
 
 
 if __name__ == "__main__":

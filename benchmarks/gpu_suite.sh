@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-command GPU suite: the GPU-marked tests, `vltk bench` for every op in fp32/fp16/bf16, the train-step
 # benchmark (eager, fp32 and bf16 autocast), the activation-checkpointing and Rein memory benchmarks (peak training
-# memory at 512^2, batch 4), everything written under benchmarks/results/<gpu name slug>/ with a
-# manifest.json (each step's command, exit code, duration and log, plus the device and versions).
+# memory at 512^2, batch 4), the input-size scaling table (128^2 to 1024^2, bf16), everything written under
+# benchmarks/results/<gpu name slug>/ with a manifest.json (each step's command, exit code, duration and log, plus
+# the device and versions).
 #
 #   bash benchmarks/gpu_suite.sh             # on a CUDA machine; at most VLTK_SUITE_BUDGET_S seconds (default 470)
 #   bash benchmarks/gpu_suite.sh --dry-run   # anywhere: print every command and check each tool and script
@@ -14,7 +15,7 @@
 set -uo pipefail
 
 usage() {
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 DRY_RUN=0
@@ -51,6 +52,7 @@ plan() {
     echo "compile_step_bf16|150|$PYTHON benchmarks/compile_step.py --device cuda --precision bf16 --size 256 --steps 20 --json $out/compile_step_bf16.json"
     echo "activation_checkpointing|60|$PYTHON benchmarks/activation_checkpointing.py --device cuda --variant large --size 512 --batch 4 --timed-steps 3 --json $out/activation_checkpointing.json"
     echo "rein_memory|150|$PYTHON benchmarks/rein_memory.py --device cuda --size 512 --batch 4 --json $out/rein_memory.json"
+    echo "scaling_bf16|90|$PYTHON benchmarks/scaling.py --device cuda --precision bf16 --sizes 128 256 512 768 1024 --json $out/scaling_bf16.json"
 }
 
 bench_ops() {  # the registered ops, from `vltk bench --list` (first word of each unindented line)
@@ -81,7 +83,7 @@ if [[ "$DRY_RUN" == 1 ]]; then
         bash -c "'$PYTHON' benchmarks/train_step.py --help | grep -q -- --precision"
     check "benchmarks/compile_step.py --help takes --backend" \
         bash -c "'$PYTHON' benchmarks/compile_step.py --help | grep -q -- --backend"
-    for script in activation_checkpointing rein_memory; do
+    for script in activation_checkpointing rein_memory scaling; do
         check "benchmarks/$script.py --help runs" "$PYTHON" "benchmarks/$script.py" --help
     done
     check "pytest is installed" "$PYTHON" -m pytest --version

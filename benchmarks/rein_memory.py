@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import platform
-from pathlib import Path
 from typing import Any
 
 import torch
 from train_memory import build_run, train_step_memory
 
-from vltk_kernels.benchmarking.provenance import describe_device, git_commit
+from vltk_kernels.benchmarking.provenance import result_header, write_result
 
 ADAPTERS = ("frozen", "rein", "lora", "vpt", "full")
 #: setting name -> (precision, activation checkpointing)
@@ -80,11 +77,7 @@ def main() -> None:
         ratio = row["ratio_vs_full_fp32"] if row is not None else None
         goals[name] = {"limit": limit, "ratio": ratio, "met": None if ratio is None else ratio <= limit}
     payload = {
-        "benchmark": "rein_memory",
-        "device": describe_device(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": git_commit(Path(__file__).parent),
+        **result_header("rein_memory", device),
         "settings": {
             "backbone": f"{args.backbone} ViT-B/16 (random init)",
             "decoder": "mask2former, paper widths (hidden 256, 6+9 layers, 100 queries, 12544 points)",
@@ -108,10 +101,7 @@ def main() -> None:
         )
     for name, goal in goals.items():
         print(f"goal {name} <= {goal['limit']}: {goal['ratio']} -> {'met' if goal['met'] else 'NOT met'}")
-    path = Path(args.json or f"benchmarks/results/rein_memory_{device.type}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.json or f"benchmarks/results/rein_memory_{device.type}.json", payload)
 
 
 if __name__ == "__main__":

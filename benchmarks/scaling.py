@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +23,7 @@ from train_memory import prepare_step, train_step_memory
 from vltk.config import build_config, resolve
 from vltk.pipeline import build_model
 from vltk.plugins import get_plugin_manager
-from vltk_kernels.benchmarking.provenance import describe_device, git_commit
+from vltk_kernels.benchmarking.provenance import result_header, write_result
 
 #: name -> (recipe, overrides): the default recipe, and Rein + Mask2Former at ``rein/synthetic``'s CPU widths.
 MODELS: dict[str, tuple[str | None, list[str]]] = {
@@ -88,12 +85,7 @@ def main() -> None:
             row["time_vs_smallest"] = row["median_step_s"] / base["median_step_s"]
             row["extra_memory_vs_smallest"] = row["peak_extra_mb"] / base["peak_extra_mb"]
     payload = {
-        "benchmark": "scaling",
-        "device": describe_device(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": git_commit(Path(__file__).parent),
-        "torch_threads": torch.get_num_threads(),
+        **result_header("scaling", device),
         "settings": {"batch": args.batch, "precision": args.precision, "repeats": args.repeats, "sizes": sizes},
         "results": results,
     }
@@ -104,10 +96,7 @@ def main() -> None:
             f"{row['model']:34s} {row['size']:>5d} {row['median_step_s']:>8.2f} {row['time_vs_smallest']:>6.2f}x "
             f"{row['peak_total_mb']:>9.0f} {row['extra_memory_vs_smallest']:>6.2f}x {row['pixels_vs_smallest']:>7.0f}x"
         )
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {path}")
+    write_result(args.json, payload)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,8 @@ meaningful even on a noisy machine. Writes JSON (device, versions, git commit, p
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +22,7 @@ from vltk.engine.optimization import build_param_groups
 from vltk.interfaces import count_trainable
 from vltk.pipeline import build_model
 from vltk.plugins import get_plugin_manager
-from vltk_kernels.benchmarking.provenance import describe_device, git_commit
+from vltk_kernels.benchmarking.provenance import result_header, write_result
 
 ADAPTERS = ("frozen", "rein", "full")
 
@@ -100,11 +97,7 @@ def main() -> None:
     for result in results:
         result["ratio_vs_frozen"] = result["median_ms"] / baseline
     payload = {
-        "benchmark": "train_step",
-        "device": describe_device(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": git_commit(Path(__file__).parent),
+        **result_header("train_step", device),
         "settings": {
             "backbone": f"eva02-{args.variant}",
             "decoder": "fpn",
@@ -125,10 +118,7 @@ def main() -> None:
             f"{r['adapter']:8s} {r['trainable_params']:>12,d} {r['median_ms']:>10.1f} {r['p20_ms']:>8.1f} "
             f"{r['p80_ms']:>8.1f} {r['ratio_vs_frozen']:>8.2f}x"
         )
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {path}")
+    write_result(args.json, payload)
 
 
 if __name__ == "__main__":

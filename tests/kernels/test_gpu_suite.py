@@ -38,6 +38,11 @@ def test_dry_run_lists_every_step_and_passes_its_checks() -> None:
     for script in ("activation_checkpointing", "rein_memory"):  # the memory benchmarks at the paper's 512^2
         assert f"check ok: benchmarks/{script}.py --help runs" in out
         assert f"[{script}]" in out and f"benchmarks/{script}.py --device cuda" in out and "--size 512" in out
+    assert "check ok: benchmarks/scaling.py --help runs" in out
+    assert (
+        "[scaling_bf16]" in out
+        and "benchmarks/scaling.py --device cuda --precision bf16 --sizes 128 256 512 768 1024" in out
+    )
     assert "benchmarks/results/<gpu>/manifest.json" in out
 
 

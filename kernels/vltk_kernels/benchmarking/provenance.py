@@ -6,6 +6,7 @@ JSON files describe their machine the same way.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -96,4 +97,28 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-__all__ = ["describe_device", "environment", "git_commit", "kernels_distribution"]
+def result_header(benchmark: str, device: torch.device) -> dict[str, Any]:
+    """The first keys of a ``benchmarks/`` script's JSON: what ran, where, with which versions and threads.
+
+    The thread count is part of the figure on a CPU (ratios move with it), so every result records it.
+    """
+    return {
+        "benchmark": benchmark,
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": git_commit(Path(__file__).parent),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def write_result(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a benchmark's JSON (folders created) and say where, so every script ends the same way."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+__all__ = ["describe_device", "environment", "git_commit", "kernels_distribution", "result_header", "write_result"]

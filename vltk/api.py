@@ -16,6 +16,11 @@ Options and errors (light):
     an options object, a mapping or ``None`` in a factory called from Python; ``UserError`` — "fix your input",
     printed as one line by the CLI; ``RandomWeightsWarning`` — the warning category of a component built without
     pretrained weights; ``did_you_mean`` — the " did you mean 'x'?" suffix for such messages.
+Shipped weights (light):
+    ``BuiltinWeights`` — a weights file a package ships, declared through ``vltk_builtin_weights`` and addressed
+    as ``backbone.pretrained=builtin:<name>``; ``resolve_weights_file`` — a weights option's file (a ``builtin:``
+    reference resolved and checked against its sha256, a path unchanged); ``is_builtin`` — whether a value is one;
+    ``sha256_of`` — a file's sha256 (what a record declares).
 Benchmarks (light):
     ``bench_cases`` — every ``vltk bench`` case the loaded plugins register, by name.
 Released checkpoints (torch when called):
@@ -52,6 +57,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from vltk.builtin_weights import BuiltinWeights, is_builtin, resolve_weights_file, sha256_of
 from vltk.context import BuildContext
 from vltk.errors import RandomWeightsWarning, UserError, did_you_mean
 from vltk.hookspecs import Register, hookimpl
@@ -123,6 +129,7 @@ __all__ = [
     "Backbone",
     "BlockHook",
     "BuildContext",
+    "BuiltinWeights",
     "Decoder",
     "DenseDataSource",
     "DenseSample",
@@ -148,11 +155,14 @@ __all__ = [
     "count_trainable",
     "did_you_mean",
     "hookimpl",
+    "is_builtin",
     "lazy_factory",
     "logits_at_label_size",
     "named_trainable",
     "require_adapter_fits",
     "release_formats",
+    "resolve_weights_file",
+    "sha256_of",
     "require_split_backbone",
     "require_text_space",
 ]

@@ -242,3 +242,23 @@ def vltk_release_formats() -> list[Any]:
 
             return [MY_PAPER_RELEASE]
     """
+
+
+@hookspec
+def vltk_builtin_weights() -> list[Any]:
+    """Return the weights files a package ships, addressed as ``backbone.pretrained=builtin:<name>``: nothing is
+    downloaded, so a pretrained starting point must come inside an installed package.
+
+    Each item is a :class:`vltk.api.BuiltinWeights` (name, file path, its sha256, the backbones and variant it
+    fits, a summary, the command that reproduces it and its evaluation numbers); ``vltk list weights`` and
+    ``vltk show backbone NAME`` list them, and the file is checked against its sha256 before it is read. Keep
+    the hook light (no torch): read the record, not the weights. Example::
+
+        @hookimpl
+        def vltk_builtin_weights():
+            from vltk.api import BuiltinWeights
+
+            here = Path(__file__).parent / "weights"
+            return [BuiltinWeights("my-tiny-clip", here / "my-tiny-clip.safetensors", sha256="…",
+                                   backbones=("eva02",), variant="tiny")]
+    """

@@ -238,6 +238,32 @@ class VltkPluginManager:
                 formats[name] = (plugin, release_format)
         return formats
 
+    def builtin_weights(self) -> dict[str, tuple[str, Any]]:
+        """``{weights name: (plugin name, BuiltinWeights)}`` of every ``vltk_builtin_weights`` implementation. A
+        name given twice is a :class:`UserError` naming both plugins; anything without ``name``, ``path`` and
+        ``sha256`` is a :class:`PluginLoadError` naming its plugin."""
+        weights: dict[str, tuple[str, Any]] = {}
+        for plugin, call in self._callers_by_plugin("vltk_builtin_weights"):
+            for item in (item for result in call() for item in result or []):
+                name = getattr(item, "name", None)
+                if (
+                    not isinstance(name, str)
+                    or not name
+                    or not getattr(item, "sha256", None)
+                    or not hasattr(item, "path")
+                ):
+                    raise PluginLoadError(
+                        f"plugin '{plugin}': vltk_builtin_weights returned {item!r}, which is not a BuiltinWeights "
+                        "(name, path, sha256, backbones); return vltk.api.BuiltinWeights objects"
+                    )
+                if name in weights:
+                    raise UserError(
+                        f"built-in weights '{name}' are declared twice: by '{weights[name][0]}' and by '{plugin}'; "
+                        "rename one, or skip a plugin with VLTK_BLOCK_PLUGINS"
+                    )
+                weights[name] = (plugin, item)
+        return weights
+
     def user_error_types(self) -> tuple[type[BaseException], ...]:
         """Every exception type plugins declare through ``vltk_user_error_types``: the CLI prints them as one
         ``Error:`` line, like :class:`UserError`. Anything but exception classes is a :class:`PluginLoadError`."""

@@ -20,24 +20,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import tiny_cli
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--adapter",
-    "frozen",
-    "dataset.size=32",
-    "dataset.num_train=8",
-    "dataset.num_val=1",
-    "dataset.domains=[synthetic,fog]",
-    "backbone.variant=tiny",
-    "decoder.channels=16",
-    "decoder.head_channels=16",
-    "train.iters=2",
-    "train.batch_size=2",
-    "train.checkpoint_interval=1",
-    "eval.overlays=1",
-]
+TINY = tiny_cli("train.iters=2", "train.checkpoint_interval=1", "eval.overlays=1")
 
 
 def _env() -> dict[str, str]:

@@ -10,22 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_runs import TINY_API
 from torch import Tensor, nn
 
 import vltk
 from vltk.engine.export import unused_prefixes
 from vltk.testing import invoke
 
-TINY = {
-    "dataset.size": 64,
-    "dataset.num_train": 4,
-    "dataset.num_val": 2,
-    "dataset.domains": ["synthetic", "night"],
-    "train.iters": 2,
-    "train.batch_size": 2,
-    "eval.batch_size": 2,
-    "eval.overlays": 0,
-}
+TINY = TINY_API
 
 
 def _vltk(*args: str) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_runs import tiny_overrides
 
 from vltk.config import build_config, resolve
 from vltk.engine.checkpoint import load_checkpoint
@@ -22,20 +23,9 @@ from vltk.engine.interrupts import Interrupted
 from vltk.engine.trainer import EpochBatches, Trainer
 from vltk.plugins import get_plugin_manager
 
-TINY = [
-    "dataset.size=32",
-    "dataset.num_train=6",
-    "dataset.num_val=1",
-    "dataset.domains=[synthetic,fog]",
-    "backbone.variant=tiny",
-    "decoder.channels=16",
-    "decoder.head_channels=16",
-    "train.iters=6",
-    "train.batch_size=2",
-    "train.eval_interval=3",
-    "train.checkpoint_interval=1000",
-    "eval.overlays=0",
-]
+TINY = tiny_overrides(
+    "dataset.num_train=6", "train.iters=6", "train.eval_interval=3", "train.checkpoint_interval=1000", "eval.overlays=0"
+)
 
 
 def _run(*extra: str) -> Any:

@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import TINY_API
 
 import vltk
 from vltk.errors import UserError
 
-TINY = {
-    "dataset.size": 64,
-    "dataset.num_train": 4,
-    "dataset.num_val": 2,
-    "dataset.domains": ["synthetic", "night"],
-    "train.iters": 2,
-    "train.batch_size": 2,
-    "eval.batch_size": 2,
-    "eval.overlays": 0,
-}
+TINY = TINY_API
 
 
 @pytest.fixture(scope="module")

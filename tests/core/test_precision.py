@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_runs import tiny_overrides
 
 from vltk.config import EmaConfig, build_config, resolve
 from vltk.engine.checkpoint import load_checkpoint
@@ -26,19 +27,13 @@ from vltk.engine.trainer import Trainer
 from vltk.errors import UserError
 from vltk.plugins import get_plugin_manager
 
-TINY = [
-    "dataset.size=32",
-    "dataset.num_train=8",
-    "dataset.num_val=1",
-    "dataset.domains=[synthetic,fog]",
-    "backbone.variant=tiny",
+TINY = tiny_overrides(
     "decoder.channels=32",
     "decoder.head_channels=32",
     "train.iters=4",
-    "train.batch_size=2",
     "train.checkpoint_interval=1000",
     "eval.overlays=0",
-]
+)
 
 
 def _run(*extra: str) -> Any:

@@ -17,25 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_runs import tiny_cli
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--adapter",
-    "frozen",
-    "dataset.size=32",
-    "dataset.num_train=8",
-    "dataset.num_val=1",
-    "dataset.domains=[synthetic,fog]",
-    "backbone.variant=tiny",
-    "decoder.channels=16",
-    "decoder.head_channels=16",
-    "train.iters=8",
-    "train.batch_size=2",
-    "train.checkpoint_interval=3",
-    "train.log_interval=1",
-    "eval.overlays=0",
-]
+TINY = tiny_cli("train.iters=8", "train.checkpoint_interval=3", "train.log_interval=1", "eval.overlays=0")
 VLTK = [sys.executable, "-m", "vltk"]
 
 

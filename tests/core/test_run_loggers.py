@@ -11,27 +11,14 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from tiny_runs import tiny_cli
 
 from vltk.config import build_config, resolve
 from vltk.engine.progress import TrainProgress, describe_step, parameter_summary
 from vltk.errors import UserError
 from vltk.testing import invoke, isolated_plugin_manager
 
-TINY = [
-    "--adapter",
-    "frozen",
-    "dataset.size=32",
-    "dataset.num_train=8",
-    "dataset.num_val=1",
-    "dataset.domains=[synthetic,fog]",
-    "backbone.variant=tiny",
-    "decoder.channels=16",
-    "decoder.head_channels=16",
-    "train.batch_size=2",
-    "train.eval_interval=2",
-    "eval.overlays=0",
-    "--quiet",
-]
+TINY = tiny_cli("train.eval_interval=2", "eval.overlays=0", "--quiet")
 
 
 @pytest.fixture

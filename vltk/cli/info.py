@@ -22,6 +22,7 @@ Examples:
   vltk list               # every kind
   vltk list adapters      # one kind (singular or plural)
   vltk list recipes       # shipped recipes
+  vltk list weights       # shipped weights (backbone.pretrained=builtin:NAME)
   vltk list --json
 """
 
@@ -46,11 +47,14 @@ def _how_to_get_plugins() -> str:
 @click.argument("kind", required=False)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_command(kind: str | None, as_json: bool) -> None:
-    """List registered components (backbones, adapters, prompters, decoders, augmenters, datasets, loggers) or
-    recipes."""
+    """List registered components (backbones, adapters, prompters, decoders, augmenters, datasets, loggers),
+    recipes or shipped weights."""
     from rich.console import Console
     from rich.table import Table
 
+    if kind in ("weight", "weights"):
+        _list_weights(as_json)
+        return
     if kind in ("recipe", "recipes"):
         from vltk.config import available_recipes, recipe_description
         from vltk.plugins import get_plugin_manager
@@ -94,6 +98,49 @@ def list_command(kind: str | None, as_json: bool) -> None:
     Console(width=max(120, Console().width)).print(table)
 
 
+def _weights_payload(weights: Any) -> dict[str, Any]:
+    return {
+        "name": weights.name,
+        "reference": weights.reference,
+        "backbones": list(weights.backbones),
+        "variant": weights.variant,
+        "summary": weights.summary,
+        "file": str(weights.path),
+        "sha256": weights.sha256,
+        "reproduce": weights.reproduce,
+        "evaluation": dict(weights.evaluation),
+    }
+
+
+def _weights_table(title: str, shipped: list[Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("backbone.pretrained=", "fits", "summary", "sha256"):
+        table.add_column(column)
+    for weights in shipped:
+        fits = " / ".join(weights.backbones) + (f" (variant {weights.variant})" if weights.variant else "")
+        table.add_row(escape(weights.reference), escape(fits), escape(weights.summary), weights.sha256[:12] + "…")
+    return table
+
+
+def _list_weights(as_json: bool) -> None:
+    """``vltk list weights``: the weights installed packages ship (``vltk_builtin_weights``)."""
+    from rich.console import Console
+
+    from vltk.builtin_weights import builtin_weights
+
+    shipped = list(builtin_weights().values())
+    if as_json:
+        click.echo(json.dumps({weights.name: _weights_payload(weights) for weights in shipped}, indent=2))
+        return
+    if not shipped:
+        click.echo(f"no built-in weights are installed: {_how_to_get_plugins()}")
+        return
+    console = Console(width=max(120, Console().width))
+    console.print(_weights_table("shipped weights (`vltk show backbone NAME` says how each was made)", shipped))
+
+
 SHOW_EPILOG = """\b
 Examples:
   vltk show adapter rein
@@ -126,6 +173,8 @@ def show_command(kind: str, name: str, as_json: bool) -> None:
             "options": options,
             "nested": {model.__name__: _fields(model) for model in nested},
         }
+        if spec.kind == "backbone":
+            payload["builtin_weights"] = [_weights_payload(weights) for weights in _shipped_for(spec.name)]
         click.echo(json.dumps(payload, indent=2, default=str))
         return
     console = Console(width=max(120, Console().width))
@@ -143,6 +192,29 @@ def show_command(kind: str, name: str, as_json: bool) -> None:
         users = [option["name"] for option in options if model.__name__ in option["type"]]
         title = f"{model.__name__}: the fields of each item of {', '.join(users) or 'the options above'}"
         console.print(_options_table(title, _fields(model)))
+    if spec.kind == "backbone":
+        _print_shipped(console, spec.name)
+
+
+def _shipped_for(backbone: str) -> list[Any]:
+    from vltk.builtin_weights import weights_for_backbone
+
+    return weights_for_backbone(backbone)
+
+
+def _print_shipped(console: Any, backbone: str) -> None:
+    """The shipped weights a backbone loads, with how each was made and what it scores."""
+    shipped = _shipped_for(backbone)
+    if not shipped:
+        console.print("built-in weights: none installed for this backbone (backbone.pretrained=FILE loads a file)")
+        return
+    console.print(_weights_table("built-in weights", shipped))
+    for weights in shipped:
+        if weights.reproduce:
+            console.print(f"{escape(weights.reference)} reproduce: {escape(weights.reproduce)}")
+        if weights.evaluation:
+            numbers = ", ".join(f"{key} {value}" for key, value in weights.evaluation.items())
+            console.print(f"{escape(weights.reference)} evaluation: {escape(numbers)}")
 
 
 def _fields(model: Any) -> list[dict[str, Any]]:

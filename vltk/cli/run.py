@@ -332,6 +332,7 @@ def load_checkpoint_config(
     checkpoint (Rein, DenseCLIP, LSeg, CLIP the Gap, Hugging Face Mask2Former) is converted in memory by its
     plugin's format (:mod:`vltk.engine.releases`).
     """
+    from vltk.builtin_weights import is_builtin
     from vltk.engine.fingerprint import recorded_source
     from vltk.engine.releases import load_checkpoint_or_release
 
@@ -343,8 +344,8 @@ def load_checkpoint_config(
     elif not state.get("backbone_included", True):
         recorded = backbone_section.get("pretrained")
         absolute = recorded_source(state)
-        if recorded and Path(recorded).is_file():
-            pass
+        if recorded and (is_builtin(recorded) or Path(recorded).is_file()):
+            pass  # shipped weights resolve by name wherever the package is installed
         elif absolute and Path(absolute).is_file():
             extra.append(f"backbone.pretrained={absolute}")
         else:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vltk.builtin_weights import is_builtin
 from vltk.errors import UserError
 
 #: Key of the backbone record in a checkpoint saved without its backbone.
@@ -39,13 +40,21 @@ def weights_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _source(pretrained: str | None) -> str | None:
+    """Where the backbone's weights came from, as another folder or machine can find them again: a shipped
+    ``builtin:<name>`` as itself (the installed package holds it), a file as its absolute path."""
+    if not pretrained:
+        return None
+    return pretrained if is_builtin(pretrained) else str(Path(pretrained).resolve())
+
+
 def backbone_record(model: nn.Module, backbone_section: dict[str, Any]) -> dict[str, Any]:
     """What a backbone-less checkpoint stores about the backbone it needs: section, absolute file, fingerprint."""
     pretrained = backbone_section.get("pretrained")
     return {
         "name": backbone_section.get("name"),
         "section": dict(backbone_section),
-        "source": str(Path(pretrained).resolve()) if pretrained else None,
+        "source": _source(pretrained),
         "fingerprint": weights_fingerprint(model.backbone),
     }
 

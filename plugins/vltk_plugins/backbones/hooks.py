@@ -16,6 +16,13 @@ from vltk_plugins.backbones.open_clip_vit.options import ClipViTOptions, Eva02Op
 
 
 @hookimpl
+def vltk_builtin_weights() -> list[Any]:
+    from vltk_plugins.backbones.shipped import shipped_weights
+
+    return shipped_weights()
+
+
+@hookimpl
 def vltk_register_backbones(register: Register) -> None:
     register(
         "eva02",

@@ -297,6 +297,7 @@ def clip_resnet_weight_spec(options: ClipResNetOptions, clip: nn.Module) -> Weig
     side = math.isqrt(clip.visual.attnpool.positional_embedding.shape[0] - 1)
     return WeightSpec(
         backbone="clip-resnet",
+        variant=options.variant,
         label=f"clip-resnet ({options.variant})",
         what="CLIP ResNet checkpoint",
         patch_key="visual.conv1.weight",

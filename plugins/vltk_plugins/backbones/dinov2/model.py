@@ -100,6 +100,7 @@ def dinov2_weight_spec(options: Dinov2Options, trunk: nn.Module) -> WeightSpec:
     label = _label(options)
     return WeightSpec(
         backbone="dinov2",
+        variant=options.variant,
         label=label,
         what="DINOv2 checkpoint",
         patch_key="patch_embed.proj.weight",

@@ -347,6 +347,7 @@ def eva02_weight_spec(options: Eva02Options, clip: nn.Module) -> WeightSpec:
     """How files load into the open_clip model ``clip`` built from ``options``."""
     return WeightSpec(
         backbone="eva02",
+        variant=options.variant,
         label=f"eva02 ({options.variant})",
         what="EVA02 checkpoint",
         patch_key="visual.trunk.patch_embed.proj.weight",
@@ -448,6 +449,7 @@ def clip_vit_weight_spec(options: ClipViTOptions, clip: nn.Module) -> WeightSpec
     """How files load into the open_clip model ``clip`` built from ``options`` (FlexiViT patch conversion)."""
     return WeightSpec(
         backbone="clip-vit",
+        variant=options.variant,
         label=_clip_vit_label(options),
         what="CLIP checkpoint",
         patch_key="visual.conv1.weight",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from vltk.api import RandomWeightsWarning, UserError
+from vltk.api import RandomWeightsWarning, UserError, resolve_weights_file
 from vltk_plugins.common.weights.formats import ConvertContext, WeightFormat, detect_format, formats_for
 from vltk_plugins.common.weights.read import Checkpoint, read_checkpoint
 from vltk_plugins.common.weights.resample import ResampleMode, resample_spatial
@@ -69,6 +69,7 @@ class WeightSpec:
     patch_resample: ResampleMode = "flexi"
     optional: tuple[OptionalPart, ...] = ()
     validate: Callable[[Mapping[str, Tensor], Mapping[str, Tensor], str], None] | None = None
+    variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,12 @@ def prepare_checkpoint(checkpoint: Checkpoint, target: Mapping[str, Tensor], spe
 
 
 def prepare_weights(path: str, target: Mapping[str, Tensor], spec: WeightSpec) -> PreparedWeights:
-    """Read ``path`` (:func:`~vltk_plugins.common.weights.read.read_checkpoint`) and :func:`prepare_checkpoint` it."""
-    return prepare_checkpoint(read_checkpoint(path, spec.label, spec.what), target, spec)
+    """Read ``path`` (:func:`~vltk_plugins.common.weights.read.read_checkpoint`) and :func:`prepare_checkpoint` it.
+
+    ``builtin:<name>`` is the shipped file of that name, checked for this backbone and variant and against its
+    sha256 first (:func:`vltk.api.resolve_weights_file`)."""
+    file = resolve_weights_file(path, backbone=spec.backbone, variant=spec.variant)
+    return prepare_checkpoint(read_checkpoint(file, spec.label, spec.what), target, spec)
 
 
 def load_pretrained(module: nn.Module, path: str, spec: WeightSpec) -> PreparedWeights:

@@ -1,0 +1,247 @@
+"""The papers' tables in miniature: domain generalisation on the embedded synthetic benchmark, equal budgets.
+
+Every entry trains on the flat "synthetic" source domain and evaluates on all six domains (the analogue of Rein's
+Table 2/3: GTAV -> Cityscapes/BDD/Mapillary; CLIP the Gap's Table 1: daytime-sunny -> night/dusk/rain/fog), with
+the same number of iterations and batch size, from the foundation given as ``--pretrained`` (by default the
+shipped ``builtin:vltk-tiny-clip``) unless the entry says random init:
+
+- backbone init: random vs the foundation (full fine-tuning, FPN);
+- adapters on the frozen foundation: ``frozen``, ``full``, ``lora``, ``vpt``, ``rein`` (FPN);
+- decoders: Mask2Former with Rein's token-query link, and with full fine-tuning;
+- text guidance: VLTSeg/DenseCLIP-style score maps, LSeg;
+- CLIP the Gap on ``synthetic-det``, with and without its augmenter (a CLIP ResNet: ``--pretrained-resnet``).
+
+Each entry is one ordinary run folder under ``--runs`` (``runs/dg/<entry>``): a finished entry is read back, an
+interrupted one resumes (``vltk.train(resume=True)``), so the table can be built over several sessions and any
+row re-checked with ``vltk eval --checkpoint runs/dg/<entry>/last.pt``. The JSON holds every domain's score and
+the summary (source, target average, gap, rPD); ``--markdown`` prints the README table.
+
+    OMP_NUM_THREADS=2 python benchmarks/dg_table.py                              # every entry, ~1 h on 2 cores
+    python benchmarks/dg_table.py --only foundation-frozen,foundation-rein --iters 300
+    python benchmarks/dg_table.py --smoke --runs /tmp/dg                         # seconds: the wiring only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vltk
+from vltk.errors import UserError
+from vltk_kernels.benchmarking.provenance import result_header, write_result
+
+#: A foundation's ``backbone.pretrained`` placeholder in an entry's overrides.
+FOUNDATION = "{pretrained}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row: a recipe (None: the default), its overrides, and what the row compares."""
+
+    name: str
+    group: str
+    label: str
+    recipe: str | None = None
+    overrides: tuple[str, ...] = ()
+    flags: dict[str, str] = field(default_factory=dict)
+
+
+SEGMENTATION_ENTRIES = (
+    Entry("random-full", "init", "random init, full, FPN", overrides=("backbone.pretrained=null",)),
+    Entry("foundation-full", "init", "foundation, full, FPN", overrides=(f"backbone.pretrained={FOUNDATION}",)),
+    Entry(
+        "foundation-frozen",
+        "adapter",
+        "frozen foundation, FPN",
+        overrides=(f"backbone.pretrained={FOUNDATION}",),
+        flags={"adapter": "frozen"},
+    ),
+    Entry(
+        "foundation-lora",
+        "adapter",
+        "LoRA, FPN",
+        overrides=(f"backbone.pretrained={FOUNDATION}",),
+        flags={"adapter": "lora"},
+    ),
+    Entry(
+        "foundation-vpt",
+        "adapter",
+        "VPT, FPN",
+        overrides=(f"backbone.pretrained={FOUNDATION}",),
+        flags={"adapter": "vpt"},
+    ),
+    Entry(
+        "foundation-rein",
+        "adapter",
+        "Rein, FPN",
+        overrides=(f"backbone.pretrained={FOUNDATION}", "adapter.link_token_to_query=false"),
+        flags={"adapter": "rein"},
+    ),
+    Entry(
+        "foundation-rein-m2f",
+        "decoder",
+        "Rein + Mask2Former (token-query link)",
+        recipe="rein/synthetic",
+        overrides=(f"backbone.pretrained={FOUNDATION}",),
+    ),
+    Entry(
+        "foundation-full-m2f",
+        "decoder",
+        "full + Mask2Former",
+        recipe="rein/synthetic",
+        overrides=(f"backbone.pretrained={FOUNDATION}",),
+        flags={"adapter": "full"},
+    ),
+    Entry(
+        "foundation-vltseg",
+        "text",
+        "VLTSeg (full + DenseCLIP text guidance)",
+        recipe="vltseg/synthetic",
+        overrides=(f"backbone.pretrained={FOUNDATION}",),
+    ),
+    Entry("foundation-lseg", "text", "LSeg", recipe="lseg/synthetic", overrides=(f"backbone.pretrained={FOUNDATION}",)),
+)
+
+DETECTION_ENTRIES = (
+    Entry(
+        "clipgap-without",
+        "detection",
+        "CLIP the Gap detector, no augmenter",
+        recipe="clip-gap/synthetic",
+        overrides=("backbone.pretrained={pretrained_resnet}", "augmenters=[]"),
+    ),
+    Entry(
+        "clipgap-with",
+        "detection",
+        "CLIP the Gap detector + augmenter",
+        recipe="clip-gap/synthetic",
+        overrides=("backbone.pretrained={pretrained_resnet}",),
+    ),
+)
+
+ENTRIES = {entry.name: entry for entry in (*SEGMENTATION_ENTRIES, *DETECTION_ENTRIES)}
+
+#: ``--smoke``: the smallest run that still goes through every component (seconds per entry).
+SMOKE = (
+    "dataset.size=32",
+    "dataset.num_train=4",
+    "dataset.num_val=1",
+    "train.batch_size=2",
+    "train.warmup_iters=0",
+    "eval.overlays=0",
+)
+
+
+def entry_overrides(entry: Entry, args: argparse.Namespace) -> list[str]:
+    """The entry's overrides with the foundation filled in, its component flags (whole sections, like
+    ``--adapter frozen``) and the budget."""
+    values = {"pretrained": args.pretrained, "pretrained_resnet": args.pretrained_resnet or "null"}
+    overrides = [f"{section}={{name: {name}}}" for section, name in entry.flags.items()]
+    overrides += [item.format(**values) for item in entry.overrides]
+    overrides += [f"train.iters={args.iters}", "train.eval_interval=0", f"seed={args.seed}"]
+    if args.smoke:
+        overrides += [item for item in SMOKE if not (entry.group == "detection" and item.startswith("dataset.size"))]
+    return overrides
+
+
+def run_entry(entry: Entry, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or resume, or read back) one entry and return its final results with the time it took."""
+    out = Path(args.runs) / entry.name
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        saved = json.loads(metrics.read_text())
+        if saved.get("final"):
+            return {**saved["final"], "seconds": saved.get("seconds"), "reused": True}
+    began = time.perf_counter()
+    overrides = entry_overrides(entry, args)
+    if (out / "last.pt").is_file():
+        results = vltk.train(output=out, resume=True)
+    else:
+        results = vltk.train(entry.recipe, output=out, overrides=overrides)
+    seconds = time.perf_counter() - began
+    if metrics.is_file():  # keep the time beside the trainer's record, for a later read-back
+        saved = json.loads(metrics.read_text())
+        saved["seconds"] = seconds
+        metrics.write_text(json.dumps(saved, indent=2))
+    return {**results, "seconds": seconds, "reused": False}
+
+
+def score_of(result: dict[str, Any], domain: str) -> float:
+    entry = result["domains"].get(domain, {})
+    value = entry.get("miou", entry.get("ap50", math.nan))
+    return 100.0 * value if isinstance(value, float) else math.nan
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The README table: source, every target, target average, rPD (scores in percent)."""
+    domains = list(rows[0]["result"]["domains"]) if rows else []
+    head = ["entry", "metric", *domains, "target avg", "rPD %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        result, summary = row["result"], row["result"]["summary"]
+        metric = "AP50" if row["group"] == "detection" else "mIoU"
+        cells = [row["label"], metric, *(f"{score_of(result, domain):.1f}" for domain in domains)]
+        cells += [f"{100 * summary['target_avg']:.1f}", f"{summary['rpd_avg']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fail(message: str) -> None:
+    """One ``Error:`` line and exit code 2, as the CLI does for bad input."""
+    print(f"Error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pretrained", default="builtin:vltk-tiny-clip", help="the foundation (file or builtin:)")
+    parser.add_argument("--pretrained-resnet", default=None, help="CLIP ResNet weights for CLIP the Gap (null)")
+    parser.add_argument("--iters", type=int, default=300, help="the equal budget of every entry")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="comma-separated entry names: " + ", ".join(ENTRIES))
+    parser.add_argument("--runs", default="runs/dg", help="one run folder per entry (reused, resumed)")
+    parser.add_argument("--smoke", action="store_true", help="32-pixel scenes, 4 images: checks the wiring only")
+    parser.add_argument("--json", default="benchmarks/results/dg_table_cpu.json")
+    parser.add_argument("--markdown", action="store_true", help="print the README table")
+    args = parser.parse_args()
+    names = [name.strip() for name in args.only.split(",") if name.strip()] or list(ENTRIES)
+    unknown = [name for name in names if name not in ENTRIES]
+    if unknown:
+        fail(f"unknown entries {unknown}; choose from {', '.join(ENTRIES)}")
+    rows = []
+    for name in names:
+        entry = ENTRIES[name]
+        print(f"[{name}] {entry.label}", flush=True)
+        try:
+            result = run_entry(entry, args)
+        except UserError as error:
+            fail(f"{name}: {error}")
+        rows.append({"name": name, "group": entry.group, "label": entry.label, "result": result})
+        summary = result["summary"]
+        print(f"[{name}] source {100 * summary['source']:.1f}, target avg {100 * summary['target_avg']:.1f}")
+    payload = {
+        **result_header("dg_table", torch.device("cpu")),
+        "settings": {
+            "pretrained": args.pretrained,
+            "pretrained_resnet": args.pretrained_resnet,
+            "iters": args.iters,
+            "seed": args.seed,
+            "smoke": args.smoke,
+        },
+        "results": rows,
+    }
+    write_result(args.json, payload)
+    if args.markdown:
+        print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

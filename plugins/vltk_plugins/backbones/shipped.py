@@ -57,8 +57,12 @@ def write_record(
     summary: str = "",
     reproduce: str = "",
     evaluation: Mapping[str, Any] | None = None,
+    check: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``<name>.json`` beside ``weights_file`` with the file's sha256: how a new shipped file is declared."""
+    """Write ``<name>.json`` beside ``weights_file`` with the file's sha256: how a new shipped file is declared.
+
+    ``check`` is what a test recomputes from the shipped file (the embedding of a fixed image,
+    :mod:`vltk_plugins.backbones.ship`)."""
     record_path = weights_file.parent / f"{name}.json"
     digest = sha256_of(weights_file)
     payload = {
@@ -70,6 +74,7 @@ def write_record(
         "summary": summary,
         "reproduce": reproduce,
         "evaluation": dict(evaluation or {}),
+        "check": dict(check or {}),
     }
     record_path.write_text(json.dumps(payload, indent=2) + "\n")
     return record_path

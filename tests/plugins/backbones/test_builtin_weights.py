@@ -20,6 +20,7 @@ from vltk.engine.fingerprint import backbone_record
 from vltk.errors import UserError
 from vltk.testing import invoke, isolated_plugin_manager
 from vltk_plugins.backbones.open_clip_vit.model import build_clip_vit, build_eva02
+from vltk_plugins.backbones.ship import build_backbone, check_embedding, ship_weights
 from vltk_plugins.backbones.shipped import SHIPPED_DIR, read_record, shipped_weights, write_record
 
 
@@ -139,3 +140,49 @@ def test_every_shipped_file_matches_its_record(weights: BuiltinWeights) -> None:
     """The files in the package (``vltk_plugins/backbones/builtin``) are the ones their records describe."""
     assert weights.path.parent == SHIPPED_DIR
     resolve_builtin(weights.reference)  # raises on a missing or changed file
+
+
+@pytest.mark.parametrize("weights", shipped_weights(), ids=lambda weights: weights.name)
+def test_every_shipped_file_gives_its_recorded_embedding(weights: BuiltinWeights) -> None:
+    """The fixed scene's embedding from the installed file equals the one recorded when it was shipped."""
+    record = json.loads((SHIPPED_DIR / f"{weights.name}.json").read_text())
+    model = build_backbone(weights.backbones[0], weights.variant, weights.reference)
+    assert check_embedding(model) == pytest.approx(record["check"]["values"], abs=1e-4)
+
+
+def test_ship_writes_fp16_safetensors_a_record_and_a_reproducible_check(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    source = _quiet(build_eva02, {"variant": "tiny"})
+    torch.save(source.state_dict(), tmp_path / "open_clip.pt")
+    record_path = ship_weights(
+        str(tmp_path / "open_clip.pt"),
+        name="shipped-test",
+        backbone="eva02",
+        variant="tiny",
+        reproduce="vltk pretrain",
+        evaluation={"R@1": 1.0},
+        folder=tmp_path / "out",
+    )
+    record = json.loads(record_path.read_text())
+    weights = read_record(record_path)
+    assert weights.path.suffix == ".safetensors" and record["check"]["dims"] == 16
+    with isolated_plugin_manager(extra={"shipper": Shipper([weights])}):
+        loaded = build_backbone("eva02", "tiny", "builtin:shipped-test")
+    assert check_embedding(loaded) == pytest.approx(record["check"]["values"], abs=1e-6)
+    assert check_embedding(source) == pytest.approx(record["check"]["values"], abs=2e-2)  # fp16 rounding only
+    assert check_embedding(source) != check_embedding(_quiet(build_eva02, {"variant": "tiny"}))
+
+
+def test_ship_refuses_a_file_over_the_budget_and_leaves_nothing(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    torch.save(_quiet(build_eva02, {"variant": "tiny"}).state_dict(), tmp_path / "open_clip.pt")
+    with pytest.raises(UserError, match=r"MB in fp16, over the 1 MB shipping budget"):
+        ship_weights(
+            str(tmp_path / "open_clip.pt"),
+            name="big",
+            backbone="eva02",
+            variant="tiny",
+            folder=tmp_path / "out",
+            max_bytes=2**20,
+        )
+    assert list((tmp_path / "out").iterdir()) == []

@@ -30,11 +30,11 @@ patch stride); a converted LSeg release uses ``dpt``.
 
 What differs from LSeg on purpose (docs/deviations.md): with ``reassemble: none`` the pyramid comes from vltk
 (strides 4..32) instead of DPT's reassemble stage; the reassemble's weights train with the decoder's learning
-rate (LSeg keeps ``act_postprocess`` in ``net.pretrained``, at the encoder's); upsampling inside the fusion is resized to the lateral's size (the same as
-DPT's ``scale_factor=2`` when the input is a multiple of 32, and exact for any other size), logits are computed
-in the model's dtype (LSeg casts the pixel embeddings to fp16 for the product), and the loss is cross-entropy
-averaged over labelled pixels (PyTorch-Encoding's ``SegmentationLosses`` default), returning 0 instead of NaN
-for a batch without labelled pixels.
+rate (LSeg keeps ``act_postprocess`` in ``net.pretrained``, at the encoder's); upsampling inside the fusion is
+resized to the lateral's size (the same as DPT's ``scale_factor=2`` when the input is a multiple of 32, and exact
+for any other size), logits are computed in the model's dtype (LSeg casts the pixel embeddings to fp16 for the
+product), and the loss is cross-entropy averaged over labelled pixels (PyTorch-Encoding's ``SegmentationLosses``
+default), returning 0 instead of NaN for a batch without labelled pixels.
 
 Spatial regularisation (paper section 3, ``arch_option`` 1/2, ``block_depth``): one 3x3 conv ``1 -> 1`` applied to
 every label channel with the same weights (plus, for the bottleneck variant, the max over labels added back),

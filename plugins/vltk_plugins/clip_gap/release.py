@@ -60,6 +60,7 @@ def rules(*, sizes: int = ANCHOR_SIZES, ratios: int = ASPECT_RATIOS, class_agnos
         Drop(_CS + r"frozen_clip_model\..*", "an untrained copy of CLIP kept by ClipPredictor"),
         Drop(_CS + r"(projection|projection_global)\.(weight|bias)", "unused: the pooled features are 512 wide"),
         Drop(r"backbone\.(proj|global_proj)\.(weight|bias)", "unused by the released forward"),
+        Drop(r"backbone\.backbone_unchanged\..*", "layer3's first 19 blocks under a second name (ClipRN101)"),
         Drop(r"roi_heads\.res5\..*", "Res5ROIHeads' own res5, replaced by the backbone's layer4"),
         Drop(r"pixel_(mean|std)", "vltk normalises with the backbone's CLIP mean and std"),
         Drop(r"proposal_generator\.anchor_generator\..*", "anchors are generated, not learned"),

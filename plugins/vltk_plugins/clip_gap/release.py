@@ -15,7 +15,8 @@ The map: ``backbone.enc.X`` is ``backbone.visual.X``; CLIP's text side in ``cls_
 detectron2 orders the anchors of a location size-major (``s * R + r``), torchvision ratio-major (``r * S + s``),
 so the rows of ``objectness_logits`` and ``anchor_deltas`` are permuted; detectron2's class-specific
 ``bbox_pred`` has ``4 K`` rows where torchvision's has a background slot first, written as zeros (no prediction
-reads it). Left out: the duplicates of the visual tower, the frozen copy, the unused projections
+reads it). Left out: the duplicates of the visual tower (``cls_score.model.visual``, ``cls_score.visual_enc``,
+``backbone.backbone_unchanged`` = ``layer3[:19]``), the frozen copy, the unused projections
 (``backbone.proj``/``global_proj``, ``cls_score.projection*``), detectron2's ``roi_heads.res5`` (built by
 ``Res5ROIHeads``, replaced by the backbone's layer4 in ``ClipRes5ROIHeadsAttn``) and the pixel statistics.
 """

@@ -13,7 +13,9 @@ Pixel embeddings (LSeg uses a DPT decoder on a ViT; this is a light DPT-like ver
   computes ``conv1x1(up(RCU_out(level)))``, i.e. only DPT's ``resConfUnit2`` runs there. An RCU (DPT's residual
   conv unit) is ``x + norm(conv(act(norm(conv(act(x))))))``, ReLU, convs without bias when normalised;
 * the last fusion upsamples x2 (``output_stride=2``, LSeg's H/2 embeddings) and a 1x1 conv maps ``width`` to the
-  text dimension.
+  text dimension;
+* the logits reach the image (predict) or label (loss) size as LSeg's ``output_conv`` takes them from H/2 to
+  H: bilinear with ``align_corners=True``.
 
 Parameter layout: DPT's ``FeatureFusionBlock`` constructs both RCUs at every level, so LSeg's checkpoints carry a
 ``refinenet4.resConfUnit1`` that no forward ever uses; vltk builds only the units that run (``fusion.3`` has no
@@ -49,7 +51,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vltk.api import BuildContext, Decoder, UserError, coerce_options, logits_at_label_size
+from vltk.api import BuildContext, Decoder, UserError, as_label_map, coerce_options
 from vltk_kernels import pixel_text_similarity
 from vltk_plugins.lseg.options import TEMPERATURE, LSegOptions
 from vltk_plugins.lseg.reassemble import DPTReassemble
@@ -219,10 +221,23 @@ class LSegDecoder(Decoder):
                 logits = self.spatial(logits, activate=repeat < self.num_spatial_blocks - 1)
         return {"seg_logits": logits, "pixel_embeddings": pixels}
 
+    @staticmethod
+    def upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """Logits at ``size``: LSeg's ``output_conv`` (``Interpolate(scale_factor=2, bilinear, align_corners=True)``
+        from H/2 to H), written with the target size so that any other ratio resizes the same way."""
+        if tuple(logits.shape[-2:]) == tuple(size):
+            return logits
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
+
+    def predict(self, outputs: dict[str, Tensor], image_size: tuple[int, int]) -> Tensor:
+        """Per-label scores at the input resolution, upsampled as LSeg's ``output_conv`` does."""
+        return self.upsample(outputs["seg_logits"], image_size)
+
     def loss(self, outputs: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
-        """Per-pixel softmax cross-entropy over the label set, averaged over labelled pixels (0 when none)."""
-        logits = outputs["seg_logits"]
-        logits, targets = logits_at_label_size(logits, targets)
+        """Per-pixel softmax cross-entropy over the label set, averaged over labelled pixels (0 when none), on the
+        logits at the labels' size (LSeg's criterion sees ``output_conv``'s full-resolution output)."""
+        targets = as_label_map(targets)
+        logits = self.upsample(outputs["seg_logits"], tuple(targets.shape[-2:]))
         targets = targets.long()
         labelled = targets != self.ignore_index
         if bool(((targets < 0) | (targets >= logits.shape[1]))[labelled].any()):

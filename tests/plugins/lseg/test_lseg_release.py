@@ -181,6 +181,9 @@ def test_lseg_release_converts_and_gives_lsegs_logits(release_tools, tmp_path: P
     assert config["decoder"]["reassemble_widths"] == [8, 16, 32, 32]
     converted = release_tools.load_converted(tmp_path / "lseg.pt")
     torch.testing.assert_close(release_tools.logits(converted, images), expected, rtol=1e-4, atol=1e-4)
+    # LSeg's full forward ends with output_conv: x2 bilinear, align_corners=True
+    full = F.interpolate(expected, scale_factor=2, mode="bilinear", align_corners=True)
+    torch.testing.assert_close(converted.predict(images), full, rtol=1e-4, atol=1e-4)
 
 
 def test_a_wrong_or_incomplete_file_is_refused_naming_the_format(release_tools, tmp_path: Path) -> None:

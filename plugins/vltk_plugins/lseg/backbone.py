@@ -12,19 +12,26 @@ Embedding follows LSeg's ``forward_flex``: patch conv, cls token, the stored pos
 (``F.interpolate``, ``align_corners=False``, no antialias) to the input's grid, then the blocks. Inputs are
 normalised with mean = std = 0.5, LSeg's ``norm_mean``/``norm_std``.
 
+Weights: ``image_pretrained`` (timm's state dict of the ViT, LSeg's ImageNet start), ``text_pretrained`` (a CLIP
+file, of which the text tower is read: OpenAI's archives or open_clip's), and ``pretrained`` (this backbone's own
+state dict, e.g. from a converted LSeg release), applied in that order.
+
 Two pyramids (option ``pyramid``):
 
-* ``dpt`` (default): what DPT's reassemble stage reads, the four hooked blocks' tokens at the patch stride, each
+* ``resize`` (default): the usual vltk pyramid (:class:`~vltk_plugins.common.vit.TokenBackbone`), the Backbone
+  contract every decoder reads.
+* ``dpt``: what DPT's reassemble stage reads, the four hooked blocks' tokens at the patch stride, each
   patch token concatenated with its block's cls token, ``[B, 2C, H/p, W/p]`` (``ProjectReadout``'s input order:
   patch first). ``strides`` are all ``p`` and every level is ``2C`` wide. The reassemble itself (readout, 1x1
-  conv, resampling) has weights and lives in the ``lseg`` decoder (``reassemble: dpt``).
-* ``resize``: the usual vltk pyramid (:class:`~vltk_plugins.common.vit.TokenBackbone`), for any other decoder.
+  conv, resampling) has weights and lives in the ``lseg`` decoder (``reassemble: dpt``), the one decoder that
+  reads this pyramid (any other refuses nothing, so the choice is the user's).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,7 +42,7 @@ from vltk.api import BlockHook, BuildContext, UserError, coerce_options
 from vltk_plugins.common.attention import install_attention
 from vltk_plugins.common.clip_text import ClipTextSide
 from vltk_plugins.common.vit import TokenBackbone, resolve_out_indices
-from vltk_plugins.common.weights import warn_random
+from vltk_plugins.common.weights import read_state_dict, warn_random
 from vltk_plugins.lseg.options import LSegViTOptions
 
 #: LSeg's input normalisation (``lseg_module.py``: ``norm_mean = norm_std = [0.5, 0.5, 0.5]``).
@@ -181,9 +188,53 @@ def build_trunk(options: LSegViTOptions, *, initialise: bool = True) -> nn.Modul
     )
 
 
-def _load(backbone: LSegViTBackbone, path: str) -> None:
-    from pathlib import Path
+def _refuse(label: str, path: str, what: str, missing: list[str], unexpected: list[str], fix: str) -> None:
+    if missing or unexpected:
+        raise UserError(
+            f"{label}: '{path}' is not {what} (missing: {', '.join(missing[:4]) or '-'}; unexpected: "
+            f"{', '.join(unexpected[:4]) or '-'}); {fix}"
+        )
 
+
+def _load_strict(module: nn.Module, state: dict[str, Tensor], label: str, path: str, what: str, fix: str) -> None:
+    """``module.load_state_dict(state)`` with every problem (keys, shapes) one :class:`UserError`."""
+    own = module.state_dict()
+    wrong = [f"{key} {list(value.shape)} vs {list(own[key].shape)}" for key, value in state.items()
+             if key in own and tuple(value.shape) != tuple(own[key].shape)]  # fmt: skip
+    if wrong:
+        raise UserError(f"{label}: '{path}' does not fit ({'; '.join(wrong[:3])}, file vs model); {fix}")
+    result = module.load_state_dict(state, strict=False)
+    _refuse(label, path, what, list(result.missing_keys), list(result.unexpected_keys), fix)
+
+
+def _load_image(backbone: LSegViTBackbone, path: str) -> None:
+    """timm's ViT state dict into ``trunk`` (the classifier ``head`` is LSeg's dead weight, left out)."""
+    state = read_state_dict(path, backbone.label, "timm ViT state dict")
+    state = {key: value for key, value in state.items() if not key.startswith(("head.", "pre_logits."))}
+    fix = "pass timm's state dict of backbone.image_model"
+    _load_strict(backbone.trunk, state, backbone.label, path, "a timm ViT state dict of this architecture", fix)
+
+
+#: OpenAI's (and open_clip's CLIP) names of the text half, outside any ``text.`` prefix.
+_TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
+
+
+def _load_text(backbone: LSegViTBackbone, path: str) -> None:
+    """The text tower (and ``logit_scale``) of a CLIP file: OpenAI/open_clip ``CLIP`` names or ``text.*``."""
+    state = read_state_dict(path, backbone.label, "CLIP checkpoint")
+    if any(key.startswith("text.") for key in state):
+        text = {key: value for key, value in state.items() if key.startswith("text.")}
+    else:
+        text = {f"text.{key}": value for key, value in state.items() if key.startswith(_TEXT_KEYS)}
+    if "logit_scale" in state:
+        text["logit_scale"] = state["logit_scale"]
+    holder = backbone.open_clip_model()
+    fix = "pass a CLIP checkpoint whose text tower is backbone.text_model's"
+    _load_strict(holder, text, backbone.label, path, "a CLIP checkpoint with this text tower", fix)
+
+
+def _load(backbone: LSegViTBackbone, path: str) -> None:
+    """This backbone's own state dict (``trunk.*``, ``text.*``, ``logit_scale``), e.g. a converted release's."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"{backbone.label}: pretrained '{path}' does not exist; pass a local file or null")
@@ -193,28 +244,29 @@ def _load(backbone: LSegViTBackbone, path: str) -> None:
             state = state[key]
     if any(key.startswith("backbone.") for key in state):
         state = {key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")}
-    result = backbone.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        missing = ", ".join(result.missing_keys[:4])
-        unexpected = ", ".join(result.unexpected_keys[:4])
-        raise UserError(
-            f"{backbone.label}: '{path}' is not this backbone's state dict (missing: {missing or '-'}; unexpected: "
-            f"{unexpected or '-'}); convert an LSeg release with vltk convert, or pass pretrained=null"
-        )
+    fix = "convert an LSeg release with vltk convert, or pass pretrained=null"
+    _load_strict(backbone, state, backbone.label, path, "this backbone's state dict", fix)
 
 
 def build_lseg_vit(options: LSegViTOptions, context: BuildContext | None = None) -> LSegViTBackbone:
     """Build the ``lseg-vit`` backbone (``options`` may also be a mapping or None); ``context`` is not needed."""
     options = coerce_options(options, LSegViTOptions, "lseg-vit")
     label = f"lseg-vit ({options.image_model} + {options.text_model} text)"
-    trunk = build_trunk(options, initialise=options.pretrained is None)
+    own = options.pretrained is not None
+    trunk = build_trunk(options, initialise=not own and options.image_pretrained is None)
     backbone = LSegViTBackbone(
         trunk, _text_tower(options), out_indices=options.out_indices, pyramid=options.pyramid, label=label
     )
-    if options.pretrained is None:
-        warn_random(label, "lseg-vit state dict (vltk convert of an LSeg release)")
-    else:
-        _load(backbone, options.pretrained)
+    if options.image_pretrained is not None:
+        _load_image(backbone, options.image_pretrained)
+    if options.text_pretrained is not None:
+        _load_text(backbone, options.text_pretrained)
+    if own:
+        _load(backbone, str(options.pretrained))
+    elif options.image_pretrained is None:
+        warn_random(f"{label} image tower", "timm ViT state dict (image_pretrained)")
+    if not own and options.text_pretrained is None:
+        warn_random(f"{label} text tower", "CLIP checkpoint (text_pretrained)")
     install_attention(backbone, options.attention)
     backbone.set_grad_checkpointing(options.grad_checkpointing)
     return backbone

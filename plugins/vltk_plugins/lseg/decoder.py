@@ -304,7 +304,7 @@ def _reassemble(options: LSegOptions, context: BuildContext) -> DPTReassemble | 
         raise LSegConfigError(
             "decoder.reassemble=dpt needs the backbone's DPT token pyramid (4 maps of [patch | cls] tokens at the "
             f"patch stride), got strides {list(strides)} and widths {list(context.in_channels)}; use --backbone "
-            "lseg-vit (pyramid: dpt), or decoder.reassemble=none"
+            "lseg-vit backbone.pyramid=dpt, or decoder.reassemble=none"
         )
     return DPTReassemble(embed_dim, patch, options.reassemble_widths, options.readout)
 

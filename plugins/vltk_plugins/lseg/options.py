@@ -120,20 +120,37 @@ class LSegViTOptions(Options):
             "default; 512-d), RN50x16-quickgelu (768-d), or tiny (2 blocks, 64 wide; tests)."
         ),
     )
+    image_pretrained: str | None = Field(
+        None,
+        description=(
+            "Path of a timm state dict of image_model (e.g. timm's vit_large_patch16_384 weights, which LSeg starts "
+            "from; raw, under 'state_dict'/'model', or .safetensors). Its ImageNet head is ignored. Nothing is "
+            "downloaded."
+        ),
+    )
+    text_pretrained: str | None = Field(
+        None,
+        description=(
+            "Path of a CLIP checkpoint whose text tower is loaded (OpenAI's TorchScript archive ViT-B-32.pt, a state "
+            "dict saved from it, or an open_clip checkpoint of text_model); its image tower is ignored."
+        ),
+    )
     pretrained: str | None = Field(
         None,
         description=(
             "Path of a file with this backbone's own state dict (trunk.*, text.*, logit_scale; raw, under "
-            "'state_dict'/'model', or with a 'backbone.' prefix as in a vltk checkpoint). A converted LSeg "
-            "release already holds it. null = random weights (a warning says so). Nothing is downloaded."
+            "'state_dict'/'model', or with a 'backbone.' prefix as in a vltk checkpoint), loaded after "
+            "image_pretrained/text_pretrained. A converted LSeg release already holds it. All three null = random "
+            "weights (a warning says so)."
         ),
     )
-    pyramid: Literal["dpt", "resize"] = Field(
-        "dpt",
+    pyramid: Literal["resize", "dpt"] = Field(
+        "resize",
         description=(
-            "dpt: the 4 hooked blocks' tokens at the patch stride, each patch token followed by its block's cls "
-            "token ([B, 2C, H/p, W/p], DPT's readout input) for decoder lseg with reassemble=dpt. resize: vltk's "
-            "usual parameter-free pyramid at strides 4/8/16/32 (C wide) for any other decoder."
+            "resize: vltk's usual parameter-free pyramid at strides 4/8/16/32 (C wide), the Backbone contract every "
+            "decoder reads. dpt: LSeg's image path, the 4 hooked blocks' tokens at the patch stride, each patch "
+            "token followed by its block's cls token ([B, 2C, H/p, W/p], DPT's readout input), for decoder lseg "
+            "with reassemble=dpt only (what a converted LSeg release uses)."
         ),
     )
     out_indices: list[int] | None = Field(

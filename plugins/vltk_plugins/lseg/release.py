@@ -136,7 +136,7 @@ def _plan(release: ReleaseFile, hints: dict[str, Any]) -> ReleasePlan:
     image_model, text_model = _image_model(release), _text_model(release)
     config = recipe_file(Path(__file__).parent / "recipes" / "gta2city.yaml")
     config["recipe"] = "lseg/gta2city"
-    config["backbone"] = {"name": "lseg-vit", "image_model": image_model, "text_model": text_model}
+    config["backbone"] = {"name": "lseg-vit", "image_model": image_model, "text_model": text_model, "pyramid": "dpt"}
     config["prompter"] = {**dict(config.get("prompter") or {"name": "clip-template"}), "templates": ["{}"]}
     decoder = dict(config.get("decoder") or {"name": "lseg"})
     decoder["width"] = _shape(release, "net.scratch.layer1_rn.weight")[0]

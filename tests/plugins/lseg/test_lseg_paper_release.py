@@ -68,7 +68,11 @@ def test_a_paper_shaped_lseg_release_fills_the_model_it_plans_exactly() -> None:
     mapped = apply_keymap(state, plan.rules, title=LSEG_RELEASE.title)
     backbone_options = {k: v for k, v in plan.config["backbone"].items() if k != "name"}
     decoder_options = {k: v for k, v in plan.config["decoder"].items() if k != "name"}
-    assert backbone_options == {"image_model": "vit_large_patch16_384", "text_model": "ViT-B-32-quickgelu"}
+    assert backbone_options == {
+        "image_model": "vit_large_patch16_384",
+        "text_model": "ViT-B-32-quickgelu",
+        "pyramid": "dpt",
+    }
     assert decoder_options["reassemble_widths"] == [256, 512, 1024, 1024] and decoder_options["width"] == 256
     assert (decoder_options["spatial_block"], decoder_options["num_spatial_blocks"]) == ("bottleneck", 2)
     with warnings.catch_warnings(), torch.device("meta"):

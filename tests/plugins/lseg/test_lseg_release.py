@@ -23,6 +23,7 @@ MODEL = [
     "backbone=lseg-vit",
     "backbone.image_model=tiny",
     "backbone.text_model=tiny",
+    "backbone.pyramid=dpt",
     "decoder.width=16",
     "decoder.reassemble=dpt",
     "decoder.reassemble_widths=[8,16,32,32]",

@@ -14,7 +14,7 @@ from vltk_plugins.lseg.decoder import build_lseg
 from vltk_plugins.lseg.options import LSegOptions, LSegViTOptions
 from vltk_plugins.lseg.reassemble import ReassembleLevel
 
-TINY = {"image_model": "tiny", "text_model": "tiny", "attention": "math"}
+TINY = {"image_model": "tiny", "text_model": "tiny", "attention": "math", "pyramid": "dpt"}
 
 
 def _backbone(**options: object):
@@ -87,3 +87,31 @@ def test_pretrained_reads_the_backbones_own_state_and_refuses_another(tmp_path: 
         build_lseg_vit(LSegViTOptions(**TINY, pretrained=str(tmp_path / "other.pt")))
     with pytest.raises(UserError, match="no image-text space"):
         source.embed(images)
+
+
+def test_image_and_text_weights_come_from_timm_and_clip_files(tmp_path: Path) -> None:
+    import open_clip
+    import timm
+
+    torch.manual_seed(3)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, embed_dim=32, depth=4, num_heads=2, img_size=64)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")  # with timm's ImageNet head, which LSeg never runs
+    text_cfg = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+    vision_cfg = {"image_size": 32, "layers": 1, "width": 48, "patch_size": 32, "head_width": 24}
+    clip = open_clip.CLIP(embed_dim=64, vision_cfg=vision_cfg, text_cfg=text_cfg).eval()
+    torch.save({"state_dict": clip.state_dict()}, tmp_path / "clip.pt")  # OpenAI's names, image tower included
+    backbone = build_lseg_vit(
+        LSegViTOptions(**TINY, image_pretrained=str(tmp_path / "vit.pth"), text_pretrained=str(tmp_path / "clip.pt"))
+    ).eval()
+    for key, value in vit.state_dict().items():
+        if not key.startswith("head."):
+            torch.testing.assert_close(backbone.trunk.state_dict()[key], value, msg=key)
+    with torch.no_grad():
+        expected = clip.encode_text(open_clip.tokenize(["road", "a car"]))
+    torch.testing.assert_close(backbone.encode_text(["road", "a car"]), expected)
+    with pytest.raises(UserError, match=r"is not a timm ViT state dict of this architecture \(missing: cls_token"):
+        build_lseg_vit(LSegViTOptions(**TINY, image_pretrained=str(tmp_path / "clip.pt")))
+    other = timm.create_model("vit_tiny_patch16_224", pretrained=False, embed_dim=32, depth=4, num_heads=2, img_size=96)
+    torch.save(other.state_dict(), tmp_path / "vit96.pth")
+    with pytest.raises(UserError, match=r"does not fit \(pos_embed \[1, 37, 32\] vs \[1, 17, 32\]"):
+        build_lseg_vit(LSegViTOptions(**TINY, image_pretrained=str(tmp_path / "vit96.pth")))

@@ -115,3 +115,26 @@ def test_image_and_text_weights_come_from_timm_and_clip_files(tmp_path: Path) ->
     torch.save(other.state_dict(), tmp_path / "vit96.pth")
     with pytest.raises(UserError, match=r"does not fit \(pos_embed \[1, 37, 32\] vs \[1, 17, 32\]"):
         build_lseg_vit(LSegViTOptions(**TINY, image_pretrained=str(tmp_path / "vit96.pth")))
+
+
+def test_the_ade20k_recipe_is_lsegs_own_path() -> None:
+    from vltk.config import build_config, resolve
+    from vltk.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    run = resolve(build_config("lseg/ade20k", recipe_dirs=manager.recipe_dirs()), manager.get_registry())
+    config = run.config.to_dict()
+    backbone, decoder, train = config["backbone"], config["decoder"], config["train"]
+    assert (backbone["name"], backbone["image_model"], backbone["pyramid"]) == (
+        "lseg-vit",
+        "vit_large_patch16_384",
+        "dpt",
+    )
+    assert (decoder["reassemble"], decoder["reassemble_widths"], decoder["readout"]) == (
+        "dpt",
+        [256, 512, 1024, 1024],
+        "project",
+    )
+    assert config["prompter"]["templates"] == ["{}"] and config["prompter"]["score_concat_index"] is None
+    assert train["lr"] == pytest.approx(0.004 * train["batch_size"] / 16) and train["optimizer"] == "sgd"
+    assert (config["dataset"]["crop_size"], config["eval"]["crop_size"], config["eval"]["flip"]) == (480, 480, True)

@@ -19,7 +19,7 @@ import torch
 _CS = "roi_heads.box_predictor.cls_score."
 
 
-def _paper_release() -> dict[str, torch.Tensor]:
+def _paper_release(offsets: int = 15, classes: int = 7) -> dict[str, torch.Tensor]:
     import open_clip
 
     with torch.device("meta"):
@@ -56,9 +56,9 @@ def _paper_release() -> dict[str, torch.Tensor]:
     shapes |= {f"{_CS}visual_enc.{key}": shape for key, shape in visual.items()}
     for name in ("projection", "projection_global"):
         shapes[f"{_CS}{name}.weight"], shapes[f"{_CS}{name}.bias"] = (512, 2048), (512,)
-    shapes["roi_heads.box_predictor.bbox_pred.weight"] = (28, 2048)
-    shapes["roi_heads.box_predictor.bbox_pred.bias"] = (28,)
-    shapes["offsets"] = (15, 1024, 14, 14)
+    shapes["roi_heads.box_predictor.bbox_pred.weight"] = (4 * classes, 2048)
+    shapes["roi_heads.box_predictor.bbox_pred.bias"] = (4 * classes,)
+    shapes["offsets"] = (offsets, 1024, 14, 14)
     return {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
 
 
@@ -89,3 +89,21 @@ def test_a_paper_shaped_release_converts_and_fits_its_model_strictly(monkeypatch
         [0.5, 1.0, 2.0],
     )
     assert not config["decoder"]["class_agnostic_box"]
+
+
+def test_the_voc_to_comic_watercolor_model_gets_its_style_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ClipRCNNWithClipBackboneWithOffsetGenTrainableVOC`` (configs/comic_watercolor.yaml): 7 style offsets
+    from "a realistic image", 6 classes."""
+    import vltk_plugins.common.releases.format as release_format
+    from vltk.api import check_checkpoint
+    from vltk_plugins.clip_gap.release import CLIP_GAP_RELEASE
+    from vltk_plugins.common.releases import ReleaseFile
+
+    release = ReleaseFile(path="voc.pth", state=_paper_release(7, 6), container="torch.save")
+    monkeypatch.setattr(release_format, "read_release", lambda path: release)
+    converted = CLIP_GAP_RELEASE.convert("voc.pth", {"overrides": []})
+    assert converted is not None and converted["num_classes"] == 6
+    augmenter = check_checkpoint(converted, [])["config"]["augmenters"][0]
+    assert augmenter["source_prompt"] == "a realistic image"
+    assert augmenter["target_prompts"][0] == "an image in the comics style" and len(augmenter["target_prompts"]) == 7
+    assert augmenter["target_prompts"][-1] == "an image in the oil painting style"

@@ -168,6 +168,8 @@ def test_lseg_release_converts_and_gives_lsegs_logits(release_tools, tmp_path: P
     images = torch.rand(2, 3, 96, 96)  # a 6x6 grid: the stored 4x4 position grid is resized
     expected = lseg_logits(upstream, images)
     torch.testing.assert_close(release_tools.logits(model, images), expected, rtol=1e-4, atol=1e-4)
+    in_memory = release_tools.load_converted(release, RUN)  # vltk eval --checkpoint demo_e200.ckpt, no convert
+    torch.testing.assert_close(release_tools.logits(in_memory, images), expected, rtol=1e-4, atol=1e-4)
     lines = convert_release(str(release), str(tmp_path / "lseg.pt"), tuple(RUN))
     assert any("left out 6" in line for line in lines), lines
     saved = torch.load(tmp_path / "lseg.pt", weights_only=True)

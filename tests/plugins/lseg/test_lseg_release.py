@@ -206,3 +206,33 @@ def test_a_wrong_or_incomplete_file_is_refused_naming_the_format(release_tools, 
     with pytest.raises(UserError, match=r"net\.scratch\.layer1_rn\.weight is \[16, 9, 3, 3\] in the file but"):
         convert_release(str(tmp_path / "bad.ckpt"), str(tmp_path / "x.pt"), tuple(RUN))
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_lightning_metadata_classes_are_read_without_their_framework(
+    release_tools, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning pickles ``hyper_parameters`` as its ``AttributeDict`` (with ``argparse``/``pathlib`` values from
+    the training script): ``weights_only`` reads them through plain stand-ins, Lightning need not be installed."""
+    import argparse
+    import pathlib
+    import sys
+    import types
+
+    from vltk_plugins.common.releases import read_release
+
+    parsing = types.ModuleType("pytorch_lightning.utilities.parsing")
+    attribute_dict = type("AttributeDict", (dict,), {"__module__": parsing.__name__})
+    parsing.AttributeDict = attribute_dict
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, parsing.__name__, parsing)
+    _, release, upstream = _fabricate(release_tools, tmp_path)
+    hyper = attribute_dict(HYPER, args=argparse.Namespace(base_lr=0.004), data_path=pathlib.PosixPath("/data/ade"))
+    torch.save({"state_dict": upstream, "hyper_parameters": hyper, "epoch": 199}, tmp_path / "lightning.ckpt")
+    torch.save({"state_dict": upstream, "trainer": attribute_dict(fn=print)}, tmp_path / "code.ckpt")
+    monkeypatch.delitem(sys.modules, parsing.__name__)  # reading needs no Lightning
+    read = read_release(str(tmp_path / "lightning.ckpt"))
+    assert read is not None and read.meta["hyper_parameters"]["labels"] == LABELS
+    assert read.meta["hyper_parameters"]["data_path"] == "/data/ade"
+    assert read.meta["hyper_parameters"]["args"].base_lr == 0.004
+    assert read_release(str(tmp_path / "code.ckpt")) is None  # any other global is still refused

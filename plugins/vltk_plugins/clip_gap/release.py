@@ -11,13 +11,16 @@ predictor (``roi_heads.box_predictor.bbox_pred``; its ``cls_score`` is a ``ClipP
 
 The map: ``backbone.enc.X`` is ``backbone.visual.X``; CLIP's text side in ``cls_score.model`` is
 ``backbone.text.*`` (the class embeddings come from it, as upstream computes them once from that tower);
-``offsets`` is ``augmenters.0.offsets`` (marked fitted). Two tensors change layout, as data in the table:
-detectron2 orders the anchors of a location size-major (``s * R + r``), torchvision ratio-major (``r * S + s``),
-so the rows of ``objectness_logits`` and ``anchor_deltas`` are permuted; detectron2's class-specific
-``bbox_pred`` has ``4 K`` rows where torchvision's has a background slot first, written as zeros (no prediction
-reads it). Left out: the duplicates of the visual tower, the frozen copy, the unused projections
-(``backbone.proj``/``global_proj``, ``cls_score.projection*``), detectron2's ``roi_heads.res5`` (built by
-``Res5ROIHeads``, replaced by the backbone's layer4 in ``ClipRes5ROIHeadsAttn``) and the pixel statistics.
+``offsets`` is ``augmenters.0.offsets`` (marked fitted; 15 of them are the Diverse Weather prompts of the recipe,
+7 the PASCAL VOC -> Comic/Watercolor model's style prompts, set in the recipe). Two tensors change layout, as
+data in the table: detectron2 orders the anchors of a location size-major (``s * R + r``), torchvision
+ratio-major (``r * S + s``), so the rows of ``objectness_logits`` and ``anchor_deltas`` are permuted;
+detectron2's class-specific ``bbox_pred`` has ``4 K`` rows where torchvision's has a background slot first,
+written as zeros (no prediction reads it). Left out: the duplicates of the visual tower
+(``cls_score.model.visual``, ``cls_score.visual_enc``, ``backbone.backbone_unchanged`` = ``layer3[:19]``), the
+frozen copy, the unused projections (``backbone.proj``/``global_proj``, ``cls_score.projection*``), detectron2's
+``roi_heads.res5`` (built by ``Res5ROIHeads``, replaced by the backbone's layer4 in ``ClipRes5ROIHeadsAttn``)
+and the pixel statistics.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vltk.api import UserError
+from vltk_plugins.clip_gap.options import VOC_SOURCE_PROMPT, VOC_STYLE_PROMPTS, diverse_weather_prompts
 from vltk_plugins.common.releases import Drop, ReleaseFile, ReleaseFormat, ReleasePlan, Rename, layer_count, recipe_file
 from vltk_plugins.common.releases.hints import hinted
 
@@ -60,6 +64,7 @@ def rules(*, sizes: int = ANCHOR_SIZES, ratios: int = ASPECT_RATIOS, class_agnos
         Drop(_CS + r"frozen_clip_model\..*", "an untrained copy of CLIP kept by ClipPredictor"),
         Drop(_CS + r"(projection|projection_global)\.(weight|bias)", "unused: the pooled features are 512 wide"),
         Drop(r"backbone\.(proj|global_proj)\.(weight|bias)", "unused by the released forward"),
+        Drop(r"backbone\.backbone_unchanged\..*", "layer3's first 19 blocks under a second name (ClipRN101)"),
         Drop(r"roi_heads\.res5\..*", "Res5ROIHeads' own res5, replaced by the backbone's layer4"),
         Drop(r"pixel_(mean|std)", "vltk normalises with the backbone's CLIP mean and std"),
         Drop(r"proposal_generator\.anchor_generator\..*", "anchors are generated, not learned"),
@@ -110,6 +115,14 @@ def _plan(release: ReleaseFile, hints: dict[str, Any]) -> ReleasePlan:
         offsets = state["offsets"]
         augmenter = dict((config.get("augmenters") or [{"name": "clip-gap"}])[0])
         augmenter["offset_size"] = int(offsets.shape[-1])
+        count = int(offsets.shape[0])
+        if count == len(VOC_STYLE_PROMPTS) and count != len(
+            augmenter.get("target_prompts") or diverse_weather_prompts()
+        ):
+            # the PASCAL VOC -> Comic/Watercolor model (ClipRCNNWithClipBackboneWithOffsetGenTrainableVOC): its 7
+            # style prompts, from "a realistic image"
+            augmenter["source_prompt"], augmenter["target_prompts"] = VOC_SOURCE_PROMPT, list(VOC_STYLE_PROMPTS)
+            notes.append("7 offsets: the PASCAL VOC -> Comic/Watercolor model, with its style prompts")
         config["augmenters"] = [augmenter]
         extra["augmenters.0.fitted"] = torch.ones((), dtype=torch.bool)
         notes.append(

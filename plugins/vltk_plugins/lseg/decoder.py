@@ -13,7 +13,9 @@ Pixel embeddings (LSeg uses a DPT decoder on a ViT; this is a light DPT-like ver
   computes ``conv1x1(up(RCU_out(level)))``, i.e. only DPT's ``resConfUnit2`` runs there. An RCU (DPT's residual
   conv unit) is ``x + norm(conv(act(norm(conv(act(x))))))``, ReLU, convs without bias when normalised;
 * the last fusion upsamples x2 (``output_stride=2``, LSeg's H/2 embeddings) and a 1x1 conv maps ``width`` to the
-  text dimension.
+  text dimension;
+* the logits reach the image (predict) or label (loss) size as LSeg's ``output_conv`` takes them from H/2 to
+  H: bilinear with ``align_corners=True``.
 
 Parameter layout: DPT's ``FeatureFusionBlock`` constructs both RCUs at every level, so LSeg's checkpoints carry a
 ``refinenet4.resConfUnit1`` that no forward ever uses; vltk builds only the units that run (``fusion.3`` has no
@@ -21,12 +23,20 @@ Parameter layout: DPT's ``FeatureFusionBlock`` constructs both RCUs at every lev
 ``refinenet{N+1}`` (``lateral_unit`` = ``resConfUnit1``, ``output_unit`` = ``resConfUnit2``, ``out_conv``),
 ``head`` = ``head1``.
 
-What differs from LSeg on purpose (docs/deviations.md): the backbone pyramid comes from vltk (strides 4..32)
-instead of DPT's reassemble stage, upsampling inside the fusion is resized to the lateral's size (the same as
-DPT's ``scale_factor=2`` when the input is a multiple of 32, and exact for any other size), logits are computed
-in the model's dtype (LSeg casts the pixel embeddings to fp16 for the product), and the loss is cross-entropy
-averaged over labelled pixels (PyTorch-Encoding's ``SegmentationLosses`` default), returning 0 instead of NaN
-for a batch without labelled pixels.
+Where the levels come from (``reassemble``): ``none`` (default) takes the backbone's own pyramid at strides 4..32,
+so the head fits every vltk backbone; ``dpt`` is LSeg's own image path, DPT's reassemble stage
+(:mod:`vltk_plugins.lseg.reassemble`, ``reassemble.N`` = LSeg's ``net.pretrained.act_postprocess{N+1}``) on the
+token pyramid of the ``lseg-vit`` backbone (``pyramid: dpt``), then the same scratch/fusion/head. The default
+stays ``none`` because the DPT path needs LSeg's backbone arrangement (a ViT whose tokens are handed over at the
+patch stride); a converted LSeg release uses ``dpt``.
+
+What differs from LSeg on purpose (docs/deviations.md): with ``reassemble: none`` the pyramid comes from vltk
+(strides 4..32) instead of DPT's reassemble stage; the reassemble's weights train with the decoder's learning
+rate (LSeg keeps ``act_postprocess`` in ``net.pretrained``, at the encoder's); upsampling inside the fusion is
+resized to the lateral's size (the same as DPT's ``scale_factor=2`` when the input is a multiple of 32, and exact
+for any other size), logits are computed in the model's dtype (LSeg casts the pixel embeddings to fp16 for the
+product), and the loss is cross-entropy averaged over labelled pixels (PyTorch-Encoding's ``SegmentationLosses``
+default), returning 0 instead of NaN for a batch without labelled pixels.
 
 Spatial regularisation (paper section 3, ``arch_option`` 1/2, ``block_depth``): one 3x3 conv ``1 -> 1`` applied to
 every label channel with the same weights (plus, for the bottleneck variant, the max over labels added back),
@@ -41,9 +51,10 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vltk.api import BuildContext, Decoder, UserError, coerce_options, logits_at_label_size
+from vltk.api import BuildContext, Decoder, UserError, as_label_map, coerce_options
 from vltk_kernels import pixel_text_similarity
 from vltk_plugins.lseg.options import TEMPERATURE, LSegOptions
+from vltk_plugins.lseg.reassemble import DPTReassemble
 
 NO_TEXT_MESSAGE = (
     "lseg needs a prompter to turn class names into text embeddings: add --prompter clip-template "
@@ -147,9 +158,11 @@ class LSegDecoder(Decoder):
         activation: str = "lrelu",
         loss_weight: float = 1.0,
         ignore_index: int = 255,
+        reassemble: DPTReassemble | None = None,
+        reassemble_widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        in_channels = [int(c) for c in in_channels]
+        in_channels = [int(c) for c in (reassemble_widths if reassemble is not None else in_channels)]
         if len(in_channels) != 4 or any(c <= 0 for c in in_channels):
             raise LSegConfigError(f"lseg needs 4 positive pyramid widths (strides 4/8/16/32), got {in_channels}")
         if text_dim <= 0:
@@ -161,6 +174,8 @@ class LSegDecoder(Decoder):
         self.num_spatial_blocks = int(num_spatial_blocks)
         self.loss_weight = float(loss_weight)
         self.ignore_index = int(ignore_index)
+        #: DPT's reassemble stage (``reassemble: dpt``), None when the backbone's pyramid is used as it is.
+        self.reassemble = reassemble
         self.scratch = nn.ModuleList(nn.Conv2d(c, width, kernel_size=3, padding=1, bias=False) for c in in_channels)
         coarsest = len(in_channels) - 1
         self.fusion = nn.ModuleList(FusionBlock(width, norm, has_path=i < coarsest) for i in range(len(in_channels)))
@@ -171,6 +186,8 @@ class LSegDecoder(Decoder):
         """``[B, text_dim, H/output_stride, W/output_stride]`` (not normalised)."""
         if len(features) != len(self.scratch):
             raise ValueError(f"lseg expects {len(self.scratch)} feature maps (strides 4/8/16/32), got {len(features)}")
+        if self.reassemble is not None:
+            features = self.reassemble(features)
         laterals = [conv(x) for conv, x in zip(self.scratch, features, strict=True)]
         finest = laterals[0].shape[-2:]
         factor = 4 // self.output_stride
@@ -204,10 +221,23 @@ class LSegDecoder(Decoder):
                 logits = self.spatial(logits, activate=repeat < self.num_spatial_blocks - 1)
         return {"seg_logits": logits, "pixel_embeddings": pixels}
 
+    @staticmethod
+    def upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """Logits at ``size``: LSeg's ``output_conv`` (``Interpolate(scale_factor=2, bilinear, align_corners=True)``
+        from H/2 to H), written with the target size so that any other ratio resizes the same way."""
+        if tuple(logits.shape[-2:]) == tuple(size):
+            return logits
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
+
+    def predict(self, outputs: dict[str, Tensor], image_size: tuple[int, int]) -> Tensor:
+        """Per-label scores at the input resolution, upsampled as LSeg's ``output_conv`` does."""
+        return self.upsample(outputs["seg_logits"], image_size)
+
     def loss(self, outputs: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
-        """Per-pixel softmax cross-entropy over the label set, averaged over labelled pixels (0 when none)."""
-        logits = outputs["seg_logits"]
-        logits, targets = logits_at_label_size(logits, targets)
+        """Per-pixel softmax cross-entropy over the label set, averaged over labelled pixels (0 when none), on the
+        logits at the labels' size (LSeg's criterion sees ``output_conv``'s full-resolution output)."""
+        targets = as_label_map(targets)
+        logits = self.upsample(outputs["seg_logits"], tuple(targets.shape[-2:]))
         targets = targets.long()
         labelled = targets != self.ignore_index
         if bool(((targets < 0) | (targets >= logits.shape[1]))[labelled].any()):
@@ -240,6 +270,7 @@ def build_lseg(options: LSegOptions | None, context: BuildContext) -> LSegDecode
             "clip-vit; the backbone in this run is vision-only"
         )
     context.require("in_channels", component="decoder 'lseg'")
+    reassemble = _reassemble(options, context)
     return LSegDecoder(
         list(context.in_channels),
         context.text_dim,
@@ -251,7 +282,31 @@ def build_lseg(options: LSegOptions | None, context: BuildContext) -> LSegDecode
         activation=options.activation,
         loss_weight=options.loss_weight,
         ignore_index=context.ignore_index,
+        reassemble=reassemble,
+        reassemble_widths=options.reassemble_widths,
     )
+
+
+def _reassemble(options: LSegOptions, context: BuildContext) -> DPTReassemble | None:
+    """DPT's reassemble for ``reassemble: dpt`` on a token pyramid; a pyramid/option mismatch is one clear error."""
+    strides = tuple(context.strides or (4, 8, 16, 32))
+    token_pyramid = strides != (4, 8, 16, 32)
+    if options.reassemble == "none":
+        if token_pyramid:
+            raise LSegConfigError(
+                f"decoder 'lseg': the backbone hands over a DPT token pyramid (strides {list(strides)}); set "
+                "decoder.reassemble=dpt, or backbone.pyramid=resize for the plain pyramid"
+            )
+        return None
+    context.require("embed_dim", "patch_size", component="decoder 'lseg' (reassemble=dpt)")
+    embed_dim, patch = int(context.embed_dim), int(context.patch_size)
+    if strides != (patch,) * 4 or list(context.in_channels) != [2 * embed_dim] * 4:
+        raise LSegConfigError(
+            "decoder.reassemble=dpt needs the backbone's DPT token pyramid (4 maps of [patch | cls] tokens at the "
+            f"patch stride), got strides {list(strides)} and widths {list(context.in_channels)}; use --backbone "
+            "lseg-vit backbone.pyramid=dpt, or decoder.reassemble=none"
+        )
+    return DPTReassemble(embed_dim, patch, options.reassemble_widths, options.readout)
 
 
 __all__ = ["NO_TEXT_MESSAGE", "FusionBlock", "LSegConfigError", "LSegDecoder", "ResidualConvUnit", "build_lseg"]

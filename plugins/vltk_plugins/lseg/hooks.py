@@ -1,4 +1,5 @@
-"""Entry point of the LSeg plugin (Li et al., ICLR 2022): the ``lseg`` decoder and its recipes.
+"""Entry point of the LSeg plugin (Li et al., ICLR 2022): the ``lseg`` decoder, LSeg's ``lseg-vit`` encoder pair
+(timm ImageNet ViT + CLIP text tower), its recipes and its released checkpoints.
 
 Light on purpose: only the options model is imported here; the factory imports torch when a run builds it.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vltk.api import Register, hookimpl, lazy_factory
-from vltk_plugins.lseg.options import LSegOptions
+from vltk_plugins.lseg.options import LSegOptions, LSegViTOptions
 
 
 @hookimpl
@@ -19,6 +20,17 @@ def vltk_register_decoders(register: Register) -> None:
         options=LSegOptions,
         summary="language-driven head: pixel embeddings x text embeddings / 0.07; any label list at inference",
         paper="LSeg: Language-driven Semantic Segmentation (Li et al., ICLR 2022), arXiv:2201.03546",
+    )
+
+
+@hookimpl
+def vltk_register_backbones(register: Register) -> None:
+    register(
+        "lseg-vit",
+        lazy_factory("vltk_plugins.lseg.backbone", "build_lseg_vit"),
+        options=LSegViTOptions,
+        summary="LSeg's encoders: timm ImageNet ViT (DPT token pyramid) + a CLIP text tower for the labels",
+        paper="LSeg: Language-driven Semantic Segmentation (Li et al., ICLR 2022); DPT (Ranftl et al., ICCV 2021)",
     )
 
 

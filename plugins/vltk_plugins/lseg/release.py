@@ -1,21 +1,28 @@
-"""LSeg's released checkpoints (isl-org/lang-seg, PyTorch Lightning) -> ``clip-vit`` + ``lseg`` decoder.
+"""LSeg's released checkpoints (isl-org/lang-seg, PyTorch Lightning) -> ``lseg-vit`` backbone + ``lseg`` decoder.
 
 A release (``demo_e200.ckpt``) is a Lightning file: ``{"state_dict": {"net.<LSegNet>"...}, "hyper_parameters",
-"epoch", ...}``. ``LSegNet`` keeps CLIP (``net.clip_pretrained.*``, OpenAI's names: ``visual.*``, ``transformer.*``,
-``token_embedding``, ``positional_embedding``, ``ln_final``, ``text_projection``, ``logit_scale``), its DPT image
-encoder (``net.pretrained.model.*``: a timm ViT, and ``net.pretrained.act_postprocess1..4``: DPT's reassemble
-stage) and the decoder (``net.scratch.layer1_rn..layer4_rn``, ``refinenet1..4`` with ``resConfUnit1/2``
-(``conv1``, ``bn1``, ``conv2``, ``bn2``) and ``out_conv``, ``head1`` and the spatial block ``head_block``).
+"epoch", ...}``. ``LSegNet`` holds three parts, each mapped one to one:
 
-The map (docstring of :mod:`vltk_plugins.lseg.decoder`): ``layer{N}_rn`` is ``scratch.{N-1}``, ``refinenet{N}`` is
-``fusion.{N-1}`` (``resConfUnit1`` the ``lateral_unit``, ``resConfUnit2`` the ``output_unit``, ``bn`` the
-``norm``), ``head1`` is ``head``, ``head_block.depthwise.depthwise`` is ``spatial.conv``; CLIP goes to the
-``clip-vit`` backbone's ``visual``/``text`` towers. Left out, with the reason the report prints:
-``refinenet4.resConfUnit1`` (built by DPT, run by no forward; vltk does not build it) and the DPT image encoder,
-which no vltk backbone is: vltk's pyramid comes from its ViT's own levels, so ``layer{N}_rn`` of a real release
-(DPT widths 256/512/1024/1024) do not fit vltk's ``scratch`` convs and such a file is refused naming both shapes
-(docs/deviations.md). Options no shape tells (``spatial_block``, ``num_spatial_blocks``, ``activation``) come from
-the ``lseg/gta2city`` recipe or the command line.
+* ``net.pretrained.model.*``: LSeg's image encoder, a timm ViT (``vit_large_patch16_384`` for
+  ``clip_vitl16_384``) -> the ``lseg-vit`` backbone's ``trunk`` (timm's own names; the ImageNet ``head`` is left
+  out, LSeg never runs it). ``net.pretrained.act_postprocess1..4``: DPT's reassemble stage -> the decoder's
+  ``reassemble.levels.0..3`` (``0.project.0`` the readout Linear, ``3`` the 1x1 conv, ``4`` the ConvTranspose /
+  stride-2 conv; :mod:`vltk_plugins.lseg.reassemble`).
+* ``net.clip_pretrained.*``: the whole OpenAI CLIP (``clip.load("ViT-B/32")``, OpenAI's names). Its text half
+  (``transformer``, ``token_embedding``, ``positional_embedding``, ``ln_final``, ``text_projection``,
+  ``logit_scale``) -> the backbone's text tower; its image tower ``visual.*`` is left out: LSeg loads it and
+  never runs it.
+* ``net.scratch.*``: the decoder. ``layer{N}_rn`` is ``scratch.{N-1}``, ``refinenet{N}`` is ``fusion.{N-1}``
+  (``resConfUnit1`` the ``lateral_unit``, ``resConfUnit2`` the ``output_unit``, ``bn`` the ``norm``), ``head1``
+  is ``head``, ``head_block.depthwise.depthwise`` is ``spatial.conv``; ``refinenet4.resConfUnit1`` is left out
+  (built by DPT, run by no forward).
+
+The architecture is read off the shapes (image tower width/patch/depth, reassemble widths, text tower width and
+depth, head width); the readout is ``project`` when ``act_postprocess1.0.project.0`` is there (LSeg's default),
+else ``ignore`` (``decoder.readout=add`` on the command line for DPT's third choice, which no shape tells apart).
+The spatial block comes from the Lightning ``hyper_parameters`` (``arch_option``, ``block_depth``,
+``activation``) when the file records them. Labels are encoded bare (``templates: ["{}"]``), as LSeg tokenises
+them.
 """
 
 from __future__ import annotations
@@ -23,26 +30,40 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vltk.api import CITYSCAPES_CLASSES
+from vltk.api import CITYSCAPES_CLASSES, UserError
 from vltk_plugins.common.releases import Drop, ReleaseFile, ReleaseFormat, ReleasePlan, Rename, layer_count, recipe_file
 from vltk_plugins.common.releases.hints import hinted
 
-TITLE = "LSeg release (PyTorch Lightning state_dict: net.clip_pretrained.*, net.pretrained.*, net.scratch.*)"
+TITLE = "LSeg release (PyTorch Lightning state_dict: net.pretrained.*, net.clip_pretrained.*, net.scratch.*)"
 
-#: (vision width, patch) of OpenAI CLIP -> the open_clip config vltk builds for OpenAI weights.
-CLIP_MODELS = {(768, 32): "ViT-B-32-quickgelu", (768, 16): "ViT-B-16-quickgelu", (1024, 14): "ViT-L-14-quickgelu"}
+#: (width, patch, depth) of LSeg's timm image encoder -> the ``lseg-vit`` ``image_model``.
+IMAGE_MODELS = {(1024, 16, 24): "vit_large_patch16_384", (768, 32, 12): "vit_base_patch32_384", (32, 16, 4): "tiny"}
+#: (width, joint width, depth) of the CLIP text tower -> the open_clip config ``lseg-vit`` builds it from.
+TEXT_MODELS = {(512, 512, 12): "ViT-B-32-quickgelu", (768, 768, 12): "RN50x16-quickgelu", (64, 64, 2): "tiny"}
+#: LSeg's ``arch_option`` -> vltk's ``spatial_block``.
+SPATIAL_BLOCKS = {1: "bottleneck", 2: "depthwise"}
 
 _UNITS = {"resConfUnit1": "lateral_unit", "resConfUnit2": "output_unit"}
 _LAYERS = {"conv1": "conv1", "conv2": "conv2", "bn1": "norm1", "bn2": "norm2"}
+_REASSEMBLE = {r"0\.project\.0": "readout", "3": "project", "4": "resample"}
 
 
 def rules() -> list[Rename | Drop]:
     """The LSeg map, released key -> vltk key (one rule per level: LSeg counts from 1, vltk from 0)."""
     table: list[Rename | Drop] = [
         Drop(r"net\.scratch\.refinenet4\.resConfUnit1\..*", "DPT builds it on the coarsest level, no forward runs it"),
-        Drop(r"net\.pretrained\..*", "LSeg's DPT image encoder (timm ViT + reassemble), which no vltk backbone is"),
+        Drop(r"net\.pretrained\.model\.head\.(weight|bias)", "timm's ImageNet classifier, which LSeg never runs"),
+        Drop(r"net\.clip_pretrained\.visual\..*", "CLIP's image tower, which LSeg loads but never runs"),
+        Rename(r"net\.pretrained\.model\.(.*)", r"backbone.trunk.\1"),
     ]
     for level in range(1, 5):
+        for upstream, vltk_name in _REASSEMBLE.items():
+            table.append(
+                Rename(
+                    rf"net\.pretrained\.act_postprocess{level}\.{upstream}\.(weight|bias)",
+                    rf"decoder.reassemble.levels.{level - 1}.{vltk_name}.\1",
+                )
+            )
         table.append(Rename(rf"net\.scratch\.layer{level}_rn\.weight", f"decoder.scratch.{level - 1}.weight"))
         for unit, vltk_unit in _UNITS.items():
             for layer, vltk_layer in _LAYERS.items():
@@ -60,7 +81,6 @@ def rules() -> list[Rename | Drop]:
     table += [
         Rename(r"net\.scratch\.head1\.(weight|bias)", r"decoder.head.\1"),
         Rename(r"net\.scratch\.head_block\.depthwise\.depthwise\.(weight|bias)", r"decoder.spatial.conv.\1"),
-        Rename(r"net\.clip_pretrained\.visual\.(.*)", r"backbone.visual.\1"),
         Rename(
             r"net\.clip_pretrained\.(transformer\..*|token_embedding\.weight|positional_embedding|ln_final\..*"
             r"|text_projection)",
@@ -75,26 +95,68 @@ def _detect(release: ReleaseFile) -> bool:
     return release.has("net.clip_pretrained.", "net.scratch.")
 
 
+def _shape(release: ReleaseFile, key: str) -> list[int]:
+    value = release.state.get(key)
+    if value is None:
+        raise UserError(
+            f"{TITLE}: the file has no {key}; an LSeg release holds its DPT image encoder (net.pretrained.*), CLIP "
+            "(net.clip_pretrained.*) and the decoder (net.scratch.*); pass the complete Lightning checkpoint"
+        )
+    return list(value.shape)
+
+
+def _image_model(release: ReleaseFile) -> str:
+    width, _, patch, _ = _shape(release, "net.pretrained.model.patch_embed.proj.weight")
+    depth = layer_count(release, r"net\.pretrained\.model\.blocks\.(\d+)\.")
+    found = IMAGE_MODELS.get((width, patch, depth))
+    if found is None:
+        known = ", ".join(f"{name} ({w} wide, patch {p}, {d} blocks)" for (w, p, d), name in IMAGE_MODELS.items())
+        raise UserError(
+            f"{TITLE}: net.pretrained.model is a ViT {width} wide with patch {patch} and {depth} blocks, which is none "
+            f"of LSeg's image encoders ({known})"
+        )
+    return found
+
+
+def _text_model(release: ReleaseFile) -> str:
+    width, joint = _shape(release, "net.clip_pretrained.text_projection")
+    depth = layer_count(release, r"net\.clip_pretrained\.transformer\.resblocks\.(\d+)\.")
+    found = TEXT_MODELS.get((width, joint, depth))
+    if found is None:
+        known = ", ".join(f"{name} ({w} wide, {j}-d, {d} blocks)" for (w, j, d), name in TEXT_MODELS.items())
+        raise UserError(
+            f"{TITLE}: the CLIP text tower is {width} wide, {joint}-d, with {depth} blocks, which is none of the "
+            f"towers vltk builds for LSeg ({known})"
+        )
+    return found
+
+
 def _plan(release: ReleaseFile, hints: dict[str, Any]) -> ReleasePlan:
     state = release.state
-    conv1 = state.get("net.clip_pretrained.visual.conv1.weight")
-    width, patch = (int(conv1.shape[0]), int(conv1.shape[-1])) if conv1 is not None else (0, 0)
+    image_model, text_model = _image_model(release), _text_model(release)
     config = recipe_file(Path(__file__).parent / "recipes" / "gta2city.yaml")
     config["recipe"] = "lseg/gta2city"
-    named = hinted(hints, "backbone.variant", None)
-    if named == "tiny":
-        config["backbone"] = {"name": "clip-vit", "variant": "tiny"}
-    else:
-        model = hinted(hints, "backbone.model", None) or CLIP_MODELS.get((width, patch), "ViT-B-32-quickgelu")
-        config["backbone"] = {"name": "clip-vit", "model": str(model)}
+    config["backbone"] = {"name": "lseg-vit", "image_model": image_model, "text_model": text_model, "pyramid": "dpt"}
+    config["prompter"] = {**dict(config.get("prompter") or {"name": "clip-template"}), "templates": ["{}"]}
     decoder = dict(config.get("decoder") or {"name": "lseg"})
-    decoder["width"] = int(state["net.scratch.layer1_rn.weight"].shape[0])
+    decoder["width"] = _shape(release, "net.scratch.layer1_rn.weight")[0]
+    decoder["reassemble"] = "dpt"
+    decoder["reassemble_widths"] = [
+        _shape(release, f"net.pretrained.act_postprocess{n}.3.weight")[0] for n in (1, 2, 3, 4)
+    ]
+    projected = "net.pretrained.act_postprocess1.0.project.0.weight" in state
+    decoder["readout"] = hinted(hints, "decoder.readout", "project" if projected else "ignore")
+    hyper = release.meta.get("hyper_parameters") or {}
+    hyper = hyper if isinstance(hyper, dict) else {}
     if "net.scratch.head_block.depthwise.depthwise.weight" not in state:
         decoder["num_spatial_blocks"] = 0
+    elif hyper.get("arch_option") in SPATIAL_BLOCKS:
+        decoder["spatial_block"] = SPATIAL_BLOCKS[int(hyper["arch_option"])]
+        decoder["num_spatial_blocks"] = int(hyper.get("block_depth") or decoder.get("num_spatial_blocks") or 1)
+        if hyper.get("activation") in ("lrelu", "tanh", "relu"):
+            decoder["activation"] = hyper["activation"]
     config["decoder"] = decoder
-    hyper = release.meta.get("hyper_parameters") or {}
-    labels = hyper.get("labels") if isinstance(hyper, dict) else None
-    depth = layer_count(release, r"net\.clip_pretrained\.visual\.transformer\.resblocks\.(\d+)\.")
+    labels = hyper.get("labels")
     return ReleasePlan(
         rules=rules(),
         config=config,
@@ -102,8 +164,9 @@ def _plan(release: ReleaseFile, hints: dict[str, Any]) -> ReleasePlan:
         class_names=[str(label) for label in labels] if labels else None,
         backbone_included=True,
         notes=[
-            f"backbone: clip-vit {config['backbone'].get('model', 'tiny')} from net.clip_pretrained ({depth} blocks); "
-            "LSeg's DPT image encoder is left out (docs/deviations.md)",
+            f"backbone: lseg-vit, image tower {image_model} (net.pretrained.model), text tower {text_model} "
+            f"(net.clip_pretrained); decoder: lseg with DPT's reassemble (widths {decoder['reassemble_widths']}, "
+            f"readout {decoder['readout']})",
             "the head has no classifier: classes come from the dataset (or vltk predict --labels)",
         ],
     )
@@ -112,9 +175,9 @@ def _plan(release: ReleaseFile, hints: dict[str, Any]) -> ReleasePlan:
 LSEG_RELEASE = ReleaseFormat(
     name="lseg",
     title=TITLE,
-    expects="net.clip_pretrained.*, net.scratch.layer1_rn.weight, net.scratch.refinenet1.*",
+    expects="net.pretrained.model.*, net.pretrained.act_postprocess1..4.*, net.clip_pretrained.*, net.scratch.*",
     detect=_detect,
     plan=_plan,
 )
 
-__all__ = ["LSEG_RELEASE", "rules"]
+__all__ = ["IMAGE_MODELS", "LSEG_RELEASE", "TEXT_MODELS", "rules"]

@@ -3,7 +3,9 @@
 Releases come as ``torch.save`` files (mmseg's ``{"meta", "state_dict"}``, Lightning's ``{"state_dict",
 "hyper_parameters", ...}``, detectron2's ``{"model", ...}``) or ``.safetensors`` (Hugging Face), sometimes with a
 ``config.json`` beside them. :func:`read_release` reads one with ``weights_only=True`` and keeps the names as they
-are (unlike backbone weight loading, which peels prefixes): the key map matches the released names. Every format
+are (unlike backbone weight loading, which peels prefixes): the key map matches the released names. Metadata a
+training framework pickles beside the weights (Lightning's ``AttributeDict`` hyper-parameters, ``argparse``
+namespaces, ``pathlib`` paths) is read through plain stand-ins, still with ``weights_only=True``. Every format
 asks for the same file in turn, so the last reads are cached by path, size and modification time.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +43,50 @@ class ReleaseFile:
         return all(any(key.startswith(prefix) for key in self.state) for prefix in prefixes)
 
 
+class _Namespace:
+    """Stand-in for ``argparse.Namespace`` in a release's metadata: its attributes, nothing else."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def _path(*parts: Any) -> str:
+    """Stand-in for ``pathlib.PosixPath``/``WindowsPath`` in a release's metadata: the path as text (no I/O)."""
+    from pathlib import PurePosixPath
+
+    return str(PurePosixPath(*(str(part) for part in parts)))
+
+
+def _metadata_stand_in(name: str) -> Any:
+    """The plain stand-in for a metadata class a training framework pickles beside the weights, or None.
+
+    Lightning writes ``hyper_parameters`` as its ``AttributeDict`` (a ``dict`` subclass), training scripts keep
+    ``argparse.Namespace`` arguments and ``pathlib`` paths. ``weights_only`` refuses them; they are read as a dict,
+    an attribute bag and a string instead, so no code of the file's framework is imported or run.
+    """
+    if name.endswith(".AttributeDict") and name.split(".")[0] in ("pytorch_lightning", "lightning", "lightning_fabric"):
+        return dict
+    if name == "argparse.Namespace":
+        return _Namespace
+    if name in ("pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.Path"):
+        return _path
+    return None
+
+
 def _load(path: Path) -> Any:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        stand_ins = [(_metadata_stand_in(name), name) for name in names]
+        if not names or any(stand_in is None for stand_in, _ in stand_ins):
+            raise
+        with torch.serialization.safe_globals(stand_ins):  # still weights_only: only these plain stand-ins
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @functools.lru_cache(maxsize=2)

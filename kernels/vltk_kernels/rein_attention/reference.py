@@ -37,7 +37,13 @@ def rein_attention_reference(feats: Tensor, tokens: Tensor, values: Tensor, scal
 
 
 def check_rein_update_shapes(
-    x: Tensor, tokens_a: Tensor, tokens_b: Tensor, value_weight: Tensor, value_bias: Tensor, weight: Tensor, bias: Tensor
+    x: Tensor,
+    tokens_a: Tensor,
+    tokens_b: Tensor,
+    value_weight: Tensor,
+    value_bias: Tensor,
+    weight: Tensor,
+    bias: Tensor,
 ) -> None:
     """Raise ``ValueError`` naming the shapes unless x ``[B,T,C]``, tokens_a ``[M,r]`` (M >= 2), tokens_b ``[r,C]``,
     the weights ``[C,C]`` and the biases ``[C]``."""

@@ -14,9 +14,11 @@ decoder-query link (``transform``/``merge``, once per forward) is left out: it i
 
 Before timing, the outputs and every gradient are compared (the issue asks for outputs equal to 1e-5); the gate is
 set to ``--gate`` (default 0.1) in both, so the update is not hidden behind the 1e-3 init value. The two are then
-timed interleaved (the order alternates per repeat), medians reported, and one more step of each runs under
-``torch.profiler`` for the top operators by self CPU time. Results go under ``--label`` in the JSON, keeping the
-other labels already in the file (``before``: the code before the speed work, ``after``: after it).
+timed interleaved (the order alternates per repeat), medians reported; one more step of each runs under
+``torch.profiler`` for the top operators by self CPU time, and one under the dispatch-level ``PeakTracker`` for
+the peak memory of the tensors the step creates (the saved activations of all layers included). Results go
+under ``--label`` in the JSON, keeping the other labels already in the file (``before``: the code before the
+speed work, ``after``: after it).
 
     OMP_NUM_THREADS=1 python benchmarks/rein_adapter_speed.py --label after      # the issue's shape (ViT-B/16 512²)
     python benchmarks/rein_adapter_speed.py --batch 1 --patches 16 --channels 32 --token-length 6 --lora-dim 4 \\
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from vltk.context import BuildContext
-from vltk_kernels.benchmarking import environment
+from vltk_kernels.benchmarking import PeakTracker, environment
 from vltk_plugins.rein.adapter import Rein, build_rein
 from vltk_plugins.rein.options import ReinOptions
 
@@ -134,6 +136,14 @@ def profile_top(run: Callable[[], Any], top: int) -> list[dict[str, Any]]:
     ]
 
 
+def peak_mb(run: Callable[[], Any]) -> float:
+    """Peak MB of the tensor storages one ``run()`` creates (the dispatch-level ``PeakTracker``; inputs excluded)."""
+    tracker = PeakTracker()
+    with tracker:
+        run()
+    return tracker.peak / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=2)
@@ -180,6 +190,8 @@ def main() -> None:
         else {}
     )
 
+    memory = {name: peak_mb(lambda m=model: step(m, x, grad, args.layers)) for name, model in models.items()}
+
     run = {
         **environment(torch.device("cpu")),
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()},
@@ -200,6 +212,8 @@ def main() -> None:
         "median_ms": {name: 1000 * value for name, value in medians.items()},
         "times_ms": {name: [1000 * t for t in values] for name, values in times.items()},
         "ratio_vltk_to_upstream": ratio,
+        "peak_step_memory_mb": memory,
+        "memory_method": "PeakTracker: peak of tensor storages created during one forward+backward (not timed)",
         "goal": f"vltk <= {GOAL_RATIO:g}x upstream's forward+backward time, outputs equal to {OUTPUT_TOLERANCE:g}",
         "goal_met": ratio <= GOAL_RATIO and check["outputs_equal"] and check["grads_equal"],
         "profile_top_self_cpu": profiles,
@@ -218,7 +232,7 @@ def main() -> None:
     print(f"outputs max |diff| {check['output_max_abs']:.2e} (max |out| {check['output_max_ref']:.1f}), "
           f"grads max rel diff {max(check['grad_max_rel'].values()):.2e}")  # fmt: skip
     for name in models:
-        print(f"{name:9s} median {run['median_ms'][name]:9.1f} ms")
+        print(f"{name:9s} median {run['median_ms'][name]:9.1f} ms   peak {memory[name]:7.1f} MB")
     print(f"vltk / upstream = {ratio:.3f}x (goal <= {GOAL_RATIO:g}x: {'met' if run['goal_met'] else 'NOT met'})")
     for name, rows in profiles.items():
         print(f"top self CPU, {name}: " + ", ".join(f"{r['op']} {r['self_cpu_ms']:.0f} ms" for r in rows[:6]))

@@ -83,11 +83,14 @@ def test_dispatch_runs_the_lean_path_and_falls_back() -> None:
         torch.testing.assert_close(rein_update(*inputs, 0.25), expected, atol=2e-6, rtol=2e-6)
         gate_off = (*inputs[:7], 1.0, 0.25)  # zero_mlp_delta_f: a constant gate
         torch.testing.assert_close(rein_update(*gate_off), rein_update_reference(*gate_off), atol=2e-6, rtol=2e-6)
-        # bf16 autocast: inputs cast like the products would be, result in bf16
+        # bf16 autocast: inputs cast like the products would be, result in bf16, fp32 gradients for fp32 leaves
+        leaves = [t.clone().requires_grad_() for t in inputs]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = rein_update(*inputs, 0.25)
+            half = rein_update(*leaves, 0.25)
+        half.float().square().sum().backward()
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), expected, atol=0.1, rtol=0.05)
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 and t.grad.isfinite().all() for t in leaves)
 
 
 def test_triton_composition_matches_reference(check_backends) -> None:

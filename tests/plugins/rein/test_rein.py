@@ -248,6 +248,17 @@ def test_layers_and_gradients_match_upstream_order(has_cls_token: bool) -> None:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_eager_torch_path_is_the_fused_update() -> None:
+    """On the ``torch`` backend a LoRA layer is one autograd node, the lean ``rein_update``
+    (what benchmarks/rein_adapter_speed.py times); plain tokens keep the attention-op composition."""
+    from vltk_kernels import use_backend
+
+    x = torch.randn(2, 10, 32)
+    with use_backend("torch"):
+        assert type(small()(x, 0).grad_fn).__name__ == "_ReinUpdateBackward"
+        assert type(small(lora_dim=None)(x, 0).grad_fn).__name__ == "CatBackward0"
+
+
 def test_without_softmax_uses_raw_scores() -> None:
     torch.manual_seed(0)
     rein = small(use_softmax=False, scale_init=1.0)

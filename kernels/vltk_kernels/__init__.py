@@ -13,7 +13,7 @@ from vltk_kernels._dispatch import BACKENDS, use_backend
 from vltk_kernels.errors import KernelBackendError, KernelError
 from vltk_kernels.ms_deform_attn import ms_deform_attn
 from vltk_kernels.pixel_text_similarity import pixel_text_similarity
-from vltk_kernels.rein_attention import rein_attention
+from vltk_kernels.rein_attention import rein_attention, rein_update
 
 __all__ = [
     "BACKENDS",
@@ -22,5 +22,6 @@ __all__ = [
     "ms_deform_attn",
     "pixel_text_similarity",
     "rein_attention",
+    "rein_update",
     "use_backend",
 ]

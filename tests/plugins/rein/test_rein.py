@@ -215,6 +215,50 @@ def test_forward_matches_explicit_reference() -> None:
         assert torch.allclose(rein(x, layer), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("has_cls_token", [True, False], ids=["cls", "no-cls"])
+def test_layers_and_gradients_match_upstream_order(has_cls_token: bool) -> None:
+    """Three chained layers against upstream's ``LoRAReins`` arithmetic (sequence-first, cls split and cat,
+    ``mlp_delta_f`` over the sum): outputs and the gradients of the input and of every parameter. The adapter's
+    eager path regroups these products (``vltk_kernels.rein_attention.update``), so this is what keeps it honest."""
+    torch.manual_seed(0)
+    rein = small(scale_init=0.3, link_token_to_query=False, has_cls_token=has_cls_token)
+    params = dict(rein.named_parameters())
+    x = torch.randn(2, 10, 32)
+    grad = torch.randn(2, 10, 32)
+
+    def upstream(h: torch.Tensor, layer: int) -> torch.Tensor:
+        seq = h.permute(1, 0, 2)
+        cls, f = torch.tensor_split(seq, [1], dim=0) if has_cls_token else (None, seq)
+        tokens = params["learnable_tokens_a"][layer] @ params["learnable_tokens_b"][layer]
+        attn = torch.einsum("nbc,mc->nbm", f, tokens).mul(32**-0.5).softmax(dim=-1)
+        delta = torch.einsum("nbm,mc->nbc", attn[:, :, 1:], rein.mlp_token2feat(tokens[1:]))
+        f = f + rein.mlp_delta_f(delta + f) * rein.scale
+        return (f if cls is None else torch.cat([cls, f])).permute(1, 0, 2)
+
+    results = []
+    for layer_fn in (rein, upstream):
+        leaf = x.clone().requires_grad_()
+        h = leaf
+        for layer in range(3):
+            h = layer_fn(h, layer)
+        results.append((h, torch.autograd.grad(h, [leaf, *params.values()], grad)))
+    (mine, my_grads), (theirs, their_grads) = results
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    for name, got, want in zip(["input", *params], my_grads, their_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_eager_torch_path_is_the_fused_update() -> None:
+    """On the ``torch`` backend a LoRA layer is one autograd node, the lean ``rein_update``
+    (what benchmarks/rein_adapter_speed.py times); plain tokens keep the attention-op composition."""
+    from vltk_kernels import use_backend
+
+    x = torch.randn(2, 10, 32)
+    with use_backend("torch"):
+        assert type(small()(x, 0).grad_fn).__name__ == "_ReinUpdateBackward"
+        assert type(small(lora_dim=None)(x, 0).grad_fn).__name__ == "CatBackward0"
+
+
 def test_without_softmax_uses_raw_scores() -> None:
     torch.manual_seed(0)
     rein = small(use_softmax=False, scale_init=1.0)

@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from decoder_step import blocky_labels
 from torch import Tensor, nn
 
-from decoder_step import blocky_labels
 from vltk_kernels.benchmarking.provenance import describe_device, git_commit
 from vltk_plugins.common.releases import apply_keymap
 from vltk_plugins.decoders.mask2former.head import Mask2Former
@@ -98,8 +98,13 @@ class HFHead(nn.Module):
     def loss(self, classes: list[Tensor], masks: list[Tensor], labels: Tensor) -> Tensor:
         """``Mask2FormerForUniversalSegmentation.get_loss_dict`` + ``get_loss`` on semantic targets."""
         class_labels = [torch.unique(label) for label in labels]
-        mask_labels = [(label[None] == present[:, None, None]).float() for label, present in zip(labels, class_labels)]
-        aux = [{"masks_queries_logits": m, "class_queries_logits": c} for m, c in zip(masks[:-1], classes[:-1])]
+        mask_labels = [
+            (label[None] == present[:, None, None]).float() for label, present in zip(labels, class_labels, strict=True)
+        ]
+        aux = [
+            {"masks_queries_logits": m, "class_queries_logits": c}
+            for m, c in zip(masks[:-1], classes[:-1], strict=True)
+        ]
         losses = self.criterion(masks[-1], classes[-1], mask_labels, class_labels, aux)
         for key, weight in self.weight_dict.items():
             for name, value in losses.items():

@@ -47,11 +47,15 @@ from torch.nn import functional as F
 
 def point_sample(inputs: Tensor, points: Tensor, padding_mode: str = "zeros") -> Tensor:
     """Bilinear samples of ``inputs`` ``[N, C, H, W]`` at ``points`` ``[N, P, 2]`` (normalised ``(x, y)`` in
-    [0, 1], ``align_corners=False``) -> ``[N, C, P]``."""
-    grid = 2.0 * points.unsqueeze(2) - 1.0
+    [0, 1], ``align_corners=False``) -> ``[N, C, P]``.
+
+    The points are laid out as one grid row ``[N, 1, P, 2]`` (not a column ``[N, P, 1, 2]``): the CPU kernel
+    vectorises along rows, and the samples are the same to the bit.
+    """
+    grid = 2.0 * points.unsqueeze(1) - 1.0
     return F.grid_sample(
         inputs, grid.to(inputs.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=False
-    )[..., 0]
+    )[:, :, 0]
 
 
 def uncertain_point_coords(

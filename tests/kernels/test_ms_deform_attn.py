@@ -8,6 +8,7 @@ import torch
 
 from vltk_kernels import ms_deform_attn, use_backend
 from vltk_kernels.ms_deform_attn import ms_deform_attn_lean, ms_deform_attn_reference
+from vltk_kernels.ms_deform_attn.lean import heads_per_chunk
 
 # (level shapes, B, nH, D, P, Q): non-square, odd, tiny (1x1, 1xW) levels; Q > 128 masks the last query tile.
 CASES = [
@@ -104,6 +105,13 @@ def test_msda_lean_strided_value_and_partial_gradients(check_lean) -> None:
     wide = torch.cat([value, value], dim=-1)[..., :12]  # a head-sliced projection: not contiguous
     check_lean(msda_lean, reference, [wide, shapes, locations, weights], grad_mask=[True, False, True])
     check_lean(msda_lean, reference, [value, shapes, locations, weights], grad_mask=[False, True, False])
+
+
+def test_msda_lean_chunks_of_heads_match_reference(check_lean) -> None:
+    """8 heads of 2 points are sampled 4 heads at a time (batch 2: the chunk is a strided slice of the output)."""
+    assert heads_per_chunk(8, 2) == 4 and heads_per_chunk(8, 4) == 2 and heads_per_chunk(3, 4) == 1
+    check_lean(msda_lean, reference, make_inputs([(7, 9), (4, 5), (2, 3)], 2, 8, 4, 2, 23, dtype=torch.float32))
+    check_lean(msda_lean, reference, make_inputs([(6, 5), (3, 3)], 2, 6, 8, 2, 17, dtype=torch.float16))
 
 
 def test_msda_lean_keeps_no_stack_of_samples(peak_bytes) -> None:

@@ -256,11 +256,10 @@ def test_deep_supervision_names_and_total() -> None:
 
 def test_attention_mask_hides_low_probability_pixels_and_unmasks_empty_rows() -> None:
     logits = torch.tensor([[[[5.0, -5.0], [-5.0, 5.0]], [[-5.0, -5.0], [-5.0, -5.0]]]])  # [1, 2, 2, 2]
-    mask = attention_mask(logits, (2, 2), num_heads=3)
-    assert mask.shape == (3, 2, 4)
-    assert mask[0, 0].tolist() == [False, True, True, False]
-    assert mask[:, 1].any().item() is False  # query 1 predicts nothing: it may look everywhere
-    assert torch.equal(mask[0], mask[2])  # same mask for every head
+    mask = attention_mask(logits, (2, 2))
+    assert mask.shape == (1, 1, 2, 4)  # [B, 1, Q, S]: one mask broadcast over every head
+    assert mask[0, 0, 0].tolist() == [0.0, float("-inf"), float("-inf"), 0.0]
+    assert (mask[0, 0, 1] == 0).all().item()  # query 1 predicts nothing: it may look everywhere
 
 
 @pytest.mark.parametrize(("height", "width"), [(64, 64), (70, 100)])

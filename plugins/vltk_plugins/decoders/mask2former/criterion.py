@@ -47,11 +47,15 @@ from torch.nn import functional as F
 
 def point_sample(inputs: Tensor, points: Tensor, padding_mode: str = "zeros") -> Tensor:
     """Bilinear samples of ``inputs`` ``[N, C, H, W]`` at ``points`` ``[N, P, 2]`` (normalised ``(x, y)`` in
-    [0, 1], ``align_corners=False``) -> ``[N, C, P]``."""
-    grid = 2.0 * points.unsqueeze(2) - 1.0
+    [0, 1], ``align_corners=False``) -> ``[N, C, P]``.
+
+    The points are laid out as one grid row ``[N, 1, P, 2]`` (not a column ``[N, P, 1, 2]``): the CPU kernel
+    vectorises along rows, and the samples are the same to the bit.
+    """
+    grid = 2.0 * points.unsqueeze(1) - 1.0
     return F.grid_sample(
         inputs, grid.to(inputs.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=False
-    )[..., 0]
+    )[:, :, 0]
 
 
 def uncertain_point_coords(
@@ -68,7 +72,8 @@ def uncertain_point_coords(
     candidates = torch.rand(count, num_sampled, 2, device=mask_logits.device)
     uncertainty = -point_sample(mask_logits, candidates)[:, 0].abs()
     num_uncertain = int(importance_sample_ratio * num_points)
-    index = uncertainty.topk(num_uncertain, dim=1).indices
+    # Unsorted: the loss sums over points, so their order only moves rounding, and CPU topk is 2x faster unsorted.
+    index = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices
     chosen = candidates.gather(1, index.unsqueeze(-1).expand(-1, -1, 2))
     num_random = num_points - num_uncertain
     if num_random > 0:
@@ -140,34 +145,50 @@ def sample_targets(
     return sampled.clamp(0.0, 1.0), weight
 
 
-def batch_sigmoid_bce_cost(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
-    """Mean weighted sigmoid BCE between every prediction ``[Q, P]`` and every target ``[n, P]`` -> ``[Q, n]``."""
-    positive = F.softplus(-logits)  # BCE against target 1: -log σ(x)
+def batch_sigmoid_bce_cost(logits: Tensor, targets: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean weighted sigmoid BCE between every prediction ``[Q, P]`` and every target ``[n, P]`` -> ``[Q, n]``.
+
+    ``weights`` ``[n, P]``, or None for all ones. BCE against target 1 is ``softplus(-x)``, against 0
+    ``softplus(x)``, and ``softplus(-x) = softplus(x) - x``, so ``Σ_p t·softplus(-x) + (1 - t)·softplus(x)`` is
+    ``Σ_p w·softplus(x) - Σ_p w·t·x``: one softplus and one GEMM fewer than the two-product form (mmdet's).
+    """
     negative = F.softplus(logits)  # BCE against target 0: -log(1 - σ(x))
-    cost = positive @ (targets * weights).T + negative @ ((1.0 - targets) * weights).T
+    if weights is None:
+        cost = negative.sum(-1, keepdim=True) - logits @ targets.T
+    else:
+        cost = negative @ weights.T - logits @ (targets * weights).T
     return cost / logits.shape[1]
 
 
-def batch_dice_cost(logits: Tensor, targets: Tensor, weights: Tensor, eps: float = 1.0) -> Tensor:
-    """Naive dice loss ``1 - (2 Σ w p t + eps) / (Σ w p + Σ w t + eps)`` for every pair -> ``[Q, n]``."""
+def batch_dice_cost(logits: Tensor, targets: Tensor, weights: Tensor | None, eps: float = 1.0) -> Tensor:
+    """Naive dice loss ``1 - (2 Σ w p t + eps) / (Σ w p + Σ w t + eps)`` for every pair -> ``[Q, n]`` (``weights``
+    None: all ones, so ``Σ w p`` is a row sum instead of a GEMM)."""
     probs = logits.sigmoid()
-    weighted_targets = targets * weights
+    weighted_targets = targets if weights is None else targets * weights
     numerator = 2.0 * probs @ weighted_targets.T
-    denominator = probs @ weights.T + weighted_targets.sum(-1)[None, :]
+    weighted_probs = probs.sum(-1, keepdim=True) if weights is None else probs @ weights.T
+    denominator = weighted_probs + weighted_targets.sum(-1)[None, :]
     return 1.0 - (numerator + eps) / (denominator + eps)
 
 
-def sigmoid_bce_loss(logits: Tensor, targets: Tensor, weights: Tensor, num_masks: float) -> Tensor:
-    """Σ w · BCE(σ(logit), t) / (num_masks · P) for matched masks ``[n, P]``."""
+def sigmoid_bce_loss(logits: Tensor, targets: Tensor, weights: Tensor | None, num_masks: float) -> Tensor:
+    """Σ w · BCE(σ(logit), t) / (num_masks · P) for matched masks ``[n, P]`` (``weights`` None: all ones)."""
+    if weights is None:
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / (num_masks * logits.shape[1])
     per_point = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     return (per_point * weights).sum() / (num_masks * logits.shape[1])
 
 
-def dice_loss(logits: Tensor, targets: Tensor, weights: Tensor, num_masks: float, eps: float = 1.0) -> Tensor:
-    """Naive dice ``Σ_masks [1 - (2 Σ w p t + eps) / (Σ w p + Σ w t + eps)] / num_masks``."""
+def dice_loss(logits: Tensor, targets: Tensor, weights: Tensor | None, num_masks: float, eps: float = 1.0) -> Tensor:
+    """Naive dice ``Σ_masks [1 - (2 Σ w p t + eps) / (Σ w p + Σ w t + eps)] / num_masks`` (``weights`` None: all
+    ones)."""
     probs = logits.sigmoid()
-    numerator = 2.0 * (probs * targets * weights).sum(-1)
-    denominator = (probs * weights).sum(-1) + (targets * weights).sum(-1)
+    if weights is None:
+        numerator = 2.0 * (probs * targets).sum(-1)
+        denominator = probs.sum(-1) + targets.sum(-1)
+    else:
+        numerator = 2.0 * (probs * targets * weights).sum(-1)
+        denominator = (probs * weights).sum(-1) + (targets * weights).sum(-1)
     return (1.0 - (numerator + eps) / (denominator + eps)).sum() / num_masks
 
 
@@ -206,6 +227,7 @@ class HungarianMatcher:
         gt, weight = sample_targets(
             target, index, points, ignore_mode=self.ignore_mode, padding=self.target_padding
         )  # [n, P]
+        weight = None if self.ignore_mode == "background" else weight  # all ones: skip the products
         cost_class = -class_logits.float().softmax(-1)[:, target.labels]
         return (
             self.class_weight * cost_class
@@ -310,7 +332,7 @@ class Mask2FormerCriterion:
             point_weights.append(weight)
         pred = torch.cat(pred_points).float()
         gt = torch.cat(target_points)
-        weight = torch.cat(point_weights)
+        weight = None if self.ignore_mode == "background" else torch.cat(point_weights)  # all ones: skipped
         return {
             "loss_cls": self.class_weight * loss_cls,
             "loss_mask": self.mask_weight * sigmoid_bce_loss(pred, gt, weight, num_masks),

@@ -41,19 +41,19 @@ class Mask2FormerConfigError(UserError, ValueError):
 
 
 @torch.no_grad()
-def attention_mask(mask_logits: Tensor, size: tuple[int, int], num_heads: int) -> Tensor:
-    """Masked attention's mask ``[B * heads, Q, h * w]`` from mask logits ``[B, Q, H, W]`` (True = hidden).
+def attention_mask(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Masked attention's additive mask ``[B, 1, Q, h * w]`` from mask logits ``[B, Q, H, W]`` (``-inf`` = hidden).
 
     The logits are resized bilinearly to the level's ``size``; a pixel is hidden from a query where its sigmoid is
     below 0.5. A query whose mask is empty on the whole level would attend to nothing (a NaN softmax), so it sees
-    the whole level instead (mmdet's rule).
+    the whole level instead (mmdet's rule). Every head uses the same mask, so it is built once and broadcast over
+    the heads by the attention (mmdet and Hugging Face repeat it per head, then convert it to floats per call).
     """
     resized = F.interpolate(mask_logits.detach(), size=size, mode="bilinear", align_corners=False)
     hidden = resized.flatten(2).sigmoid() < 0.5
-    hidden = hidden & ~hidden.all(dim=-1, keepdim=True)
-    batch, num_queries, positions = hidden.shape
-    hidden = hidden.unsqueeze(1).expand(batch, num_heads, num_queries, positions)
-    return hidden.reshape(batch * num_heads, num_queries, positions)
+    hidden &= ~hidden.all(dim=-1, keepdim=True)
+    additive = torch.zeros(hidden.shape, dtype=mask_logits.dtype, device=mask_logits.device)
+    return additive.masked_fill_(hidden, float("-inf")).unsqueeze(1)
 
 
 class Mask2Former(Decoder):
@@ -197,13 +197,13 @@ class Mask2Former(Decoder):
     def _predict(
         self, queries: Tensor, mask_features: Tensor, attn_size: tuple[int, int] | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Class logits, mask logits, and (when ``attn_size``) the next layer's attention mask ``[B*heads, Q, S]``."""
+        """Class logits, mask logits, and (when ``attn_size``) the next layer's attention mask ``[B, 1, Q, S]``."""
         queries = self.transformer_decoder.post_norm(queries)
         class_logits = self.cls_embed(queries)
         mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(queries), mask_features)
         if attn_size is None:
             return class_logits, mask_logits, None
-        return class_logits, mask_logits, attention_mask(mask_logits, attn_size, self.num_heads)
+        return class_logits, mask_logits, attention_mask(mask_logits, attn_size)
 
     def forward(
         self,

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 
 from vltk.api import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IGNORE_INDEX, BuildContext, DenseDataSource
 from vltk_plugins.datasets.synthetic.appearance import NAMED_APPEARANCES, paint_appearance, sample_appearance
-from vltk_plugins.datasets.synthetic.captions import THINGS, caption, scene_facts
 from vltk_plugins.datasets.synthetic.captioned_options import CaptionedOptions
+from vltk_plugins.datasets.synthetic.captions import THINGS, caption, condition_prompts, object_prompts, scene_facts
 from vltk_plugins.datasets.synthetic.domains import check_domain, paint_domain
 from vltk_plugins.datasets.synthetic.layout import scene_layout
 from vltk_plugins.datasets.synthetic.options import SYNTHETIC_DOMAINS, VAL_INDEX_OFFSET
@@ -89,6 +89,14 @@ class CaptionedScenes(DenseDataSource):
         self.domains = tuple(self.options.domains)
         self.train_domains = tuple(self.options.train_domains)
         self.size = self.options.image_size
+
+    def condition_prompts(self, name: str) -> list[str]:
+        """Zero-shot prompts of condition ``name`` (one of :attr:`conditions`), for the pretraining metric."""
+        return condition_prompts(name)
+
+    def object_prompts(self, i: int, present: bool) -> list[str]:
+        """Zero-shot prompts: object class ``object_classes[i]`` is (``present``) or is not in the scene."""
+        return object_prompts(OBJECT_CLASSES[i], present)
 
     def split(self, split: str, domain: str) -> CaptionedSplit:
         self.check_split(split, domain)

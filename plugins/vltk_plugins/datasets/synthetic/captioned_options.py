@@ -20,7 +20,9 @@ class CaptionedOptions(SyntheticOptions):
         ),
     )
     num_train: int = Field(2048, gt=0, le=1_000_000, description="Number of training layouts (indices 0..num_train-1).")
-    num_val: int = Field(64, gt=0, description="Validation scenes per named domain (the synthetic dataset's val layouts).")
+    num_val: int = Field(
+        64, gt=0, description="Validation scenes per named domain (the synthetic dataset's val layouts)."
+    )
     appearance: Literal["free", "named"] = Field(
         "free",
         description=(

@@ -72,7 +72,9 @@ HELD_OUT_WORDS: frozenset[str] = frozenset(
     for phrase in singular[1:] + plural[1:]
     for word in phrase.split()
     if word not in _LABEL_WORDS
-) | frozenset(word for names in STUFF.values() for name in names[1:] for word in name.split() if word not in _LABEL_WORDS)
+) | frozenset(
+    word for names in STUFF.values() for name in names[1:] for word in name.split() if word not in _LABEL_WORDS
+)
 
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _TEMPLATES = (
@@ -110,7 +112,9 @@ def scene_facts(lay: Layout, look: Appearance, named: str | None = None) -> Scen
             continue
         counts[cls] = counts.get(cls, 0) + 1
         x = columns[i] / sizes[i] / W
-        positions.setdefault(cls, []).append("on the left" if x < 1 / 3 else "on the right" if x > 2 / 3 else "in the middle")
+        positions.setdefault(cls, []).append(
+            "on the left" if x < 1 / 3 else "on the right" if x > 2 / 3 else "in the middle"
+        )
     coverage = np.bincount(lay.label.ravel(), minlength=len(CITYSCAPES_CLASSES)) / (H * W)
     stuff = tuple(cls for cls in STUFF if coverage[cls] >= MIN_STUFF_FRACTION)
     return SceneFacts(counts, {k: tuple(v) for k, v in positions.items()}, stuff, conditions_of(look, named))

@@ -76,7 +76,7 @@ def zero_shot(foundation: Path | None, args: argparse.Namespace) -> dict[str, An
     source = build_data_source(run)
     model = build_model(run)
     results = evaluate(model, source, get_task("pretrain"), run.config.eval, torch.device("cpu"))
-    keys = ("r1", "condition_acc", "object_acc")
+    keys = ("r1", "condition_acc", "object_acc", "object_auc")
     return {
         "domains": {d: {k: e[k] for k in keys if k in e} for d, e in results["domains"].items()},
         "mean": {k: sum(e[k] for e in results["domains"].values()) / len(results["domains"]) for k in keys},

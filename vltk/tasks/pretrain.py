@@ -6,7 +6,8 @@ images with one caption each (plus, when the data source gives them, the conditi
 countable objects). Per domain the metric measures, with the embeddings alone (no training on val scenes):
 retrieval R@1 between the domain's images and their captions (both directions, averaged; the selection score),
 zero-shot condition classification among the data source's conditions, and zero-shot object presence
-classification ("a street with cars." vs "a street with no cars."). At the end of a run the task writes
+classification ("a street with cars." vs "a street with no cars.": accuracy, and the threshold-free ROC AUC of
+their score difference). At the end of a run the task writes
 ``open_clip.pt``: the foundation as an ordinary open_clip state dict for ``backbone.pretrained=FILE``.
 """
 
@@ -59,6 +60,21 @@ def _prompt_embeddings(model: nn.Module, prompts: list[list[str]]) -> torch.Tens
     return torch.nn.functional.normalize(torch.stack(out), dim=-1)
 
 
+def _mean_auc(scores: torch.Tensor, truth: torch.Tensor) -> float | None:
+    """Mean over classes (columns) of the ROC AUC of ``scores`` for ``truth``; classes without both kinds skipped.
+
+    Threshold-free: whether images that show a class score higher than those that do not (0.5 = chance), which
+    "with" vs "with no" accuracy cannot tell apart from a text tower that never learnt negation.
+    """
+    aucs = []
+    for column in range(scores.shape[1]):
+        positive, negative = scores[truth[:, column] == 1, column], scores[truth[:, column] == 0, column]
+        if len(positive) and len(negative):
+            wins = (positive[:, None] > negative[None, :]).float() + 0.5 * (positive[:, None] == negative[None, :])
+            aucs.append(wins.mean().item())
+    return sum(aucs) / len(aucs) if aucs else None
+
+
 class PretrainMetric:
     """One domain's image and caption embeddings, conditions and object presence -> R@1 and zero-shot accuracies."""
 
@@ -104,6 +120,7 @@ class PretrainMetric:
             correct = (predicted == torch.cat(self.objects)).float().mean(0)
             result["object_acc"] = correct.mean().item()
             result["object_acc_per_class"] = dict(zip(self.source.object_classes, correct.tolist(), strict=True))
+            result["object_auc"] = _mean_auc(scores[..., 1] - scores[..., 0], torch.cat(self.objects))
         return result
 
 
@@ -163,7 +180,7 @@ class PretrainTask(Task):
         from rich.table import Table
 
         table = Table(title=title or "zero-shot results per domain")
-        for column in ("domain", "role", "R@1", "condition acc", "object acc", "images"):
+        for column in ("domain", "role", "R@1", "condition acc", "object acc", "object AUC", "images"):
             table.add_column(column, justify="left" if column in ("domain", "role") else "right")
 
         def pct(value: Any) -> str:
@@ -171,8 +188,8 @@ class PretrainTask(Task):
 
         for domain, entry in results["domains"].items():
             role = "source" if domain in train_domains else "target"
-            table.add_row(domain, role, pct(entry.get("r1")), pct(entry.get("condition_acc")),
-                          pct(entry.get("object_acc")), str(entry.get("images", "")))  # fmt: skip
+            scores = [pct(entry.get(key)) for key in ("r1", "condition_acc", "object_acc", "object_auc")]
+            table.add_row(domain, role, *scores, str(entry.get("images", "")))
         return table
 
     def plot_history(self, history: dict[str, Any], path: Path, train_domains: Sequence[str]) -> Path:

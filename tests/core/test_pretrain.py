@@ -69,3 +69,19 @@ def test_pretrain_dry_run_uses_the_pretrain_recipe() -> None:
     result = invoke(["pretrain", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "task: pretrain" in result.output and "clip-contrastive" in result.output
+
+
+def test_pretrain_clip_vit_tiny_loads_into_clip_vit_and_siglip_runs(tmp_path: Path) -> None:
+    out = tmp_path / "clip"
+    args = ["backbone.name=clip-vit", "backbone.variant=tiny", "decoder.loss=siglip", "decoder.mim_weight=1.0"]
+    result = invoke(["pretrain", *args, *SMALL, "train.iters=1", "--output", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    history = json.loads((out / "metrics.json").read_text())["history"]["train"]
+    assert {"loss_contrastive", "loss_align", "loss_mim"} <= set(history[0])
+    state = torch.load(out / "open_clip.pt", weights_only=True)
+    from vltk_plugins.backbones.open_clip_vit.model import build_clip_vit
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = build_clip_vit({"variant": "tiny", "pretrained": str(out / "open_clip.pt")})
+    assert torch.equal(loaded.state_dict()["visual.conv1.weight"], state["visual.conv1.weight"])

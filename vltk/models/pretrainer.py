@@ -42,6 +42,13 @@ class ImageTextPretrainer(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
 
+    def train(self, mode: bool = True) -> ImageTextPretrainer:
+        """As :class:`~vltk.models.DensePredictor`: a freezing adapter keeps the backbone in eval mode."""
+        super().train(mode)
+        if getattr(self.adapter, "freezes_backbone", False):
+            self.backbone.eval()
+        return self
+
     def normalise(self, images: Tensor) -> Tensor:
         """[0, 1] images -> the backbone's normalisation."""
         return (images - self.pixel_mean) / self.pixel_std

@@ -25,7 +25,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -63,7 +62,6 @@ class ClipContrastiveHead(nn.Module):
         self.align_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.align_bias = nn.Parameter(torch.tensor(-2.0))
         self.pixels = nn.Linear(dims, self.patch_size * self.patch_size * 3) if options.mim_weight > 0 else None
-        self.generator = np.random.default_rng(0)  # synonym choice of the alignment words (no effect on weights)
 
     # ------------------------------------------------------------------------------------------------ encoders
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
@@ -102,7 +100,8 @@ class ClipContrastiveHead(nn.Module):
         words = []
         for cls in OBJECT_CLASSES:
             singular = THINGS[cls][0]
-            words.append(f"a photo of a {singular[int(self.generator.integers(len(singular)))]}.")
+            pick = int(torch.randint(len(singular), ()))  # torch's RNG: a resumed run draws the same words
+            words.append(f"a photo of a {singular[pick]}.")
         classes = self.encode_texts(words)  # [K, D]
         patches = F.normalize(dense.flatten(2), dim=1)  # [B, D, N]
         best = torch.einsum("kd,bdn->bkn", classes, patches).amax(-1)  # [B, K]

@@ -150,8 +150,12 @@ class RunConfig(_Strict):
     ``dataset`` gets the default recipe's section (:func:`build_config`).
     """
 
-    task: Literal["segmentation", "detection"] = Field(
-        "segmentation", description="what the model predicts: label maps (segmentation) or boxes (detection)"
+    task: Literal["segmentation", "detection", "pretrain"] = Field(
+        "segmentation",
+        description=(
+            "what the model predicts: label maps (segmentation), boxes (detection), or an image-text "
+            "foundation (pretrain)"
+        ),
     )
     backbone: ComponentConfig
     adapter: ComponentConfig

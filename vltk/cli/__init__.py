@@ -19,6 +19,7 @@ from vltk.errors import UserError
 
 LAZY_COMMANDS: dict[str, str] = {
     "train": "vltk.cli.run:train_command",
+    "pretrain": "vltk.cli.pretrain:pretrain_command",
     "eval": "vltk.cli.run:eval_command",
     "predict": "vltk.cli.predict:predict_command",
     "export": "vltk.cli.export:export_command",

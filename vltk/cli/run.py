@@ -157,7 +157,7 @@ def interrupt_message(trainer: Any, interrupt: BaseException) -> str:
 )
 @click.option(
     "--task",
-    type=click.Choice(["segmentation", "detection"]),
+    type=click.Choice(["segmentation", "detection", "pretrain"]),
     help="what to predict [default: the recipe's]; detection without --dataset uses synthetic-det",
 )
 @click.option("--output", type=click.Path(file_okay=False), help="run folder [default: runs/<recipe>]")
@@ -259,7 +259,16 @@ def train_command(
         if launched_distributed():
             shutdown()
     if main:
-        names = ("best.pt", "last.pt", "metrics.json", "metrics.jsonl", "curves.png", "tensorboard", "overlays")
+        names = (
+            "best.pt",
+            "last.pt",
+            "open_clip.pt",
+            "metrics.json",
+            "metrics.jsonl",
+            "curves.png",
+            "tensorboard",
+            "overlays",
+        )
         present = [name + ("/" if (out / name).is_dir() else "") for name in names if (out / name).exists()]
         click.echo(f"run folder: {out}  ({', '.join(present)})")
 

@@ -516,5 +516,7 @@ class Trainer:
             "recipe": self.config.recipe,
         }
         (self.output / "metrics.json").write_text(to_json(metrics))
+        with evaluating_with(self.ema, self.model):  # the weights that were evaluated (the EMA's with train.ema)
+            self.task.write_artifacts(self.model, self.output)
         self.task.plot_history(self.history, self.output / "curves.png", self.source.train_domains)
         self.stdout.print(self.task.result_table(results, self.source.train_domains))

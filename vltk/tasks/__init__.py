@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 TASKS: dict[str, str] = {
     "segmentation": "vltk.tasks.segmentation:SegmentationTask",
     "detection": "vltk.tasks.detection:DetectionTask",
+    "pretrain": "vltk.tasks.pretrain:PretrainTask",
 }
 
 _INSTANCES: dict[str, Task] = {}

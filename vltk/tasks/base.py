@@ -138,6 +138,11 @@ class Task(ABC):
     def result_table(self, results: dict[str, Any], train_domains: Sequence[str], title: str | None = None) -> Any:
         """A rich table of the per-domain results."""
 
+    def write_artifacts(self, model: nn.Module, output: Path) -> list[Path]:
+        """Files the task leaves in the run folder after the final evaluation (default: none); e.g. pretraining's
+        ``open_clip.pt``, the foundation as a plain open_clip state dict."""
+        return []
+
     @abstractmethod
     def plot_history(self, history: dict[str, Any], path: Path, train_domains: Sequence[str]) -> Path:
         """``curves.png``: loss and the per-domain score over iterations."""

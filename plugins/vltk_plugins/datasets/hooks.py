@@ -9,6 +9,7 @@ from __future__ import annotations
 from vltk.api import Register, hookimpl, lazy_factory
 from vltk_plugins.datasets.ade20k.options import ADE20KOptions
 from vltk_plugins.datasets.dwd.options import DWDOptions
+from vltk_plugins.datasets.synthetic.captioned_options import CaptionedOptions
 from vltk_plugins.datasets.synthetic.options import SyntheticOptions
 from vltk_plugins.datasets.synthetic_det.options import SyntheticDetectionOptions
 from vltk_plugins.datasets.urban.options import UrbanOptions
@@ -22,6 +23,13 @@ def vltk_register_datasets(register: Register) -> None:
         options=SyntheticOptions,
         summary="embedded procedural street scenes in 6 domains (flat source -> textured/fog/night/rain/snow)",
         paper="mimics GTAV -> Cityscapes/ACDC; no files, no downloads",
+    )
+    register(
+        "synthetic-captions",
+        lazy_factory("vltk_plugins.datasets.synthetic.captioned", "build_captioned"),
+        options=CaptionedOptions,
+        summary="pretraining: synthetic scenes in a continuous appearance space with generated captions",
+        paper="the embedded image-text corpus of `vltk pretrain`; val = the 6 named domains",
     )
     register(
         "urban",

@@ -7,6 +7,7 @@ actually builds the component (:func:`vltk.api.lazy_factory`).
 from __future__ import annotations
 
 from vltk.api import Register, hookimpl, lazy_factory
+from vltk_plugins.decoders.clip_contrastive.options import ClipContrastiveOptions
 from vltk_plugins.decoders.fpn.options import FPNOptions
 from vltk_plugins.decoders.mask2former.options import Mask2FormerOptions
 
@@ -19,6 +20,13 @@ def vltk_register_decoders(register: Register) -> None:
         options=FPNOptions,
         summary="Semantic FPN: FPN neck (256) + FPN head, cross-entropy",
         paper="Panoptic FPN (Kirillov et al., CVPR 2019); as used by DenseCLIP and Rein Table 9",
+    )
+    register(
+        "clip-contrastive",
+        lazy_factory("vltk_plugins.decoders.clip_contrastive.model", "build_clip_contrastive"),
+        options=ClipContrastiveOptions,
+        summary="pretraining head (task pretrain): CLIP/SigLIP loss + patch-word alignment and optional MIM",
+        paper="CLIP (Radford et al., 2021), SigLIP (Zhai et al., 2023), FILIP (Yao et al., 2022), SimMIM (2022)",
     )
     register(
         "mask2former",

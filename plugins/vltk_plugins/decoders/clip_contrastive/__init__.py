@@ -1,0 +1,1 @@
+"""The ``clip-contrastive`` image-text pretraining head (``task: pretrain``)."""

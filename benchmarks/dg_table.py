@@ -54,60 +54,31 @@ class Entry:
     flags: dict[str, str] = field(default_factory=dict)
 
 
+def on_foundation(name: str, group: str, label: str, *, recipe: str | None = None, **settings: Any) -> Entry:
+    """An entry that starts from ``--pretrained``: its overrides gain ``backbone.pretrained``."""
+    overrides = (f"backbone.pretrained={FOUNDATION}", *settings.pop("overrides", ()))
+    return Entry(name, group, label, recipe=recipe, overrides=overrides, **settings)
+
+
 SEGMENTATION_ENTRIES = (
     Entry("random-full", "init", "random init, full, FPN", overrides=("backbone.pretrained=null",)),
-    Entry("foundation-full", "init", "foundation, full, FPN", overrides=(f"backbone.pretrained={FOUNDATION}",)),
-    Entry(
-        "foundation-frozen",
-        "adapter",
-        "frozen foundation, FPN",
-        overrides=(f"backbone.pretrained={FOUNDATION}",),
-        flags={"adapter": "frozen"},
-    ),
-    Entry(
-        "foundation-lora",
-        "adapter",
-        "LoRA, FPN",
-        overrides=(f"backbone.pretrained={FOUNDATION}",),
-        flags={"adapter": "lora"},
-    ),
-    Entry(
-        "foundation-vpt",
-        "adapter",
-        "VPT, FPN",
-        overrides=(f"backbone.pretrained={FOUNDATION}",),
-        flags={"adapter": "vpt"},
-    ),
-    Entry(
+    on_foundation("foundation-full", "init", "foundation, full, FPN"),
+    on_foundation("foundation-frozen", "adapter", "frozen foundation, FPN", flags={"adapter": "frozen"}),
+    on_foundation("foundation-lora", "adapter", "LoRA, FPN", flags={"adapter": "lora"}),
+    on_foundation("foundation-vpt", "adapter", "VPT, FPN", flags={"adapter": "vpt"}),
+    on_foundation(
         "foundation-rein",
         "adapter",
         "Rein, FPN",
-        overrides=(f"backbone.pretrained={FOUNDATION}", "adapter.link_token_to_query=false"),
+        overrides=("adapter.link_token_to_query=false",),
         flags={"adapter": "rein"},
     ),
-    Entry(
-        "foundation-rein-m2f",
-        "decoder",
-        "Rein + Mask2Former (token-query link)",
-        recipe="rein/synthetic",
-        overrides=(f"backbone.pretrained={FOUNDATION}",),
+    on_foundation("foundation-rein-m2f", "decoder", "Rein + Mask2Former (token-query link)", recipe="rein/synthetic"),
+    on_foundation(
+        "foundation-full-m2f", "decoder", "full + Mask2Former", recipe="rein/synthetic", flags={"adapter": "full"}
     ),
-    Entry(
-        "foundation-full-m2f",
-        "decoder",
-        "full + Mask2Former",
-        recipe="rein/synthetic",
-        overrides=(f"backbone.pretrained={FOUNDATION}",),
-        flags={"adapter": "full"},
-    ),
-    Entry(
-        "foundation-vltseg",
-        "text",
-        "VLTSeg (full + DenseCLIP text guidance)",
-        recipe="vltseg/synthetic",
-        overrides=(f"backbone.pretrained={FOUNDATION}",),
-    ),
-    Entry("foundation-lseg", "text", "LSeg", recipe="lseg/synthetic", overrides=(f"backbone.pretrained={FOUNDATION}",)),
+    on_foundation("foundation-vltseg", "text", "VLTSeg (full + DenseCLIP text guidance)", recipe="vltseg/synthetic"),
+    on_foundation("foundation-lseg", "text", "LSeg", recipe="lseg/synthetic"),
 )
 
 DETECTION_ENTRIES = (

@@ -99,6 +99,8 @@ DETECTION_ENTRIES = (
 )
 
 ENTRIES = {entry.name: entry for entry in (*SEGMENTATION_ENTRIES, *DETECTION_ENTRIES)}
+#: Entries whose decoder classifies with the text alone: also scored zero-shot with the held-out class names.
+ZERO_SHOT_ENTRIES = ("foundation-lseg",)
 
 #: ``--smoke``: the smallest run that still goes through every component (seconds per entry).
 SMOKE = (
@@ -143,6 +145,54 @@ def run_entry(entry: Entry, args: argparse.Namespace) -> dict[str, Any]:
         saved["seconds"] = seconds
         metrics.write_text(json.dumps(saved, indent=2))
     return {**results, "seconds": seconds, "reused": False}
+
+
+def renamed_miou(result: dict[str, Any], domain: str, renamed: list[str]) -> float:
+    """Mean IoU (percent) over the renamed classes that the domain's scenes show (absent classes are NaN)."""
+    ious = result["domains"][domain].get("iou", {})
+    values = [ious.get(name) for name in renamed]
+    present = [value for value in values if isinstance(value, float) and not math.isnan(value)]
+    return 100.0 * sum(present) / len(present) if present else math.nan
+
+
+def zero_shot(entry: Entry, args: argparse.Namespace, trained: dict[str, Any]) -> dict[str, Any]:
+    """LSeg's open vocabulary in miniature: the trained entry evaluated again with every class that has a
+    held-out synonym named by it (words met only in pretraining captions), against the training names."""
+    from vltk.api import CITYSCAPES_CLASSES
+    from vltk.cli.run import evaluate_checkpoint
+    from vltk_plugins.datasets.synthetic.captions import held_out_class_names
+
+    names = held_out_class_names()
+    out = Path(args.runs) / entry.name / "zero_shot"
+    if (out / "eval.json").is_file():
+        held_out = json.loads((out / "eval.json").read_text())
+    else:
+        checkpoint = str(Path(args.runs) / entry.name / "last.pt")
+        held_out, _, _ = evaluate_checkpoint(checkpoint, labels=names, output=str(out), progress=False)
+    renamed = [cls for cls, name in zip(CITYSCAPES_CLASSES, names, strict=True) if cls != name]
+    return {
+        "labels": dict(zip(renamed, [names[CITYSCAPES_CLASSES.index(cls)] for cls in renamed], strict=True)),
+        "domains": {
+            domain: {
+                "renamed_miou_training_names": renamed_miou(trained, domain, renamed),
+                "renamed_miou_held_out_names": renamed_miou(held_out, domain, renamed),
+                "miou_held_out_names": 100.0 * held_out["domains"][domain]["miou"],
+            }
+            for domain in trained["domains"]
+        },
+    }
+
+
+def zero_shot_markdown(name: str, table: dict[str, Any]) -> str:
+    """The README's zero-shot table: renamed classes' mIoU per domain, with training vs held-out names."""
+    domains = list(table["domains"])
+    lines = ["| " + " | ".join([f"{name}: renamed classes", *domains]) + " |", "|" + "---|" * (len(domains) + 1)]
+    for key, label in (
+        ("renamed_miou_training_names", "training names"),
+        ("renamed_miou_held_out_names", "held-out words (zero-shot)"),
+    ):
+        lines.append("| " + " | ".join([label, *(f"{table['domains'][d][key]:.1f}" for d in domains)]) + " |")
+    return "\n".join(lines)
 
 
 def score_of(result: dict[str, Any], domain: str) -> float:
@@ -195,7 +245,10 @@ def main() -> None:
             result = run_entry(entry, args)
         except UserError as error:
             fail(f"{name}: {error}")
-        rows.append({"name": name, "group": entry.group, "label": entry.label, "result": result})
+        row = {"name": name, "group": entry.group, "label": entry.label, "result": result}
+        if name in ZERO_SHOT_ENTRIES:
+            row["zero_shot"] = zero_shot(entry, args, result)
+        rows.append(row)
         summary = result["summary"]
         print(f"[{name}] source {100 * summary['source']:.1f}, target avg {100 * summary['target_avg']:.1f}")
     payload = {
@@ -212,6 +265,9 @@ def main() -> None:
     write_result(args.json, payload)
     if args.markdown:
         print(markdown(rows))
+        for row in rows:
+            if "zero_shot" in row:
+                print("\n" + zero_shot_markdown(row["label"], row["zero_shot"]))
 
 
 if __name__ == "__main__":

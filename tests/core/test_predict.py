@@ -209,3 +209,66 @@ def test_real_subprocess(lseg_checkpoint: Path, images: list[Path], tmp_path: Pa
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)["labels"] == ["road", "sky", "pink elephant"]
     assert _read(tmp_path / "street.png").max() < 3
+
+
+# ------------------------------------------------------------------------------------- vltk eval --labels
+def _eval(checkpoint: Path, output: Path, *extra: str) -> dict:
+    result = invoke(["eval", "--checkpoint", str(checkpoint), "--output", str(output), "--json", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads((output / "eval.json").read_text())
+
+
+def test_eval_labels_rename_the_classes_zero_shot(lseg_checkpoint: Path, tmp_path: Path) -> None:
+    from vltk.api import CITYSCAPES_CLASSES
+    from vltk_plugins.datasets.synthetic.captions import held_out_class_names
+
+    plain = _eval(lseg_checkpoint, tmp_path / "plain")
+    same = _eval(lseg_checkpoint, tmp_path / "same", "--labels", ",".join(CITYSCAPES_CLASSES))
+    assert same["domains"]["synthetic"]["iou"] == plain["domains"]["synthetic"]["iou"]  # same words, same scores
+    names = held_out_class_names()
+    held_out = _eval(lseg_checkpoint, tmp_path / "held", "--labels", ",".join(names))
+    assert held_out["labels"]["car"] == "automobile" and held_out["labels"]["road"] == "road"
+    assert held_out["domains"]["synthetic"]["iou"] != plain["domains"]["synthetic"]["iou"]  # other words, other text
+    assert "labels" not in plain
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "components", "labels", "expected"),
+    [
+        ("lseg/synthetic", ("decoder.width=16",), {}, "road,car", "--labels gives 2 names but the dataset has 19"),
+        ("default", ("decoder.channels=16", "decoder.head_channels=16"), {}, None, "needs a model with a prompter"),
+        (
+            "default",
+            ("decoder.channels=16", "decoder.head_channels=16", "prompter.score_concat_index=2"),
+            {"prompter": "clip-template"},
+            None,
+            "needs a decoder that classifies with the text",
+        ),
+    ],
+)
+def test_eval_labels_refusals_are_one_line_and_write_nothing(
+    recipe: str,
+    overrides: tuple[str, ...],
+    components: dict[str, str],
+    labels: str | None,
+    expected: str,
+    tmp_path: Path,
+) -> None:
+    from vltk.api import CITYSCAPES_CLASSES
+
+    checkpoint = _untrained(tmp_path, recipe, *overrides, **components)
+    out = tmp_path / "out"
+    result = invoke(
+        [
+            "eval",
+            "--checkpoint",
+            str(checkpoint),
+            "--output",
+            str(out),
+            "--labels",
+            labels or ",".join(CITYSCAPES_CLASSES),
+        ]
+    )
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert result.output.strip().startswith("Error:") and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()

@@ -417,7 +417,80 @@ Examples:
   vltk eval --checkpoint runs/rein-synthetic/best.pt dataset.num_val=64
   vltk eval --checkpoint rein_head.pt --backbone-weights eva02_converted.pt
   vltk eval --checkpoint dinov2_rein_and_head.pth --backbone-weights dinov2_converted.pth   # a Rein release
+  vltk eval --checkpoint runs/lseg-synthetic/best.pt --labels "road,sidewalk,houses,...,bike"   # zero-shot names
 """
+
+
+def open_vocabulary_eval_model(model: Any, labels: list[str], classes: list[str]) -> None:
+    """Rename ``model``'s classes to ``labels`` (same order as ``classes``) for a zero-shot evaluation.
+
+    Why only a decoder that classifies with the text (LSeg with no score map in its input): the labels still
+    index the dataset's masks, so the scores must come from the new words and nothing else; a decoder tied to
+    the training classes would be scored on what it learned, not on the names.
+    """
+    from vltk.predictor import open_vocabulary_predict
+
+    if len(labels) != len(classes):
+        raise UserError(
+            f"--labels gives {len(labels)} names but the dataset has {len(classes)} classes; name every class, "
+            f"in the dataset's order ({', '.join(classes)})"
+        )
+    if open_vocabulary_predict(model, labels) != model.predict:
+        raise UserError(
+            "--labels in eval needs a decoder that classifies with the text (e.g. --decoder lseg with "
+            "prompter.score_concat_index=null); this checkpoint's decoder is tied to its training classes"
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    overrides: tuple[str, ...] = (),
+    *,
+    backbone_weights: str | None = None,
+    labels: list[str] | None = None,
+    output: str | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Any, list[str]]:
+    """``vltk eval`` as a function: ``(results, task, train domains)`` of ``checkpoint`` on every domain; the
+    results are also written to eval.json.
+
+    With ``labels`` the classes are named by those words (open vocabulary: the same masks, other names). Nothing
+    is written before the checkpoint, the data and the labels have been checked.
+    """
+    from rich.console import Console
+
+    from vltk.engine.evaluation import evaluate
+    from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
+    from vltk.engine.progress import EvalProgress
+    from vltk.engine.report import to_json
+    from vltk.engine.trainer import pick_device
+    from vltk.pipeline import build_data_source
+    from vltk.tasks import get_task
+
+    out = Path(output) if output else Path(checkpoint).parent
+    check_output_folder(out)  # before any work: eval.json must have somewhere to go
+    state, run = load_checkpoint_config(checkpoint, overrides, backbone_weights)
+    source = build_data_source(run)
+    classes = list(source.classes)
+    if classes != list(state.get("class_names", source.classes)):
+        raise UserError("the dataset's classes differ from the checkpoint's; evaluate on the dataset it was trained on")
+    check_data_source(source)
+    device = pick_device(run.config.device)
+    task = get_task(run.task)
+    model = build_checkpoint_model(state, run, classes, source.ignore_index, source=f"checkpoint '{checkpoint}'")
+    if labels is not None:
+        open_vocabulary_eval_model(model, labels, classes)
+    shown = EvalProgress(Console(stderr=True), enabled=progress)
+    try:
+        results = evaluate(model.to(device), source, task, run.config.eval, device, progress=shown)
+    finally:
+        shown.close()
+    results["checkpoint"] = str(checkpoint)
+    if labels is not None:
+        results["labels"] = dict(zip(classes, labels, strict=True))
+    make_output_folder(out)
+    (out / "eval.json").write_text(to_json(results))
+    return results, task, list(source.train_domains)
 
 
 @click.command("eval", epilog=EVAL_EPILOG)
@@ -434,45 +507,33 @@ Examples:
     help="backbone file for checkpoints saved without their frozen backbone",
 )
 @click.option(
+    "--labels",
+    help="comma-separated names for the dataset's classes, in its order (zero-shot: an open-vocabulary decoder "
+    "scored with words it was not trained on)",
+)
+@click.option(
     "--output", type=click.Path(file_okay=False), help="where to write eval.json [default: beside the checkpoint]"
 )
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 def eval_command(
-    overrides: tuple[str, ...], checkpoint: str, backbone_weights: str | None, output: str | None, as_json: bool
+    overrides: tuple[str, ...],
+    checkpoint: str,
+    backbone_weights: str | None,
+    labels: str | None,
+    output: str | None,
+    as_json: bool,
 ) -> None:
     """Evaluate a checkpoint on every domain of its dataset: per-domain mIoU, target average and gap."""
     from rich.console import Console
 
-    from vltk.engine.evaluation import evaluate
-    from vltk.engine.preflight import check_data_source, check_output_folder, make_output_folder
+    from vltk.cli.predict import parse_labels
     from vltk.engine.report import to_json
-    from vltk.engine.trainer import pick_device
-    from vltk.pipeline import build_data_source
-    from vltk.tasks import get_task
 
-    out = Path(output) if output else Path(checkpoint).parent
-    check_output_folder(out)  # before any work: eval.json must have somewhere to go
-    state, run = load_checkpoint_config(checkpoint, overrides, backbone_weights)
-    source = build_data_source(run)
-    if list(source.classes) != list(state.get("class_names", source.classes)):
-        raise UserError("the dataset's classes differ from the checkpoint's; evaluate on the dataset it was trained on")
-    check_data_source(source)
-    device = pick_device(run.config.device)
-    task = get_task(run.task)
-    model = build_checkpoint_model(
-        state, run, list(source.classes), source.ignore_index, source=f"checkpoint '{checkpoint}'"
+    names = parse_labels(labels) if labels is not None else None
+    results, task, train_domains = evaluate_checkpoint(
+        checkpoint, overrides, backbone_weights=backbone_weights, labels=names, output=output, progress=not as_json
     )
-    from vltk.engine.progress import EvalProgress
-
-    shown = EvalProgress(Console(stderr=True), enabled=not as_json)
-    try:
-        results = evaluate(model.to(device), source, task, run.config.eval, device, progress=shown)
-    finally:
-        shown.close()
-    results["checkpoint"] = str(checkpoint)
-    make_output_folder(out)
-    (out / "eval.json").write_text(to_json(results))
     if as_json:
         click.echo(to_json(results))
     else:
-        Console().print(task.result_table(results, source.train_domains, title=f"eval {checkpoint}"))
+        Console().print(task.result_table(results, train_domains, title=f"eval {checkpoint}"))

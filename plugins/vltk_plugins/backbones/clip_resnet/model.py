@@ -244,9 +244,13 @@ class ClipResNetBackbone(ClipTextSide, Backbone):
             raise UserError(f"{self.label}: the pyramid is layer1..layer4; out_indices must be [0, 1, 2, 3]")
         return self._pyramid(x, block_hooks)
 
-    def embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z̄ [B, text_dim], z [B, text_dim, H/32, W/32])``: DenseCLIP's dense attention pool of layer4."""
-        return dense_attention_pool(self.visual.attnpool, self.stage_b(self.stage_a(x)))
+    def embed(self, x: Tensor, block_hooks: Sequence[BlockHook] = ()) -> tuple[Tensor, Tensor]:
+        """``(z̄ [B, text_dim], z [B, text_dim, H/32, W/32])``: DenseCLIP's dense attention pool of layer4.
+
+        Same signature as the ViT backbones' ``embed``, so the pretraining head trains either family."""
+        if not block_hooks:
+            return dense_attention_pool(self.visual.attnpool, self.stage_b(self.stage_a(x)))
+        return dense_attention_pool(self.visual.attnpool, self._pyramid(x, block_hooks)[3])
 
     def forward_with_embeddings(
         self, x: Tensor, block_hooks: Sequence[BlockHook] = ()

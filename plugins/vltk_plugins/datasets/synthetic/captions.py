@@ -76,6 +76,24 @@ HELD_OUT_WORDS: frozenset[str] = frozenset(
     word for names in STUFF.values() for name in names[1:] for word in name.split() if word not in _LABEL_WORDS
 )
 
+def held_out_class_names() -> list[str]:
+    """The label list with every class that has a caption synonym renamed to its first held-out one.
+
+    Why: an open-vocabulary model fine-tuned on the label names ("car", "person", "vegetation") is scored
+    zero-shot with words it met only in pretraining captions ("automobile", "pedestrian", "trees"); classes
+    without a synonym keep their names. The masks are the same, so the mIoU of the renamed classes compares
+    directly with the same model under the training names.
+    """
+    names = list(CITYSCAPES_CLASSES)
+    synonyms = {cls: singular[1:] for cls, (singular, _) in THINGS.items()}
+    synonyms |= {cls: words[1:] for cls, words in STUFF.items()}
+    for cls, words in synonyms.items():
+        held_out = [word for word in words if all(part in HELD_OUT_WORDS for part in word.split())]
+        if held_out:
+            names[cls] = held_out[0]
+    return names
+
+
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _TEMPLATES = (
     "a street scene in {condition} with {objects}.",
@@ -180,6 +198,7 @@ __all__ = [
     "caption",
     "condition_prompts",
     "conditions_of",
+    "held_out_class_names",
     "object_prompts",
     "scene_facts",
 ]

@@ -45,3 +45,15 @@ def test_entries_train_report_and_are_reused(tmp_path: Path) -> None:
 def test_an_unknown_entry_is_one_error_line(tmp_path: Path) -> None:
     result = _table(tmp_path, "--only", "random-ful")
     assert result.returncode == 2 and result.stderr.strip().startswith("Error: unknown entries ['random-ful']")
+
+
+def test_lseg_entry_is_also_scored_with_the_held_out_words(tmp_path: Path) -> None:
+    result = _table(tmp_path, "--only", "foundation-lseg", "--markdown")
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads((tmp_path / "dg.json").read_text())["results"][0]
+    table = row["zero_shot"]
+    assert table["labels"]["car"] == "automobile" and "road" not in table["labels"]
+    assert set(table["domains"]) == {"synthetic", "textured", "fog", "night", "rain", "snow"}
+    saved = json.loads((tmp_path / "runs" / "foundation-lseg" / "zero_shot" / "eval.json").read_text())
+    assert saved["labels"]["person"] == "pedestrian"
+    assert "held-out words (zero-shot)" in result.stdout

@@ -89,6 +89,7 @@ def ship_weights(
         size = partial.stat().st_size / 2**20
         partial.unlink()
         raise UserError(f"'{source}' is {size:.1f} MB in fp16, over the {max_bytes / 2**20:.0f} MB shipping budget")
+    partial.chmod(0o644)  # safetensors writes owner-only; a packaged file is read by every user
     partial.replace(target)
     check = {
         "scene": CHECK_SCENE,

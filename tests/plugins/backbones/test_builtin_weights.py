@@ -123,7 +123,8 @@ def test_list_and_show_print_the_shipped_weights(shipped: tuple[Any, BuiltinWeig
     assert json.loads(listed.output)["tiny-test"]["sha256"] == weights.sha256
     assert "builtin:tiny-test" in shown.output and "reproduce: vltk pretrain --output runs/x" in shown.output
     assert "evaluation: R@1 12.5" in shown.output
-    assert json.loads(shown_json.output)["builtin_weights"][0]["reference"] == "builtin:tiny-test"
+    references = [item["reference"] for item in json.loads(shown_json.output)["builtin_weights"]]
+    assert "builtin:tiny-test" in references  # beside whatever the installed plugins ship
     assert "builtin:tiny-test" not in other.output and "none installed for this backbone" in other.output
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from vltk.api import BuiltinWeights, hookimpl
+from vltk.api import BuiltinWeights, hookimpl, is_builtin, resolve_weights_file
 from vltk.builtin_weights import resolve_builtin
 from vltk.engine.fingerprint import backbone_record
 from vltk.errors import UserError
@@ -149,6 +149,31 @@ def test_every_shipped_file_gives_its_recorded_embedding(weights: BuiltinWeights
     record = json.loads((SHIPPED_DIR / f"{weights.name}.json").read_text())
     model = build_backbone(weights.backbones[0], weights.variant, weights.reference)
     assert check_embedding(model) == pytest.approx(record["check"]["values"], abs=1e-4)
+
+
+#: The recipes that start from the shipped foundation (the default and every eva02 ``*/synthetic`` one).
+FOUNDATION_RECIPES = ("default", "rein/synthetic", "lseg/synthetic", "vltseg/synthetic")
+
+
+@pytest.mark.parametrize("recipe", FOUNDATION_RECIPES)
+def test_the_default_and_synthetic_recipes_start_from_the_shipped_foundation(recipe: str) -> None:
+    """`vltk train` (and the papers' miniatures) load the shipped file, with no random-weights warning."""
+    from vltk.config import build_config, resolve
+    from vltk.errors import RandomWeightsWarning
+    from vltk.pipeline import build_model
+    from vltk.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    run = resolve(build_config(recipe, recipe_dirs=manager.recipe_dirs()), manager.get_registry())
+    reference = run.config.backbone.options()["pretrained"]
+    assert is_builtin(reference) and reference in {weights.reference for weights in shipped_weights()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomWeightsWarning)
+        model = build_model(run)
+    shipped_file = load_file(resolve_weights_file(reference))
+    state = model.backbone.state_dict()
+    key = next(name for name in shipped_file if name.endswith("patch_embed.proj.weight"))
+    assert torch.equal(state[key], shipped_file[key].float())
 
 
 def test_ship_writes_fp16_safetensors_a_record_and_a_reproducible_check(tmp_path: Path) -> None:

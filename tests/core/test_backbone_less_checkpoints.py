@@ -80,13 +80,37 @@ def test_frozen_pretrained_backbone_is_left_out_and_reloaded(backbone_file: Path
         moved.rename(backbone_file)
 
 
-def test_random_or_finetuned_backbones_are_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("recipe", "overrides"),
+    [
+        ("rein/synthetic", [*TINY, "backbone.pretrained=null"]),  # random weights: nothing to reload them from
+        ("default", [*TINY[:5], "eval.overlays=0"]),  # the shipped foundation, fine-tuned: the weights changed
+    ],
+    ids=["random", "fine-tuned"],
+)
+def test_random_or_finetuned_backbones_are_kept(recipe: str, overrides: list[str], tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = invoke(["train", "--recipe", "rein/synthetic", "--output", str(out), "--quiet", *TINY])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = invoke(["train", "--recipe", recipe, "--output", str(out), "--quiet", *overrides])
     assert result.exit_code == 0, result.output
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["backbone_included"] is True
     assert any(key.startswith("backbone.") for key in state["model"])
+
+
+def test_frozen_shipped_foundation_is_left_out_and_reloaded_by_name(tmp_path: Path) -> None:
+    """rein/synthetic freezes builtin:vltk-tiny-clip: the checkpoint names it instead of carrying 24 MB of it."""
+    out = tmp_path / "run"
+    result = invoke(["train", "--recipe", "rein/synthetic", "--output", str(out), "--quiet", *TINY])
+    assert result.exit_code == 0, result.output
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["backbone_included"] is False
+    assert state["backbone_record"]["source"] == "builtin:vltk-tiny-clip"
+    trained = json.loads((out / "metrics.json").read_text())["final"]["domains"]["night"]["miou"]
+    evaluated = invoke(["eval", "--checkpoint", str(out / "last.pt"), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["domains"]["night"]["miou"] == pytest.approx(trained)
 
 
 def test_wrong_shape_backbone_file_is_a_clear_error(tmp_path: Path) -> None:

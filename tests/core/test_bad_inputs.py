@@ -166,7 +166,13 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
     (
         "resume-other-variant",
         ["train", "--resume", "{run}", "backbone.variant=small", "--allow-changes"],
-        "in the checkpoint but [",
+        "are for variant 'tiny', not 'small'",
+        None,
+    ),
+    (
+        "resume-frozen-on-random-weights",
+        ["train", "--resume", "{run}", "backbone.pretrained=null", "--allow-changes"],
+        "but random initialisation (backbone.pretrained=null) gives other weights",
         None,
     ),
     ("eval-other-architecture", ["eval", "--checkpoint", "{run}/last.pt", "decoder.channels=32"], "in the model", None),

@@ -78,9 +78,10 @@ def check_backbone_fingerprint(model: nn.Module, state: dict[str, Any], *, sourc
     if found == record["fingerprint"]:
         return
     trained_on = record.get("source") or "an unrecorded file"
+    given = f"'{weights}'" if weights else "random initialisation (backbone.pretrained=null)"
     raise UserError(
         f"{source} was trained on the {record.get('name')} backbone from '{trained_on}' (weights fingerprint "
-        f"{record['fingerprint'][:12]}), but '{weights}' gives other weights (fingerprint {found[:12]}); "
+        f"{record['fingerprint'][:12]}), but {given} gives other weights (fingerprint {found[:12]}); "
         "pass --backbone-weights with the file it was trained on, converted the same way"
     )
 

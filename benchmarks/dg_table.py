@@ -9,12 +9,14 @@ shipped ``builtin:vltk-tiny-clip``) unless the entry says random init:
 - adapters on the frozen foundation: ``frozen``, ``full``, ``lora``, ``vpt``, ``rein`` (FPN);
 - decoders: Mask2Former with Rein's token-query link, and with full fine-tuning;
 - text guidance: VLTSeg/DenseCLIP-style score maps, LSeg;
-- CLIP the Gap on ``synthetic-det``, with and without its augmenter (a CLIP ResNet: ``--pretrained-resnet``).
+- on the CLIP ResNet foundation (``--pretrained-resnet``, by default the shipped ``builtin:vltk-tiny-clip-resnet``):
+  DenseCLIP, and CLIP the Gap on ``synthetic-det`` with and without its augmenter.
 
 Each entry is one ordinary run folder under ``--runs`` (``runs/dg/<entry>``): a finished entry is read back, an
 interrupted one resumes (``vltk.train(resume=True)``), so the table can be built over several sessions and any
 row re-checked with ``vltk eval --checkpoint runs/dg/<entry>/last.pt``. The JSON holds every domain's score and
-the summary (source, target average, gap, rPD); ``--markdown`` prints the README table.
+the summary (source, target average, gap, rPD) and each row's foundation; ``--only`` replaces its rows in an
+existing JSON of the same budget and keeps the others; ``--markdown`` prints the README table.
 
     OMP_NUM_THREADS=2 python benchmarks/dg_table.py                              # every entry, ~1 h on 2 cores
     python benchmarks/dg_table.py --only foundation-frozen,foundation-rein --iters 300
@@ -79,6 +81,13 @@ SEGMENTATION_ENTRIES = (
     ),
     on_foundation("foundation-vltseg", "text", "VLTSeg (full + DenseCLIP text guidance)", recipe="vltseg/synthetic"),
     on_foundation("foundation-lseg", "text", "LSeg", recipe="lseg/synthetic"),
+    Entry(
+        "resnet-denseclip",
+        "text",
+        "DenseCLIP (CLIP ResNet foundation)",
+        recipe="denseclip/synthetic",
+        overrides=("backbone.pretrained={pretrained_resnet}",),
+    ),
 )
 
 DETECTION_ENTRIES = (
@@ -113,10 +122,39 @@ SMOKE = (
 )
 
 
+def foundations(args: argparse.Namespace) -> dict[str, str]:
+    """What fills an entry's ``{pretrained}`` and ``{pretrained_resnet}`` placeholders."""
+    return {"pretrained": args.pretrained or "null", "pretrained_resnet": args.pretrained_resnet or "null"}
+
+
+def foundation_of(entry: Entry, args: argparse.Namespace) -> str:
+    """The weights an entry's backbone starts from (its ``backbone.pretrained`` override, else the recipe's)."""
+    for item in entry.overrides:
+        if item.startswith("backbone.pretrained="):
+            return item.split("=", 1)[1].format(**foundations(args))
+    return "the recipe's"
+
+
+def merged_rows(path: Path, settings: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with the other entries of an earlier JSON at ``path`` of the same budget (iters, seed, smoke), in
+    the table's order: ``--only`` re-runs some rows without dropping the rest."""
+    budget = ("iters", "seed", "smoke")
+    earlier: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            saved = {}
+        if all(saved.get("settings", {}).get(key) == settings[key] for key in budget):
+            earlier = {row["name"]: row for row in saved.get("results", []) if row.get("name") in ENTRIES}
+    earlier.update({row["name"]: row for row in rows})
+    return [earlier[name] for name in ENTRIES if name in earlier]
+
+
 def entry_overrides(entry: Entry, args: argparse.Namespace) -> list[str]:
     """The entry's overrides with the foundation filled in, its component flags (whole sections, like
     ``--adapter frozen``) and the budget."""
-    values = {"pretrained": args.pretrained, "pretrained_resnet": args.pretrained_resnet or "null"}
+    values = foundations(args)
     overrides = [f"{section}={{name: {name}}}" for section, name in entry.flags.items()]
     overrides += [item.format(**values) for item in entry.overrides]
     overrides += [f"train.iters={args.iters}", "train.eval_interval=0", f"seed={args.seed}"]
@@ -224,7 +262,11 @@ def fail(message: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrained", default="builtin:vltk-tiny-clip", help="the foundation (file or builtin:)")
-    parser.add_argument("--pretrained-resnet", default=None, help="CLIP ResNet weights for CLIP the Gap (null)")
+    parser.add_argument(
+        "--pretrained-resnet",
+        default="builtin:vltk-tiny-clip-resnet",
+        help="the CLIP ResNet foundation of DenseCLIP and CLIP the Gap (file, builtin: or null)",
+    )
     parser.add_argument("--iters", type=int, default=300, help="the equal budget of every entry")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated entry names: " + ", ".join(ENTRIES))
@@ -245,23 +287,27 @@ def main() -> None:
             result = run_entry(entry, args)
         except UserError as error:
             fail(f"{name}: {error}")
-        row = {"name": name, "group": entry.group, "label": entry.label, "result": result}
+        row = {
+            "name": name,
+            "group": entry.group,
+            "label": entry.label,
+            "pretrained": foundation_of(entry, args),
+            "result": result,
+        }
         if name in ZERO_SHOT_ENTRIES:
             row["zero_shot"] = zero_shot(entry, args, result)
         rows.append(row)
         summary = result["summary"]
         print(f"[{name}] source {100 * summary['source']:.1f}, target avg {100 * summary['target_avg']:.1f}")
-    payload = {
-        **result_header("dg_table", torch.device("cpu")),
-        "settings": {
-            "pretrained": args.pretrained,
-            "pretrained_resnet": args.pretrained_resnet,
-            "iters": args.iters,
-            "seed": args.seed,
-            "smoke": args.smoke,
-        },
-        "results": rows,
+    settings = {
+        "pretrained": args.pretrained,
+        "pretrained_resnet": args.pretrained_resnet,
+        "iters": args.iters,
+        "seed": args.seed,
+        "smoke": args.smoke,
     }
+    rows = merged_rows(Path(args.json), settings, rows)
+    payload = {**result_header("dg_table", torch.device("cpu")), "settings": settings, "results": rows}
     write_result(args.json, payload)
     if args.markdown:
         print(markdown(rows))

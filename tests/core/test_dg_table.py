@@ -36,10 +36,14 @@ def test_entries_train_report_and_are_reused(tmp_path: Path) -> None:
     frozen = (tmp_path / "runs" / "foundation-frozen" / "config.resolved.yaml").read_text()
     assert "name: frozen" in frozen and "iters: 1" in frozen
     assert "| random init, full, FPN | mIoU |" in first.stdout
+    assert rows["random-full"]["pretrained"] == "null"
     second = _table(tmp_path, "--only", "random-full")
     assert second.returncode == 0, second.stderr[-2000:]
-    again = json.loads((tmp_path / "dg.json").read_text())["results"][0]["result"]
+    merged = {row["name"]: row for row in json.loads((tmp_path / "dg.json").read_text())["results"]}
+    assert list(merged) == ["random-full", "foundation-frozen"]  # the row not re-run is kept
+    again = merged["random-full"]["result"]
     assert again["reused"] is True and again["summary"] == rows["random-full"]["result"]["summary"]
+    assert merged["foundation-frozen"] == rows["foundation-frozen"]
 
 
 def test_an_unknown_entry_is_one_error_line(tmp_path: Path) -> None:

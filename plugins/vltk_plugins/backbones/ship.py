@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from vltk.api import UserError
+from vltk_plugins.backbones.clip_resnet.model import build_clip_resnet
 from vltk_plugins.backbones.open_clip_vit.model import build_clip_vit, build_eva02
 from vltk_plugins.backbones.shipped import SHIPPED_DIR, write_record
 
@@ -35,7 +36,7 @@ CHECK_DIMS = 16
 
 
 #: The backbones a foundation is shipped for: registered name -> builder (options dict in, module out).
-BUILDERS = {"eva02": build_eva02, "clip-vit": build_clip_vit}
+BUILDERS = {"eva02": build_eva02, "clip-vit": build_clip_vit, "clip-resnet": build_clip_resnet}
 
 
 def build_backbone(backbone: str, variant: str | None, pretrained: str | None) -> torch.nn.Module:

@@ -152,7 +152,14 @@ def test_every_shipped_file_gives_its_recorded_embedding(weights: BuiltinWeights
 
 
 #: The recipes that start from the shipped foundation (the default and every eva02 ``*/synthetic`` one).
-FOUNDATION_RECIPES = ("default", "rein/synthetic", "lseg/synthetic", "vltseg/synthetic")
+FOUNDATION_RECIPES = (
+    "default",
+    "rein/synthetic",
+    "lseg/synthetic",
+    "vltseg/synthetic",
+    "denseclip/synthetic",
+    "clip-gap/synthetic",
+)
 
 
 @pytest.mark.parametrize("recipe", FOUNDATION_RECIPES)
@@ -172,7 +179,7 @@ def test_the_default_and_synthetic_recipes_start_from_the_shipped_foundation(rec
         model = build_model(run)
     shipped_file = load_file(resolve_weights_file(reference))
     state = model.backbone.state_dict()
-    key = next(name for name in shipped_file if name.endswith("patch_embed.proj.weight"))
+    key = next(name for name in shipped_file if name.endswith(("patch_embed.proj.weight", "visual.conv1.weight")))
     assert torch.equal(state[key], shipped_file[key].float())
 
 

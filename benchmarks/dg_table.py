@@ -82,6 +82,13 @@ SEGMENTATION_ENTRIES = (
     on_foundation("foundation-vltseg", "text", "VLTSeg (full + DenseCLIP text guidance)", recipe="vltseg/synthetic"),
     on_foundation("foundation-lseg", "text", "LSeg", recipe="lseg/synthetic"),
     Entry(
+        "resnet-random-denseclip",
+        "text",
+        "DenseCLIP (CLIP ResNet, random init)",
+        recipe="denseclip/synthetic",
+        overrides=("backbone.pretrained=null",),
+    ),
+    Entry(
         "resnet-denseclip",
         "text",
         "DenseCLIP (CLIP ResNet foundation)",

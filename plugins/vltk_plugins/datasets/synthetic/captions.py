@@ -76,6 +76,7 @@ HELD_OUT_WORDS: frozenset[str] = frozenset(
     word for names in STUFF.values() for name in names[1:] for word in name.split() if word not in _LABEL_WORDS
 )
 
+
 def held_out_class_names() -> list[str]:
     """The label list with every class that has a caption synonym renamed to its first held-out one.
 

@@ -5,7 +5,8 @@ Table 2/3: GTAV -> Cityscapes/BDD/Mapillary; CLIP the Gap's Table 1: daytime-sun
 the same number of iterations and batch size, from the foundation given as ``--pretrained`` (by default the
 shipped ``builtin:vltk-tiny-clip``) unless the entry says random init:
 
-- backbone init: random vs the foundation (full fine-tuning, FPN);
+- backbone init: random vs the foundation (full fine-tuning, FPN; also with BEiT's layer-wise lr decay and with a
+  10x lower backbone lr, which keep more of the foundation);
 - adapters on the frozen foundation: ``frozen``, ``full``, ``lora``, ``vpt``, ``rein`` (FPN);
 - decoders: Mask2Former with Rein's token-query link, and with full fine-tuning;
 - text guidance: VLTSeg/DenseCLIP-style score maps, LSeg;
@@ -65,6 +66,18 @@ def on_foundation(name: str, group: str, label: str, *, recipe: str | None = Non
 SEGMENTATION_ENTRIES = (
     Entry("random-full", "init", "random init, full, FPN", overrides=("backbone.pretrained=null",)),
     on_foundation("foundation-full", "init", "foundation, full, FPN"),
+    on_foundation(
+        "foundation-full-layer-decay",
+        "init",
+        "foundation, full, layer decay 0.75, FPN",
+        overrides=("adapter.layer_decay=0.75",),
+    ),
+    on_foundation(
+        "foundation-full-low-lr",
+        "init",
+        "foundation, full, backbone lr x0.1, FPN",
+        overrides=("train.lr=3.0e-5", "train.decoder_lr_mult=10.0"),
+    ),
     on_foundation("foundation-frozen", "adapter", "frozen foundation, FPN", flags={"adapter": "frozen"}),
     on_foundation("foundation-lora", "adapter", "LoRA, FPN", flags={"adapter": "lora"}),
     on_foundation("foundation-vpt", "adapter", "VPT, FPN", flags={"adapter": "vpt"}),

@@ -212,9 +212,21 @@ def _print_shipped(console: Any, backbone: str) -> None:
     for weights in shipped:
         if weights.reproduce:
             console.print(f"{escape(weights.reference)} reproduce: {escape(weights.reproduce)}")
-        if weights.evaluation:
-            numbers = ", ".join(f"{key} {value}" for key, value in weights.evaluation.items())
-            console.print(f"{escape(weights.reference)} evaluation: {escape(numbers)}")
+        for label, numbers in _evaluation_lines(weights.evaluation):
+            console.print(f"{escape(weights.reference)} {escape(label)}: {escape(numbers)}")
+
+
+def _evaluation_lines(evaluation: Any, label: str = "evaluation") -> list[tuple[str, str]]:
+    """A record's evaluation as readable lines: its plain numbers on one line, each nested table (per-domain
+    scores) on its own, labelled by its dotted path, instead of one line of nested dicts."""
+    if not isinstance(evaluation, dict) or not evaluation:
+        return []
+    plain = [f"{key} {value}" for key, value in evaluation.items() if not isinstance(value, dict)]
+    lines = [(label, ", ".join(plain))] if plain else []
+    for key, value in evaluation.items():
+        if isinstance(value, dict):
+            lines += _evaluation_lines(value, f"{label}.{key}")
+    return lines
 
 
 def _fields(model: Any) -> list[dict[str, Any]]:

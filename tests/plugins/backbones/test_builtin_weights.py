@@ -56,7 +56,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, 
         variant="tiny",
         summary="a test file",
         reproduce="vltk pretrain --output runs/x",
-        evaluation={"R@1": 12.5},
+        evaluation={"R@1": 12.5, "zero_shot": {"fog": {"r1": 0.5}}},
     )
     return source, read_record(record)
 
@@ -65,7 +65,10 @@ def test_record_round_trip_holds_the_files_sha256(shipped: tuple[Any, BuiltinWei
     _, weights = shipped
     record = json.loads((weights.path.parent / "tiny-test.json").read_text())
     assert record["file"] == "tiny-test.safetensors" and len(record["sha256"]) == 64
-    assert weights.reference == "builtin:tiny-test" and weights.evaluation == {"R@1": 12.5}
+    assert weights.reference == "builtin:tiny-test" and weights.evaluation == {
+        "R@1": 12.5,
+        "zero_shot": {"fog": {"r1": 0.5}},
+    }
     assert shipped_weights(weights.path.parent) == [weights]
 
 
@@ -122,7 +125,7 @@ def test_list_and_show_print_the_shipped_weights(shipped: tuple[Any, BuiltinWeig
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.output)["tiny-test"]["sha256"] == weights.sha256
     assert "builtin:tiny-test" in shown.output and "reproduce: vltk pretrain --output runs/x" in shown.output
-    assert "evaluation: R@1 12.5" in shown.output
+    assert "evaluation: R@1 12.5" in shown.output and "evaluation.zero_shot.fog: r1 0.5" in shown.output
     references = [item["reference"] for item in json.loads(shown_json.output)["builtin_weights"]]
     assert "builtin:tiny-test" in references  # beside whatever the installed plugins ship
     assert "builtin:tiny-test" not in other.output and "none installed for this backbone" in other.output

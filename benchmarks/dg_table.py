@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 import vltk
 from vltk.errors import UserError
-from vltk_kernels.benchmarking.provenance import result_header, write_result
+from vltk_kernels.benchmarking.provenance import fail, result_header, write_result
 
 #: A foundation's ``backbone.pretrained`` placeholder in an entry's overrides.
 FOUNDATION = "{pretrained}"
@@ -271,12 +270,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         cells += [f"{100 * summary['target_avg']:.1f}", f"{summary['rpd_avg']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def fail(message: str) -> None:
-    """One ``Error:`` line and exit code 2, as the CLI does for bad input."""
-    print(f"Error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def main() -> None:

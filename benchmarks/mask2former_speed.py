@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch
 from decoder_step import blocky_labels
 from torch import Tensor, nn
 
-from vltk_kernels.benchmarking.provenance import describe_device, git_commit
+from vltk_kernels.benchmarking.provenance import describe_device, fail, git_commit
 from vltk_plugins.common.releases import apply_keymap
 from vltk_plugins.decoders.mask2former.head import Mask2Former
 from vltk_plugins.decoders.mask2former.release import HF_RULES, HF_TITLE
@@ -56,11 +55,7 @@ def hf_modules() -> Any:
     try:
         from transformers.models.mask2former import configuration_mask2former, modeling_mask2former
     except ImportError:
-        print(
-            "Error: Hugging Face transformers (this benchmark's baseline) is not installed; pip install transformers",
-            file=sys.stderr,
-        )
-        raise SystemExit(2) from None
+        fail("Hugging Face transformers (this benchmark's baseline) is not installed; pip install transformers")
     return configuration_mask2former, modeling_mask2former
 
 

@@ -21,22 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vltk_kernels.benchmarking.provenance import result_header, write_result
+from vltk_kernels.benchmarking.provenance import fail, result_header, write_result
+from vltk_plugins.backbones.shipped import SHIPPED_DIR
 
 #: The zero-shot means a record keeps.
 METRICS = ("r1", "condition_acc", "object_acc", "object_auc")
-
-
-def fail(message: str) -> None:
-    """One ``Error:`` line and exit code 2, as the CLI does for bad input."""
-    print(f"Error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def run_means(run: Path) -> tuple[dict[str, float], int]:
@@ -66,8 +60,6 @@ def embedding_difference(run: Path, record: dict[str, Any]) -> float:
 
 
 def main() -> None:
-    from vltk_plugins.backbones.shipped import SHIPPED_DIR
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="the run folder of the reproduction")
     parser.add_argument("--name", default="vltk-tiny-clip", help="the shipped record to compare against")

@@ -12,7 +12,7 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -112,6 +112,12 @@ def result_header(benchmark: str, device: torch.device) -> dict[str, Any]:
     }
 
 
+def fail(message: str) -> NoReturn:
+    """End a benchmark script on bad input as the CLI does: one ``Error:`` line on stderr, exit code 2."""
+    print(f"Error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def write_result(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write a benchmark's JSON (folders created) and say where, so every script ends the same way."""
     path = Path(path)
@@ -121,4 +127,12 @@ def write_result(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-__all__ = ["describe_device", "environment", "git_commit", "kernels_distribution", "result_header", "write_result"]
+__all__ = [
+    "describe_device",
+    "environment",
+    "fail",
+    "git_commit",
+    "kernels_distribution",
+    "result_header",
+    "write_result",
+]

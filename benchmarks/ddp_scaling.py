@@ -47,7 +47,9 @@ MODES: dict[str, dict[str, Any]] = {
 
 def worker(args: argparse.Namespace) -> None:
     """One rank of one mode: train ``args.steps`` timed steps; rank 0 writes the step times to ``args.part``."""
-    from vltk.config import build_config, resolve
+    from train_memory import benchmark_config
+
+    from vltk.config import resolve
     from vltk.engine import distributed
     from vltk.engine.optimization import build_param_groups
     from vltk.pipeline import build_model
@@ -57,7 +59,7 @@ def worker(args: argparse.Namespace) -> None:
     context, device = distributed.setup(torch.device("cpu"))
     manager = get_plugin_manager()
     overrides = [f"backbone.variant={args.variant}", f"dataset.size={args.size}", "device=cpu"]
-    run = resolve(build_config(overrides=overrides, recipe_dirs=manager.recipe_dirs()), manager.get_registry())
+    run = resolve(benchmark_config(overrides=overrides), manager.get_registry())
     torch.manual_seed(0)
     model = build_model(run, class_names=[f"c{i}" for i in range(19)], ignore_index=255).train()
     optimizer = torch.optim.AdamW(build_param_groups(model, run.config), lr=1e-4)

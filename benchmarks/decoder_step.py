@@ -35,12 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from train_memory import benchmark_config
 
-from vltk.config import build_config
 from vltk.engine.optimization import build_param_groups
 from vltk.interfaces import count_trainable
 from vltk.pipeline import build_model
-from vltk.plugins import get_plugin_manager
 from vltk_kernels.benchmarking.provenance import result_header, write_result
 
 TINY_MASK2FORMER = [
@@ -89,11 +88,7 @@ def cpu_step_peak_bytes(step: Any) -> int:
 
 def run_case(name: str, size: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     decoder, overrides = DECODERS[name]
-    config = build_config(
-        components={"adapter": "rein", "decoder": decoder},
-        overrides=[f"backbone.variant={args.variant}", *overrides],
-        recipe_dirs=get_plugin_manager().recipe_dirs(),
-    )
+    config = benchmark_config({"adapter": "rein", "decoder": decoder}, [f"backbone.variant={args.variant}", *overrides])
     torch.manual_seed(0)
     model = build_model(config).to(device).train()
     optimizer = torch.optim.AdamW(build_param_groups(model, config), lr=1e-4)

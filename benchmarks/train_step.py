@@ -16,12 +16,11 @@ import time
 from typing import Any
 
 import torch
+from train_memory import benchmark_config
 
-from vltk.config import build_config
 from vltk.engine.optimization import build_param_groups
 from vltk.interfaces import count_trainable
 from vltk.pipeline import build_model
-from vltk.plugins import get_plugin_manager
 from vltk_kernels.benchmarking.provenance import result_header, write_result
 
 ADAPTERS = ("frozen", "rein", "full")
@@ -33,9 +32,7 @@ def time_adapter(adapter: str, args: argparse.Namespace, device: torch.device) -
         if adapter == "rein"
         else [f"backbone.variant={args.variant}"]
     )
-    config = build_config(
-        components={"adapter": adapter}, overrides=overrides, recipe_dirs=get_plugin_manager().recipe_dirs()
-    )
+    config = benchmark_config({"adapter": adapter}, overrides)
     torch.manual_seed(0)
     model = build_model(config).to(device).train()
     optimizer = torch.optim.AdamW(build_param_groups(model, config), lr=1e-4)

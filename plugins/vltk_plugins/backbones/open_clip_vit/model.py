@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from vltk.api import BlockHook, BuildContext, UserError, coerce_options, did_you_mean
 from vltk_plugins.backbones.open_clip_vit.options import ClipViTOptions, Eva02Options
 from vltk_plugins.common.attention import install_attention
+from vltk_plugins.common.lean_mlp import install_lean_swiglu
 from vltk_plugins.common.clip_text import OPENAI_MEAN, OPENAI_STD, ClipTextSide
 from vltk_plugins.common.vit import TokenBackbone
 from vltk_plugins.common.weights import TEXT_TOWER, OptionalPart, WeightSpec, load_pretrained_or_warn
@@ -377,6 +378,7 @@ def build_eva02(options: Eva02Options, context: BuildContext | None = None) -> E
     load_pretrained_or_warn(clip, options.pretrained, spec)
     backbone = Eva02Backbone(clip, out_indices=options.out_indices, label=spec.label)
     install_attention(backbone, options.attention)
+    install_lean_swiglu(backbone)  # half the MLP activations a block keeps for backward (frozen or not)
     backbone.set_grad_checkpointing(options.grad_checkpointing)
     return backbone
 

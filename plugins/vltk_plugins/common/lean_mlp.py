@@ -60,10 +60,9 @@ class _SwiGLUNorm(torch.autograd.Function):
             gate, value, weight, bias, mean, rstd = ctx.saved_tensors
         else:
             (gate, value), weight, bias = ctx.saved_tensors, None, None
-        # Ordered so that at most four hidden-sized temporaries live at once (the backward of a recomputed,
+        # Ordered so that at most three hidden-sized temporaries live at once (the backward of a recomputed,
         # checkpointed block runs while its activations are alive, so its temporaries count towards the peak).
-        sigmoid = torch.sigmoid(gate)
-        silu = gate * sigmoid
+        silu = F.silu(gate)  # the one recomputation, as the forward computed it
         grad_weight = grad_bias = None
         if ctx.normalized:
             hidden = silu * value
@@ -78,18 +77,12 @@ class _SwiGLUNorm(torch.autograd.Function):
                 [need_gate or need_value, need_weight and weight is not None, need_bias and bias is not None],
             )
             del hidden
-            owned = True  # grad_hidden is this function's own buffer: the gate's gradient may overwrite it
         else:
-            grad_hidden, owned = grad_out, False
+            grad_hidden = grad_out
         grad_value = grad_hidden * silu if need_value else None
         del silu
-        grad_gate = None
-        if need_gate:
-            # d silu / d gate = sigmoid * (1 + gate * (1 - sigmoid)): autograd's silu_backward
-            slope = torch.sub(1, sigmoid).mul_(gate).add_(1).mul_(sigmoid)
-            del sigmoid
-            grad_gate = grad_hidden.mul_(value) if owned else grad_hidden * value
-            grad_gate.mul_(slope)
+        # autograd's own fused SiLU backward on the product's gradient: the same formula, one pass
+        grad_gate = torch.ops.aten.silu_backward(grad_hidden * value, gate) if need_gate else None
         return grad_gate, grad_value, grad_weight, grad_bias, None, None
 
 

@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from vltk.api import BlockHook, BuildContext, UserError, coerce_options, did_you_mean
 from vltk_plugins.backbones.open_clip_vit.options import ClipViTOptions, Eva02Options
 from vltk_plugins.common.attention import install_attention
-from vltk_plugins.common.lean_mlp import install_lean_swiglu
 from vltk_plugins.common.clip_text import OPENAI_MEAN, OPENAI_STD, ClipTextSide
+from vltk_plugins.common.lean_mlp import install_lean_swiglu
 from vltk_plugins.common.vit import TokenBackbone
 from vltk_plugins.common.weights import TEXT_TOWER, OptionalPart, WeightSpec, load_pretrained_or_warn
 

@@ -220,12 +220,18 @@ class Mask2Former(Decoder):
             )
         batch = features[0].shape[0]
         mask_features, multi_scale = self.pixel_decoder(features)
-        memories, memory_pos, sizes = [], [], []
+        # Per level, once: the memory and its key (memory + position) as contiguous [B, S, C] rows, so every
+        # layer reading the level projects them in place and the layers' backward keeps one copy of each, not one
+        # per layer (a channel-first view would be copied by each projection, and each copy saved).
+        memories, memory_pos, memory_keys, sizes = [], [], [], []
         for level, x in enumerate(multi_scale):
             height, width = x.shape[-2:]
-            memories.append(x.flatten(2).transpose(1, 2) + self.level_embed.weight[level])
+            memory = x.flatten(2).transpose(1, 2).contiguous() + self.level_embed.weight[level]
             pos = sine_positional_encoding(height, width, self.hidden_dim // 2, device=x.device).to(x.dtype)
-            memory_pos.append(pos.flatten(2).transpose(1, 2))
+            pos = pos.flatten(2).transpose(1, 2).contiguous()
+            memories.append(memory)
+            memory_pos.append(pos)
+            memory_keys.append(memory + pos)
             sizes.append((int(height), int(width)))
 
         content, query_pos = self.initial_queries(queries, batch)
@@ -235,7 +241,7 @@ class Mask2Former(Decoder):
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(layers):
             level = i % self.num_levels
-            inputs = (content, query_pos, memories[level], memory_pos[level], attn_mask)
+            inputs = (content, query_pos, memories[level], memory_pos[level], attn_mask, memory_keys[level])
             content = checkpoint(layer, *inputs, use_reentrant=False) if recompute else layer(*inputs)
             next_size = sizes[(i + 1) % self.num_levels] if i + 1 < len(layers) else None
             class_logits, mask_logits, attn_mask = self._predict(content, mask_features, next_size)

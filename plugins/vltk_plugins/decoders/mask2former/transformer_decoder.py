@@ -64,13 +64,17 @@ class Mask2FormerDecoderLayer(nn.Module):
         memory: Tensor,
         memory_pos: Tensor,
         attn_mask: Tensor | None = None,
+        memory_key: Tensor | None = None,
     ) -> Tensor:
         """``query``/``query_pos`` ``[B, Q, C]``; ``memory``/``memory_pos`` ``[B or 1, S, C]``; ``attn_mask``
         ``[B, 1, Q, S]`` additive float (``-inf`` where a query may **not** look; see ``head.attention_mask``).
 
-        Positional encodings are added to queries and keys, never to values.
+        Positional encodings are added to queries and keys, never to values. ``memory_key`` is
+        ``memory + memory_pos`` when the caller has it: the head computes it once per level, so the layers that
+        read a level share one key tensor (and the one copy their key projections keep for the backward).
         """
-        attended = attend(self.cross_attn, query + query_pos, memory + memory_pos, memory, attn_mask)
+        key = memory + memory_pos if memory_key is None else memory_key
+        attended = attend(self.cross_attn, query + query_pos, key, memory, attn_mask)
         query = self.norms[0](query + attended)
         query = self.norms[1](query + attend(self.self_attn, query + query_pos, None, query))
         return self.norms[2](query + self.ffn(query))

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vltk_kernels import ms_deform_attn
+from vltk_plugins.decoders.mask2former.lean import layer_norm_then_linear, linear_on_sum
 from vltk_plugins.decoders.mask2former.options import GN_GROUPS
 
 
@@ -112,9 +113,11 @@ class MultiScaleDeformableAttention(nn.Module):
         batch, num_queries, _ = query.shape
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
         value = self.value_proj(query).view(batch, num_queries, heads, self.dim // heads)
-        with_pos = query + query_pos
-        offsets = self.sampling_offsets(with_pos).view(batch, num_queries, heads, levels, points, 2)
-        weights = self.attention_weights(with_pos).view(batch, num_queries, heads, levels * points)
+        # both read query + query_pos; the backward re-adds them rather than keeping the sum (see .lean)
+        offsets = linear_on_sum(self.sampling_offsets, query, query_pos)
+        offsets = offsets.view(batch, num_queries, heads, levels, points, 2)
+        weights = linear_on_sum(self.attention_weights, query, query_pos)
+        weights = weights.view(batch, num_queries, heads, levels * points)
         weights = weights.softmax(-1).view(batch, num_queries, heads, levels, points)
         # offsets are in pixels of each level: divide by (W_l, H_l) to move in normalised coordinates
         normalizer = spatial_shapes.flip(-1).to(query.dtype)
@@ -140,8 +143,10 @@ class DeformableEncoderLayer(nn.Module):
         spatial_shapes: Tensor,
         level_start_index: Tensor,
     ) -> Tensor:
-        query = self.norms[0](self.self_attn(query, query_pos, reference_points, spatial_shapes, level_start_index))
-        return self.norms[1](query + self.ffn(query))
+        attended = self.self_attn(query, query_pos, reference_points, spatial_shapes, level_start_index)
+        # norms[0] and the FFN's first linear as one step that keeps only the norm's input (see .lean)
+        query, hidden = layer_norm_then_linear(self.norms[0], self.ffn[0], attended)
+        return self.norms[1](query + self.ffn[2](self.ffn[1](hidden)))
 
 
 def _conv_gn(in_channels: int, out_channels: int, kernel_size: int, *, bias: bool, relu: bool) -> nn.Sequential:

@@ -112,3 +112,14 @@ def test_eva02_blocks_get_the_lean_forward_and_keep_their_keys() -> None:
     with torch.device("meta"):
         plain = open_clip.CustomTextCLIP(**eva02_config(Eva02Options(variant="tiny", pretrained=None)))
     assert set(backbone.visual.state_dict()) == set(plain.visual.state_dict())
+
+
+def test_a_deep_copy_runs_on_its_own_weights() -> None:
+    """The EMA (timm's ModelEmaV3) deep-copies the model: the copy's forward must read the copy's weights."""
+    _, lean = _pair("glu-gate-last")
+    twin = copy.deepcopy(lean)
+    assert twin.forward.mlp is twin and twin._vltk_original_forward.__self__ is twin
+    x = torch.randn(2, 9, 24, requires_grad=True)
+    with torch.no_grad():
+        twin.fc1.weight.zero_()
+    assert not torch.equal(lean(x), twin(x))

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from vltk_plugins.common.lean_autograd import lean_applies
+
 
 class _SwiGLUNorm(torch.autograd.Function):
     """``layer_norm(silu(gate) * value)`` (``normalized`` False: no norm) saving only ``gate`` and ``value``."""
@@ -87,18 +89,13 @@ class _SwiGLUNorm(torch.autograd.Function):
 
 
 def _lean_applies(mlp: nn.Module, x: Tensor) -> bool:
-    if not (torch.is_grad_enabled() and isinstance(mlp.act, nn.SiLU)):
+    if not isinstance(mlp.act, nn.SiLU) or not isinstance(mlp.norm, nn.LayerNorm | nn.Identity):
         return False
     if getattr(mlp, "chunk_dim", -1) not in (-1, x.dim() - 1):  # GluMlp split along the features only
         return False
     if mlp.training and mlp.drop1.p > 0:
         return False
-    if not isinstance(mlp.norm, nn.LayerNorm | nn.Identity):
-        return False
-    if torch.compiler.is_compiling():
-        return False
-    device_type = x.device.type
-    return not (device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type))
+    return lean_applies(x)
 
 
 def _gate_and_value(mlp: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -24,13 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-
-def lean_applies(x: Tensor) -> bool:
-    """Whether the lean functions run for input ``x``: a backward will happen, no autocast, no tracing."""
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return False
-    device_type = x.device.type
-    return not (device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type))
+from vltk_plugins.common.lean_autograd import lean_applies
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -132,4 +126,4 @@ def layer_norm_then_linear(norm: nn.LayerNorm, linear: nn.Linear, x: Tensor) -> 
     return _LayerNormThenLinear.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
 
 
-__all__ = ["layer_norm_then_linear", "lean_applies", "linear_on_sum"]
+__all__ = ["layer_norm_then_linear", "linear_on_sum"]

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from vltk_kernels import ms_deform_attn, use_backend
-from vltk_kernels.ms_deform_attn import ms_deform_attn_lean, ms_deform_attn_reference
-from vltk_kernels.ms_deform_attn.lean import heads_per_chunk
+from vltk_kernels.ms_deform_attn import lean, ms_deform_attn_lean, ms_deform_attn_reference
 
 # (level shapes, B, nH, D, P, Q): non-square, odd, tiny (1x1, 1xW) levels; Q > 128 masks the last query tile.
 CASES = [
@@ -87,7 +86,10 @@ def test_msda_lean_gradcheck_float64_and_half(check_lean) -> None:
     inputs = (value.requires_grad_(), locations.requires_grad_(), weights.requires_grad_())
     assert torch.autograd.gradcheck(lambda v, loc, w: msda_lean(v, shapes, loc, w), inputs)
     # fp16 against the reference in fp16: the same rounded grid, so even the location gradient agrees
-    check_lean(msda_lean, reference, make_inputs(*CASES[0], dtype=torch.float16))
+    # Half inputs: coordinates and products run in float32, so the specification is the float32 reference on the
+    # same rounded inputs (the half reference rounds its grid, moving samples across pixel edges, where the
+    # location gradient jumps).
+    check_lean(msda_lean, reference, make_inputs(*CASES[0], dtype=torch.float16), reference_dtype=torch.float32)
     # Levels wide enough for grid_sample's vectorised CPU path, which misreads strided half inputs (the
     # reference itself returns NaN here in both half types). Against fp32 on the same rounded inputs, the
     # tolerance covers the grid's own rounding (2·loc - 1 in the input dtype: 1/8 pixel in bf16 on 64 columns).
@@ -107,18 +109,46 @@ def test_msda_lean_strided_value_and_partial_gradients(check_lean) -> None:
     check_lean(msda_lean, reference, [value, shapes, locations, weights], grad_mask=[False, True, False])
 
 
-def test_msda_lean_chunks_of_heads_match_reference(check_lean) -> None:
-    """8 heads of 2 points are sampled 4 heads at a time (batch 2: the chunk is a strided slice of the output)."""
-    assert heads_per_chunk(8, 2) == 4 and heads_per_chunk(8, 4) == 2 and heads_per_chunk(3, 4) == 1
-    check_lean(msda_lean, reference, make_inputs([(7, 9), (4, 5), (2, 3)], 2, 8, 4, 2, 23, dtype=torch.float32))
-    check_lean(msda_lean, reference, make_inputs([(6, 5), (3, 3)], 2, 6, 8, 2, 17, dtype=torch.float16))
+def test_msda_lean_chunks_of_bags_match_reference(check_lean, monkeypatch) -> None:
+    """Bags (batch, query, head) are gathered in chunks bounded by the output's size; with chunks forced small
+    (a last partial one included), the result and every gradient are those of the reference."""
+    assert lean.bags_per_chunk(10**6, 32, 12, 4, 8) == 10**6 * 32 * 4 // (4 * 12 * 8)  # the output's size
+    assert lean.bags_per_chunk(1000, 32, 12, 4, 8) == 1000  # a small problem: one chunk of at most 16 MiB
+    assert lean.bags_per_chunk(10**6, 32, 12, 4, 8 * 2**20) == 1  # at least one
+    inputs = make_inputs([(7, 9), (4, 5), (2, 3)], 2, 8, 4, 2, 23, dtype=torch.float32)
+    monkeypatch.setattr(lean, "bags_per_chunk", lambda bags, *_: 37)
+    check_lean(msda_lean, reference, inputs)
+    half = make_inputs([(6, 5), (3, 3)], 2, 6, 8, 2, 17, dtype=torch.float16)
+    check_lean(msda_lean, reference, half, reference_dtype=torch.float32)
 
 
-def test_msda_lean_keeps_no_stack_of_samples(peak_bytes) -> None:
-    """The reference holds every level's [B·nH, D, Q, P] samples at once (three times); the lean path one head's."""
+def test_msda_lean_nonfinite_locations_stay_in_bounds() -> None:
+    """A NaN or infinite location never makes an out-of-range row. NaN gives NaN, as in the reference; an infinite
+    one reads zeros (the limit of a sample far outside; the reference's grid_sample gives NaN); every other query
+    is the reference's."""
+    value, shapes, locations, weights = make_inputs(*CASES[0], dtype=torch.float32)
+    locations[0, 0, 0, 0, 0, 0] = float("nan")
+    locations[0, 1, 0, 0, 0] = float("inf")
+    locations[0, 2, 0, 1, 0, 1] = -float("inf")
+    out, expected = msda_lean(value, shapes, locations, weights), reference(value, shapes, locations, weights)
+    assert out[0, 0, :12].isnan().all() and expected[0, 0, :12].isnan().all()
+    assert out[0, 1:3].isfinite().all()
+    finite = torch.ones(out.shape[:2], dtype=torch.bool)
+    finite[0, :3] = False
+    torch.testing.assert_close(out[finite], expected[finite], atol=1e-5, rtol=1e-5)
+    weights[0, 1, 0, 0, 0] = 0.0  # the infinite sample weighted 0: that query is exactly the reference's
+    weights[0, 2, 0, 1, 0] = 0.0
+    locations[0, 1:3] = locations[0, 1:3].nan_to_num(posinf=0.5, neginf=0.5)
+    torch.testing.assert_close(msda_lean(value, shapes, locations, weights)[0, 1:3], out[0, 1:3], atol=1e-6, rtol=0)
+
+
+def test_msda_lean_keeps_no_stack_of_samples(peak_bytes, monkeypatch) -> None:
+    """The reference holds every level's [B·nH, D, Q, P] samples at once (three times); the lean path the output
+    and one chunk of corners within the output's size (the 16 MiB floor lifted to see the bound at this size)."""
+    monkeypatch.setattr(lean, "MIN_CHUNK_BYTES", 0)
     value, shapes, locations, weights = make_inputs([(16, 16), (8, 8)], 1, 4, 16, 4, 320, dtype=torch.float32)
     output_bytes = 320 * 4 * 16 * 4
-    assert peak_bytes(lambda: msda_lean(value, shapes, locations, weights)) < 2.5 * output_bytes  # out + P/nH of it
+    assert peak_bytes(lambda: msda_lean(value, shapes, locations, weights)) < 2.5 * output_bytes  # out + a chunk
     assert peak_bytes(lambda: reference(value, shapes, locations, weights)) > 8 * output_bytes
 
 

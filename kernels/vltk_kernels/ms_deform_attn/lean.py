@@ -216,8 +216,9 @@ def _corner_dots(grad: Tensor, table: Tensor, rows: Tensor) -> Tensor:
     """``[n, L·P·4]``: ``grad[bag] · table[row]`` for every corner row of every bag (``grad`` ``[n, D]``)."""
     count, per_bag = rows.shape[0], rows[0].numel()
     flat = rows.reshape(-1)
-    offsets = torch.arange(0, flat.numel(), per_bag, device=rows.device)
-    bag_of = torch.arange(count, device=rows.device).repeat_interleave(per_bag)
+    # indices, offsets and bags of one integer type: CUDA's embedding_bag kernels require it
+    offsets = torch.arange(0, flat.numel(), per_bag, dtype=rows.dtype, device=rows.device)
+    bag_of = torch.arange(count, dtype=rows.dtype, device=rows.device).repeat_interleave(per_bag)
     dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(grad, table, flat, offsets, bag_of, 0, -1)
     return dots.view(count, per_bag)
 

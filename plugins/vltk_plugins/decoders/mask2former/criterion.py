@@ -44,6 +44,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torch.nn import functional as F
 
+from vltk_kernels import ms_deform_attn
+
 
 def point_sample(inputs: Tensor, points: Tensor, padding_mode: str = "zeros") -> Tensor:
     """Bilinear samples of ``inputs`` ``[N, C, H, W]`` at ``points`` ``[N, P, 2]`` (normalised ``(x, y)`` in
@@ -56,6 +58,24 @@ def point_sample(inputs: Tensor, points: Tensor, padding_mode: str = "zeros") ->
     return F.grid_sample(
         inputs, grid.to(inputs.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=False
     )[:, :, 0]
+
+
+def shared_point_sample(maps: Tensor, points: Tensor) -> Tensor:
+    """Bilinear samples of every map of ``maps`` ``[C, H, W]`` at the same ``points`` ``[P, 2]`` (normalised ``(x, y)``,
+    ``align_corners=False``, zero padding, as :func:`point_sample`) -> ``[C, P]``.
+
+    With the points shared, the maps are the channels of one sampling: a one-level, one-point deformable attention
+    with weight 1 reads the four corner rows of the channel-last ``[H·W, C]`` maps per point (a gather of
+    contiguous rows, where ``grid_sample`` computes every point's corners once per map and reads them strided).
+    """
+    channels, height, width = maps.shape
+    value = maps.reshape(channels, height * width).t().contiguous().view(1, height * width, 1, channels)
+    count = points.shape[0]
+    locations = points.to(maps.dtype).view(1, count, 1, 1, 1, 2)
+    shapes = torch.tensor([[height, width]], device=maps.device)
+    weights = maps.new_ones(1, count, 1, 1, 1)
+    # [P, C] -> [C, P] contiguous: the cost's row sums and GEMMs read it faster than the transposed view (2 ms)
+    return ms_deform_attn(value, shapes, shapes.new_zeros(1), locations, weights)[0].t().contiguous()
 
 
 def uncertain_point_coords(
@@ -165,7 +185,7 @@ def batch_dice_cost(logits: Tensor, targets: Tensor, weights: Tensor | None, eps
     None: all ones, so ``Σ w p`` is a row sum instead of a GEMM)."""
     probs = logits.sigmoid()
     weighted_targets = targets if weights is None else targets * weights
-    numerator = 2.0 * probs @ weighted_targets.T
+    numerator = 2.0 * (probs @ weighted_targets.T)  # the same to the bit as (2p) @ t, without a [Q, P] product
     weighted_probs = probs.sum(-1, keepdim=True) if weights is None else probs @ weights.T
     denominator = weighted_probs + weighted_targets.sum(-1)[None, :]
     return 1.0 - (numerator + eps) / (denominator + eps)
@@ -222,7 +242,7 @@ class HungarianMatcher:
         """Cost ``[Q, n]`` of assigning query q (``class_logits`` ``[Q, K+1]``, ``mask_logits`` ``[Q, h, w]``) to
         target j."""
         points = self.sample_points(mask_logits.device)
-        pred = point_sample(mask_logits.unsqueeze(0).float(), points)[0]  # [Q, P]
+        pred = shared_point_sample(mask_logits.float(), points[0])  # [Q, P]
         index = torch.arange(target.labels.numel(), device=mask_logits.device)
         gt, weight = sample_targets(
             target, index, points, ignore_mode=self.ignore_mode, padding=self.target_padding
@@ -373,6 +393,7 @@ __all__ = [
     "resolve_target_padding",
     "semantic_to_instances",
     "sample_targets",
+    "shared_point_sample",
     "sigmoid_bce_loss",
     "uncertain_point_coords",
 ]

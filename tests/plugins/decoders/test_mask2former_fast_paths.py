@@ -12,6 +12,7 @@ from vltk_plugins.decoders.mask2former.criterion import (
     batch_dice_cost,
     batch_sigmoid_bce_cost,
     dice_loss,
+    shared_point_sample,
     sigmoid_bce_loss,
     uncertain_point_coords,
 )
@@ -133,3 +134,15 @@ def test_unsorted_importance_sampling_picks_the_same_points() -> None:
 
     assert as_sets(unsorted[:, :75]) == as_sets(chosen)
     assert torch.equal(unsorted[:, 75:], random)
+
+
+def test_shared_point_sample_is_grid_sample_of_every_map() -> None:
+    """The matcher's gather of all queries at shared points equals grid_sample (points inside, on the border and
+    outside the map, zero padding), on a non-square map."""
+    generator = torch.Generator().manual_seed(5)
+    maps = torch.randn(7, 9, 13, generator=generator, dtype=torch.float64)
+    points = torch.rand(300, 2, generator=generator, dtype=torch.float64) * 1.2 - 0.1
+    points[:4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5, 1.0], [1.05, -0.05]], dtype=torch.float64)
+    expected = F.grid_sample(maps[None], 2.0 * points[None, None] - 1.0, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(shared_point_sample(maps, points), expected[0, :, 0])
+    assert shared_point_sample(maps.float(), points.float()).is_contiguous()

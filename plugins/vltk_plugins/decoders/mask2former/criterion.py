@@ -69,7 +69,8 @@ def shared_point_sample(maps: Tensor, points: Tensor) -> Tensor:
     contiguous rows, where ``grid_sample`` computes every point's corners once per map and reads them strided).
     """
     channels, height, width = maps.shape
-    value = maps.reshape(channels, height * width).t().contiguous().view(1, height * width, 1, channels)
+    # channel-last rows: free for the head's channels-last mask logits
+    value = maps.permute(1, 2, 0).reshape(1, height * width, 1, channels)
     count = points.shape[0]
     locations = points.to(maps.dtype).view(1, count, 1, 1, 1, 2)
     shapes = torch.tensor([[height, width]], device=maps.device)

@@ -56,6 +56,25 @@ def attention_mask(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
     return additive.masked_fill_(hidden, float("-inf")).unsqueeze(1)
 
 
+def pixel_rows(mask_features: Tensor) -> Tensor:
+    """``[B, C, H, W]`` mask features as contiguous ``[B, H·W, C]`` rows, built once for every prediction: each mask
+    product then reads them in place and their gradients accumulate in that layout (into a transposed view of
+    channel-first features they would be strided additions, once per prediction)."""
+    return mask_features.flatten(2).transpose(1, 2).contiguous()
+
+
+def mask_product(mask_embed: Tensor, rows: Tensor, size: tuple[int, int]) -> Tensor:
+    """Mask logits ``[B, Q, H, W]`` = ``Σ_c embed[b, q, c] · features[b, c, h, w]`` from :func:`pixel_rows`, laid out
+    channels-last (queries innermost).
+
+    The GEMM of ``einsum("bqc,bchw->bqhw")`` with its operands swapped, so its output is ``[B, H·W, Q]``: what the
+    next layer's attention mask resizes (``interpolate`` on a CPU converts a channel-first map of 100 queries to
+    channels-last first, 95% of its time) and what the matcher gathers per point (a query row per pixel).
+    """
+    logits = torch.bmm(rows, mask_embed.transpose(1, 2))  # [B, H·W, Q]
+    return logits.view(rows.shape[0], *size, -1).permute(0, 3, 1, 2)
+
+
 class Mask2Former(Decoder):
     """Mask2Former for semantic segmentation over a 4-level pyramid (strides 4/8/16/32).
 
@@ -195,12 +214,12 @@ class Mask2Former(Decoder):
         return self.querys2feat(queries), queries
 
     def _predict(
-        self, queries: Tensor, mask_features: Tensor, attn_size: tuple[int, int] | None
+        self, queries: Tensor, mask_rows: Tensor, mask_size: tuple[int, int], attn_size: tuple[int, int] | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Class logits, mask logits, and (when ``attn_size``) the next layer's attention mask ``[B, 1, Q, S]``."""
         queries = self.transformer_decoder.post_norm(queries)
         class_logits = self.cls_embed(queries)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(queries), mask_features)
+        mask_logits = mask_product(self.mask_embed(queries), mask_rows, mask_size)
         if attn_size is None:
             return class_logits, mask_logits, None
         return class_logits, mask_logits, attention_mask(mask_logits, attn_size)
@@ -236,7 +255,8 @@ class Mask2Former(Decoder):
 
         content, query_pos = self.initial_queries(queries, batch)
         layers = self.transformer_decoder.layers
-        class_logits, mask_logits, attn_mask = self._predict(content, mask_features, sizes[0])
+        mask_rows, mask_size = pixel_rows(mask_features), (int(mask_features.shape[-2]), int(mask_features.shape[-1]))
+        class_logits, mask_logits, attn_mask = self._predict(content, mask_rows, mask_size, sizes[0])
         all_cls, all_masks = [class_logits], [mask_logits]
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(layers):
@@ -244,7 +264,7 @@ class Mask2Former(Decoder):
             inputs = (content, query_pos, memories[level], memory_pos[level], attn_mask, memory_keys[level])
             content = checkpoint(layer, *inputs, use_reentrant=False) if recompute else layer(*inputs)
             next_size = sizes[(i + 1) % self.num_levels] if i + 1 < len(layers) else None
-            class_logits, mask_logits, attn_mask = self._predict(content, mask_features, next_size)
+            class_logits, mask_logits, attn_mask = self._predict(content, mask_rows, mask_size, next_size)
             all_cls.append(class_logits)
             all_masks.append(mask_logits)
         return {

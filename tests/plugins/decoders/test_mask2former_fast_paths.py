@@ -12,6 +12,7 @@ from vltk_plugins.decoders.mask2former.criterion import (
     batch_dice_cost,
     batch_sigmoid_bce_cost,
     dice_loss,
+    shared_point_mask_costs,
     shared_point_sample,
     sigmoid_bce_loss,
     uncertain_point_coords,
@@ -144,5 +145,16 @@ def test_shared_point_sample_is_grid_sample_of_every_map() -> None:
     points = torch.rand(300, 2, generator=generator, dtype=torch.float64) * 1.2 - 0.1
     points[:4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5, 1.0], [1.05, -0.05]], dtype=torch.float64)
     expected = F.grid_sample(maps[None], 2.0 * points[None, None] - 1.0, mode="bilinear", align_corners=False)
-    torch.testing.assert_close(shared_point_sample(maps, points), expected[0, :, 0])
-    assert shared_point_sample(maps.float(), points.float()).is_contiguous()
+    torch.testing.assert_close(shared_point_sample(maps, points), expected[0, :, 0].t())
+
+
+def test_shared_point_mask_costs_equal_the_weightless_costs() -> None:
+    """One sigmoid for both costs, softplus from it: the BCE and dice costs of the formulas, at logits large
+    enough in both directions that σ rounds to 0 and 1."""
+    generator = torch.Generator().manual_seed(6)
+    logits = 6 * torch.randn(400, 9, generator=generator)  # [P, Q]
+    logits[:5] = torch.tensor([40.0, -40.0, 0.0, 17.0, -17.0])[:, None]
+    targets = torch.rand(4, 400, generator=generator).round()
+    bce, dice = shared_point_mask_costs(logits, targets)
+    torch.testing.assert_close(bce, batch_sigmoid_bce_cost(logits.t().double(), targets.double(), None).float())
+    torch.testing.assert_close(dice, batch_dice_cost(logits.t().double(), targets.double(), None).float())

@@ -47,17 +47,22 @@ from torch.nn import functional as F
 from vltk_kernels import ms_deform_attn
 
 
-def point_sample(inputs: Tensor, points: Tensor, padding_mode: str = "zeros") -> Tensor:
-    """Bilinear samples of ``inputs`` ``[N, C, H, W]`` at ``points`` ``[N, P, 2]`` (normalised ``(x, y)`` in
-    [0, 1], ``align_corners=False``) -> ``[N, C, P]``.
+def grid_point_sample(inputs: Tensor, grid: Tensor, padding_mode: str = "zeros") -> Tensor:
+    """:func:`point_sample` at ``grid_sample`` coordinates ``2·u - 1`` (``[-1, 1]``): for callers that convert once
+    and sample more than one map at the same points.
 
     The points are laid out as one grid row ``[N, 1, P, 2]`` (not a column ``[N, P, 1, 2]``): the CPU kernel
     vectorises along rows, and the samples are the same to the bit.
     """
-    grid = 2.0 * points.unsqueeze(1) - 1.0
     return F.grid_sample(
-        inputs, grid.to(inputs.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=False
+        inputs, grid.unsqueeze(1).to(inputs.dtype), mode="bilinear", padding_mode=padding_mode, align_corners=False
     )[:, :, 0]
+
+
+def point_sample(inputs: Tensor, points: Tensor, padding_mode: str = "zeros") -> Tensor:
+    """Bilinear samples of ``inputs`` ``[N, C, H, W]`` at ``points`` ``[N, P, 2]`` (normalised ``(x, y)`` in
+    [0, 1], ``align_corners=False``) -> ``[N, C, P]``."""
+    return grid_point_sample(inputs, 2.0 * points - 1.0, padding_mode)
 
 
 def shared_point_sample(maps: Tensor, points: Tensor) -> Tensor:
@@ -124,12 +129,14 @@ def uncertain_point_coords(
     """
     count = mask_logits.shape[0]
     num_sampled = int(num_points * oversample_ratio)
-    candidates = torch.rand(count, num_sampled, 2, device=mask_logits.device)
-    uncertainty = -point_sample(mask_logits, candidates)[:, 0].abs()
+    # The candidates drawn in grid coordinates: uniform_(-1, 1) makes exactly 2·torch.rand - 1 (the same draws,
+    # and 2u - 1 is exact for u = k·2⁻²⁴), without two passes over all of them; (g + 1) / 2 is exact back.
+    candidates = torch.empty(count, num_sampled, 2, device=mask_logits.device).uniform_(-1.0, 1.0)
+    uncertainty = grid_point_sample(mask_logits, candidates)[:, 0].abs_().neg_()
     num_uncertain = int(importance_sample_ratio * num_points)
     # Unsorted: the loss sums over points, so their order only moves rounding, and CPU topk is 2x faster unsorted.
     index = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices
-    chosen = candidates.gather(1, index.unsqueeze(-1).expand(-1, -1, 2))
+    chosen = candidates.gather(1, index.unsqueeze(-1).expand(-1, -1, 2)).add_(1.0).div_(2.0)
     num_random = num_points - num_uncertain
     if num_random > 0:
         chosen = torch.cat([chosen, torch.rand(count, num_random, 2, device=mask_logits.device)], dim=1)
@@ -188,16 +195,27 @@ def sample_targets(
     weight = bilinear sample of the labelled-pixel map; target = the mask's sample divided by that weight, i.e.
     the average over labelled neighbours only. ``padding`` is the ``grid_sample`` padding of both samples.
     """
+    return grid_sample_targets(target, index, 2.0 * points - 1.0, ignore_mode=ignore_mode, padding=padding)
+
+
+def grid_sample_targets(
+    target: SemanticTargets,
+    index: Tensor | None,
+    grid: Tensor,
+    *,
+    ignore_mode: str = "background",
+    padding: str = "zeros",
+) -> tuple[Tensor, Tensor]:
+    """:func:`sample_targets` at ``grid_sample`` coordinates ``2·u - 1``."""
     masks = target.masks if index is None else target.masks[index]
     count = masks.shape[0]
-    masks = masks.unsqueeze(0) if points.shape[0] == 1 else masks.unsqueeze(1)
-    sampled = point_sample(masks, points, padding_mode=padding)  # [1, n, P] or [n, 1, P]
-    sampled = sampled[0] if points.shape[0] == 1 else sampled[:, 0]
+    masks = masks.unsqueeze(0) if grid.shape[0] == 1 else masks.unsqueeze(1)
+    sampled = grid_point_sample(masks, grid, padding_mode=padding)  # [1, n, P] or [n, 1, P]
+    sampled = sampled[0] if grid.shape[0] == 1 else sampled[:, 0]
     if ignore_mode == "background":
         return sampled, torch.ones_like(sampled)
-    flat_points = points.reshape(1, -1, 2)
-    weight = point_sample(target.valid[None, None], flat_points, padding_mode=padding)[0, 0]
-    weight = weight.view(points.shape[0], -1).expand(count, -1)
+    weight = grid_point_sample(target.valid[None, None], grid.reshape(1, -1, 2), padding_mode=padding)[0, 0]
+    weight = weight.view(grid.shape[0], -1).expand(count, -1)
     sampled = torch.where(weight > 0, sampled / weight.clamp_min(1e-6), torch.zeros_like(sampled))
     return sampled.clamp(0.0, 1.0), weight
 
@@ -378,11 +396,11 @@ class Mask2FormerCriterion:
                 continue
             masks = mask_logits[b, query_index].unsqueeze(1)  # [n, 1, h, w]
             with torch.no_grad():
-                points = self.sample_points(masks.detach().float())
-                gt, weight = sample_targets(
-                    targets[b], target_index, points, ignore_mode=self.ignore_mode, padding=self.target_padding
+                grid = 2.0 * self.sample_points(masks.detach().float()) - 1.0  # converted once for both samples
+                gt, weight = grid_sample_targets(
+                    targets[b], target_index, grid, ignore_mode=self.ignore_mode, padding=self.target_padding
                 )
-            pred_points.append(point_sample(masks, points.to(masks.dtype))[:, 0])
+            pred_points.append(grid_point_sample(masks, grid)[:, 0])
             target_points.append(gt)
             point_weights.append(weight)
         pred = torch.cat(pred_points).float()
@@ -424,6 +442,8 @@ __all__ = [
     "batch_dice_cost",
     "batch_sigmoid_bce_cost",
     "dice_loss",
+    "grid_point_sample",
+    "grid_sample_targets",
     "point_sample",
     "resolve_target_padding",
     "semantic_to_instances",

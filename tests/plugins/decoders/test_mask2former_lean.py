@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vltk_plugins.decoders.mask2former.head import mask_product
 from vltk_plugins.decoders.mask2former.lean import layer_norm_then_linear, linear_on_sum
 from vltk_plugins.decoders.mask2former.pixel_decoder import DeformableEncoderLayer
 
@@ -90,3 +91,23 @@ def test_the_encoder_layer_is_unchanged_where_the_lean_path_is_off() -> None:
     assert torch.equal(lean, plain)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(query, pos, reference, shapes, starts).dtype == torch.float32  # the norms' output dtype
+
+
+def test_mask_product_is_the_einsum_channels_last() -> None:
+    """The swapped-operand mask product: the einsum's values and gradients, queries innermost in memory, and the
+    features kept as they are (no transposed copy for the backward)."""
+    generator = torch.Generator().manual_seed(7)
+    embed = torch.randn(2, 5, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    features = torch.randn(2, 6, 3, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 5, 3, 4, generator=generator, dtype=torch.float64)
+    logits = mask_product(embed, features)
+    expected = torch.einsum("bqc,bchw->bqhw", embed, features)
+    torch.testing.assert_close(logits, expected)
+    assert logits.is_contiguous(memory_format=torch.channels_last)
+    grads = torch.autograd.grad((logits * weights).sum(), [embed, features])
+    want = torch.autograd.grad((expected * weights).sum(), [embed, features])
+    for got, wanted in zip(grads, want, strict=True):
+        torch.testing.assert_close(got, wanted)
+    assert grads[1].is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(mask_product(embed, features), expected)

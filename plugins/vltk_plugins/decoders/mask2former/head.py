@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vltk.api import BuildContext, Decoder, UserError, as_label_map, coerce_options
+from vltk_plugins.common.lean_autograd import lean_applies
 from vltk_plugins.decoders.mask2former.criterion import Mask2FormerCriterion
 from vltk_plugins.decoders.mask2former.options import NUM_FEATURE_LEVELS, Mask2FormerOptions
 from vltk_plugins.decoders.mask2former.pixel_decoder import MSDeformAttnPixelDecoder, sine_positional_encoding
@@ -56,23 +58,41 @@ def attention_mask(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
     return additive.masked_fill_(hidden, float("-inf")).unsqueeze(1)
 
 
-def pixel_rows(mask_features: Tensor) -> Tensor:
-    """``[B, C, H, W]`` mask features as contiguous ``[B, H·W, C]`` rows, built once for every prediction: each mask
-    product then reads them in place and their gradients accumulate in that layout (into a transposed view of
-    channel-first features they would be strided additions, once per prediction)."""
-    return mask_features.flatten(2).transpose(1, 2).contiguous()
+class _MaskProduct(torch.autograd.Function):
+    """``[B, H·W, Q]`` = features ``[B, C, H·W]``ᵀ x embed ``[B, Q, C]``ᵀ, keeping the features as they are (no
+    transposed copy) and computing each gradient as a GEMM whose output is contiguous in its input's layout, so
+    the ten predictions' feature gradients accumulate contiguously."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, mask_embed: Tensor, features: Tensor) -> Tensor:
+        ctx.save_for_backward(mask_embed, features)
+        return torch.bmm(features.transpose(1, 2), mask_embed.transpose(1, 2))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        mask_embed, features = ctx.saved_tensors
+        grad_t = grad.transpose(1, 2)  # [B, Q, H·W]
+        grad_embed = torch.bmm(grad_t, features.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_features = torch.bmm(mask_embed.transpose(1, 2), grad_t) if ctx.needs_input_grad[1] else None
+        return grad_embed, grad_features
 
 
-def mask_product(mask_embed: Tensor, rows: Tensor, size: tuple[int, int]) -> Tensor:
-    """Mask logits ``[B, Q, H, W]`` = ``Σ_c embed[b, q, c] · features[b, c, h, w]`` from :func:`pixel_rows`, laid out
-    channels-last (queries innermost).
+def mask_product(mask_embed: Tensor, mask_features: Tensor) -> Tensor:
+    """Mask logits ``[B, Q, H, W]`` = ``Σ_c embed[b, q, c] · features[b, c, h, w]``, laid out channels-last (queries
+    innermost).
 
     The GEMM of ``einsum("bqc,bchw->bqhw")`` with its operands swapped, so its output is ``[B, H·W, Q]``: what the
     next layer's attention mask resizes (``interpolate`` on a CPU converts a channel-first map of 100 queries to
     channels-last first, 95% of its time) and what the matcher gathers per point (a query row per pixel).
     """
-    logits = torch.bmm(rows, mask_embed.transpose(1, 2))  # [B, H·W, Q]
-    return logits.view(rows.shape[0], *size, -1).permute(0, 3, 1, 2)
+    batch, channels, height, width = mask_features.shape
+    features = mask_features.reshape(batch, channels, height * width)
+    if lean_applies(features):
+        logits = _MaskProduct.apply(mask_embed, features)
+    else:  # autocast re-types the GEMM, the compiler picks its own layouts
+        logits = torch.bmm(features.transpose(1, 2), mask_embed.transpose(1, 2))
+    return logits.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
 class Mask2Former(Decoder):
@@ -214,12 +234,12 @@ class Mask2Former(Decoder):
         return self.querys2feat(queries), queries
 
     def _predict(
-        self, queries: Tensor, mask_rows: Tensor, mask_size: tuple[int, int], attn_size: tuple[int, int] | None
+        self, queries: Tensor, mask_features: Tensor, attn_size: tuple[int, int] | None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Class logits, mask logits, and (when ``attn_size``) the next layer's attention mask ``[B, 1, Q, S]``."""
         queries = self.transformer_decoder.post_norm(queries)
         class_logits = self.cls_embed(queries)
-        mask_logits = mask_product(self.mask_embed(queries), mask_rows, mask_size)
+        mask_logits = mask_product(self.mask_embed(queries), mask_features)
         if attn_size is None:
             return class_logits, mask_logits, None
         return class_logits, mask_logits, attention_mask(mask_logits, attn_size)
@@ -255,8 +275,7 @@ class Mask2Former(Decoder):
 
         content, query_pos = self.initial_queries(queries, batch)
         layers = self.transformer_decoder.layers
-        mask_rows, mask_size = pixel_rows(mask_features), (int(mask_features.shape[-2]), int(mask_features.shape[-1]))
-        class_logits, mask_logits, attn_mask = self._predict(content, mask_rows, mask_size, sizes[0])
+        class_logits, mask_logits, attn_mask = self._predict(content, mask_features, sizes[0])
         all_cls, all_masks = [class_logits], [mask_logits]
         recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i, layer in enumerate(layers):
@@ -264,7 +283,7 @@ class Mask2Former(Decoder):
             inputs = (content, query_pos, memories[level], memory_pos[level], attn_mask, memory_keys[level])
             content = checkpoint(layer, *inputs, use_reentrant=False) if recompute else layer(*inputs)
             next_size = sizes[(i + 1) % self.num_levels] if i + 1 < len(layers) else None
-            class_logits, mask_logits, attn_mask = self._predict(content, mask_rows, mask_size, next_size)
+            class_logits, mask_logits, attn_mask = self._predict(content, mask_features, next_size)
             all_cls.append(class_logits)
             all_masks.append(mask_logits)
         return {

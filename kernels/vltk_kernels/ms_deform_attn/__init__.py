@@ -1,10 +1,10 @@
 """Multi-scale deformable attention op (Mask2Former's pixel decoder), fused in Triton.
 
 The Triton kernels (``triton.py``) gather the bilinear neighbours directly from ``value`` instead of building
-``grid_sample``'s per-level ``[B·nH, D, Q, P]`` samples. The ``torch`` backend (every CPU run and every fallback)
-is :func:`ms_deform_attn_lean` (``lean.py``), which samples one level and head at a time and accumulates into the
-output; :func:`ms_deform_attn_reference` is the readable specification both are tested against. The backend
-follows :mod:`vltk_kernels._dispatch`.
+``grid_sample``'s per-level ``[B·nH, D, Q, P]`` samples. The ``torch`` backend (every CPU run and every fallback) is
+:func:`ms_deform_attn_lean` (``lean.py``), the same gather in PyTorch: one ``embedding_bag`` of every query's
+bilinear corner rows, and a sorted transposed gather for the value's gradient; :func:`ms_deform_attn_reference` is
+the readable specification both are tested against. The backend follows :mod:`vltk_kernels._dispatch`.
 """
 
 from __future__ import annotations

@@ -18,11 +18,12 @@ loop. The backward, from the inputs alone (nothing else is saved):
 - the value's gradient is the transposed product: the corners sorted by row, then one ``embedding_bag`` over the
   output gradient with a bag per row of ``value``, a gather instead of a scatter.
 
-Each chunk's gather data stays within the output's size or 16 MiB (:func:`bags_per_chunk`). Sampling is the reference's,
-``grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False)``: location ``u`` is pixel coordinate
-``u·W - 1/2``, corners outside the level read zero. (Earlier versions of this path called ``grid_sample`` per
-level and head chunk and ``grid_sampler_2d_backward``: on a 2-core CPU at Mask2Former's 256² shapes this one is
-2.3x faster forward and 1.4x forward + backward, ``benchmarks/mask2former_speed.py``.)
+Each chunk's gather data stays within the output's size or 16 MiB (:func:`bags_per_chunk`). Sampling is the
+reference's, ``grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False)`` on ``2·u - 1``, the same
+unnormalisation op for op; corners outside the level read zero. (Earlier versions of this path called
+``grid_sample`` per level and head chunk and ``grid_sampler_2d_backward``; at Mask2Former's 256² encoder shapes, B
+2, 1344 queries, 8 heads, 3 levels, 4 points, one CPU thread, this one takes 14-16 ms forward against 30-35 and
+95-105 ms forward + backward against 155-180.)
 """
 
 from __future__ import annotations

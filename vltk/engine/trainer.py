@@ -431,7 +431,7 @@ class Trainer:
         """A micro-batch's loss must be finite (single process: before its gradients exist; with several ranks
         the check runs on the mean over ranks after the micro-batches, so that every rank stops together)."""
         if not self.dist.is_distributed and not torch.isfinite(loss):
-            self._diverged(float(loss))
+            self._diverged(float(loss.detach()))
 
     def _diverged(self, value: float) -> None:
         raise UserError(

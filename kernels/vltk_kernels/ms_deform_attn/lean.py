@@ -190,6 +190,12 @@ def _flatten(value: Tensor, locations: Tensor, weights: Tensor) -> _Problem:
     )
 
 
+def _attention(weights: Tensor, compute: torch.dtype) -> Tensor:
+    """A chunk's attention weights ``[n, L, P]`` as the ``[L, P, n]`` layout of :func:`_corners`' factors."""
+    count, num_levels, points = weights.shape
+    return _transposed(weights.reshape(count, -1), compute).view(num_levels, points, count)
+
+
 def _forward(value: Tensor, locations: Tensor, weights: Tensor, levels: Levels) -> Tensor:
     batch, _, heads, head_dim = value.shape
     queries, num_levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
@@ -201,8 +207,7 @@ def _forward(value: Tensor, locations: Tensor, weights: Tensor, levels: Levels) 
     for first in range(0, bags, step):
         part = slice(first, first + step)
         corners = _corners(problem.locations[part], levels, heads, problem.row_base[part], derivatives=False)
-        attention = _transposed(problem.weights[part].reshape(-1, num_levels * points), compute)
-        corner_weights = _corner_weights(corners, attention.view(num_levels, points, -1), value.dtype)
+        corner_weights = _corner_weights(corners, _attention(problem.weights[part], compute), value.dtype)
         rows = corners.rows.view(corner_weights.shape)
         sums = F.embedding_bag(rows, problem.table, per_sample_weights=corner_weights, mode="sum")
         del corners, corner_weights
@@ -278,8 +283,7 @@ def _backward(
     for first in range(0, bags, step):
         part = slice(first, first + step)
         corners = _corners(problem.locations[part], levels, heads, problem.row_base[part], derivatives=need_locations)
-        attention = _transposed(problem.weights[part].reshape(-1, num_levels * points), compute)
-        attention = attention.view(num_levels, points, -1)
+        attention = _attention(problem.weights[part], compute)
         if grad_locations is not None or grad_weights is not None:
             dots = _transposed(_corner_dots(grad[part], table, corners.rows), compute)
             _sample_gradients(

@@ -130,12 +130,29 @@ def setup(device: torch.device) -> tuple[DistributedContext, torch.device]:
     return DistributedContext(rank, world_size, local_rank, dist.get_backend()), device
 
 
+#: How long the ranks wait for each other before leaving the process group (a rank that is gone is not waited for).
+SHUTDOWN_BARRIER_TIMEOUT = datetime.timedelta(seconds=30)
+
+
 def shutdown() -> None:
-    """Leave the process group (at the end of a command), so that the process exits without NCCL's warnings."""
+    """Leave the process group (at the end of a command), so that the process exits without NCCL's warnings.
+
+    The ranks meet first: a rank that tore its gloo connections down while a peer still had the last collective's
+    bytes in flight made that peer's gloo thread call ``std::terminate`` at exit (exit code 134 after a clean run,
+    seen under load). The meeting is bounded, and a failed one (a peer already gone) only skips the wait.
+    """
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=SHUTDOWN_BARRIER_TIMEOUT)
+        else:
+            dist.barrier()
+    except Exception:  # noqa: BLE001 (a peer that already left: nothing to wait for)
+        pass
+    dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------------- splitting
